@@ -1,0 +1,51 @@
+import os
+
+import pytest
+import torch
+
+# CI has no GPU: Triton kernels run under the interpreter there. Must precede any triton import.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from peft import LoraConfig  # noqa: E402
+from transformers import LlamaConfig, Qwen2Config  # noqa: E402
+
+ALL_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def tiny_config(family: str):
+    """2 layers, hidden 64: random-weight test models built in code, no downloads."""
+    common = dict(vocab_size=96, hidden_size=64, intermediate_size=88, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
+    if family == "qwen2":
+        return Qwen2Config(**common)
+    if family == "llama":
+        return LlamaConfig(**common, tie_word_embeddings=True)
+    raise ValueError(family)
+
+
+def tiny_model(family: str, seed: int = 0):
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(tiny_config(family)).eval()
+
+
+def lora_config(r=8, modules=ALL_MODULES):
+    return LoraConfig(r=r, lora_alpha=2 * r, lora_dropout=0.0, target_modules=list(modules),
+                      task_type="CAUSAL_LM")
+
+
+def qwen05_config():
+    """Qwen2.5-0.5B's shapes (24 layers, hidden 896, intermediate 4864, kv 128): the published layout."""
+    return Qwen2Config(vocab_size=1024, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
+                       num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=512)
+
+
+def random_lora_state_dict(layout, seed=0, dtype=torch.float32, device="cpu"):
+    g = torch.Generator().manual_seed(seed)
+    return {k: (torch.randn(s, generator=g) * 0.02 + 0.003).to(device=device, dtype=dtype)
+            for k, s in layout.tensors}
+
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (runs on the lent GPU)")
