@@ -1,0 +1,111 @@
+import pytest
+import torch
+from conftest import needs_cuda
+
+from dnd_fast import dispatch
+from dnd_fast.decoder import DecoderConfig, HyperConvDecoder, num_parameters
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+TRITON_DEVICES = [d for d in DEVICES if "triton" in dispatch.backends(d)]
+
+# Awkward sizes: odd dims, a residual layer (equal shapes), growing and shrinking axes.
+CONFIGS = {
+    "k3": DecoderConfig(((3, 7, 5), (3, 7, 5), (6, 4, 9)), 3),
+    "k5": DecoderConfig(((4, 6, 11), (5, 9, 3)), 5),
+    "k9": DecoderConfig(((2, 5, 6), (3, 10, 4), (3, 10, 4)), 9),
+}
+
+
+def rel_err(a, b):
+    return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+
+def test_paper_config_matches_published_size_and_cost():
+    cfg = DecoderConfig.paper_qwen05()
+    assert num_parameters(cfg) == 1_113_203_220
+    assert cfg.flops() == pytest.approx(8.26e12, rel=0.005)
+
+
+def test_for_layout_ends_at_the_token_tensor():
+    from conftest import lora_config, tiny_config
+
+    from dnd_fast import LoRALayout
+
+    layout = LoRALayout.from_config(tiny_config("llama"), lora_config(4))
+    cfg = DecoderConfig.for_layout(layout, (16, 32, 24), num_layers=3)
+    assert cfg.features[0] == (16, 32, 24)
+    assert cfg.features[-1] == (layout.num_tokens, *layout.token_shape)
+    assert len(cfg.features) == 4
+    assert DecoderConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_bad_config_and_input():
+    with pytest.raises(ValueError, match="odd"):
+        DecoderConfig(((2, 3, 4), (2, 3, 4)), 4)
+    dec = HyperConvDecoder(CONFIGS["k3"])
+    with pytest.raises(ValueError, match=r"condition must be \[B, 3, 7, 5\]"):
+        dec(torch.randn(1, 3, 7, 6))
+
+
+@pytest.mark.parametrize("device", TRITON_DEVICES)
+@pytest.mark.parametrize("name", list(CONFIGS))
+@pytest.mark.parametrize("batch", [1, 3])
+def test_triton_matches_reference_fp32(device, name, batch):
+    torch.manual_seed(torch.seed() % 2**31)
+    dec = HyperConvDecoder(CONFIGS[name]).to(device)
+    x = torch.randn(batch, *CONFIGS[name].condition_shape, device=device)
+    x.requires_grad_(True)
+    ref = dec(x, backend="torch")
+    g = torch.randn_like(ref)
+    ref_grads = torch.autograd.grad(ref, [x, *dec.parameters()], g)
+    out = dec(x, backend="triton")
+    grads = torch.autograd.grad(out, [x, *dec.parameters()], g)
+    assert rel_err(out, ref) < 1e-5
+    # A per-tensor check with an absolute floor: some gradients are exactly 0 in exact arithmetic
+    # (a per-channel bias followed by the next layer's LayerNorm), and there rel_err is noise.
+    rms = torch.cat([r.flatten() for r in ref_grads]).double().square().mean().sqrt()
+    for (name_p, _), a, b in zip([("input", x), *dec.named_parameters()], grads, ref_grads):
+        err = (a.double() - b.double()).norm()
+        assert err <= 1e-5 * b.double().norm() + 1e-6 * rms * b.numel() ** 0.5, name_p
+    with torch.no_grad():  # the fused inference epilogues
+        assert rel_err(dec(x, backend="triton"), ref) < 1e-5
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_triton_bf16_autocast_matches_reference(name):
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if "triton" not in dispatch.backends(device):
+        pytest.skip("Triton cannot run here")
+    torch.manual_seed(torch.seed() % 2**31)
+    dec = HyperConvDecoder(CONFIGS[name]).to(device)
+    x = torch.randn(2, *CONFIGS[name].condition_shape, device=device)
+    with torch.no_grad():
+        exact = dec.double()(x.double(), backend="torch")
+        dec.float()
+        with torch.autocast(device, dtype=torch.bfloat16):
+            out = dec(x, backend="triton")
+    assert out.dtype == torch.bfloat16
+    assert rel_err(out, exact) < 2e-2
+
+
+@pytest.mark.parametrize("device", TRITON_DEVICES)
+def test_decoder_traces_under_torch_compile(device):
+    cfg = CONFIGS["k3"]
+    dec = HyperConvDecoder(cfg, backend="triton").to(device)
+    x = torch.randn(2, *cfg.condition_shape, device=device)
+    compiled = torch.compile(dec, backend="aot_eager", fullgraph=True)
+    out = compiled(x)
+    assert rel_err(out, dec(x, backend="torch")) < 1e-5
+    out.square().sum().backward()
+    assert all(p.grad is not None for p in dec.parameters())
+
+
+@needs_cuda
+def test_paper_decoder_runs_on_gpu_in_bf16():
+    cfg = DecoderConfig(((128, 96, 96), (128, 50, 75), (512, 10, 130)), 9)  # paper-like, smaller
+    dec = HyperConvDecoder(cfg).cuda()
+    x = torch.randn(2, *cfg.condition_shape, device="cuda")
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+        out = dec(x, backend="triton")
+        ref = dec(x, backend="torch")
+    assert rel_err(out, ref) < 2e-2
