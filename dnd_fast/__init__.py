@@ -1,9 +1,10 @@
 """dnd_fast: Drag-and-Drop LLMs, fast. Unlabeled prompts in, a PEFT LoRA adapter out."""
+from dnd_fast.decoder import DecoderConfig, HyperConvDecoder
 from dnd_fast.dispatch import backends
 from dnd_fast.layout import LoRALayout
 from dnd_fast.tokenizer import TokenBatch, detokenize, detokenize_flat, tokenize, tokenize_flat
 
 __version__ = "0.1.0"
 
-__all__ = ["LoRALayout", "TokenBatch", "backends", "detokenize", "detokenize_flat", "tokenize",
+__all__ = ["DecoderConfig", "HyperConvDecoder", "LoRALayout", "TokenBatch", "backends", "detokenize", "detokenize_flat", "tokenize",
            "tokenize_flat", "__version__"]

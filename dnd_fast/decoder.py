@@ -231,7 +231,7 @@ def _layer_triton(layer: HyperConvLayer, x: torch.Tensor, residual: bool) -> tor
 
 
 def nvtx_range(name: str, device: torch.device):
-    if device.type == "cuda":
+    if device.type == "cuda" and not torch.compiler.is_compiling():
         return torch.cuda.nvtx.range(name)
     return contextlib.nullcontext()
 
@@ -250,7 +250,13 @@ class HyperConvDecoder(nn.Module):
         if condition.dim() != 4 or tuple(condition.shape[1:]) != self.config.condition_shape:
             raise ValueError(f"HyperConvDecoder: condition must be [B, {', '.join(map(str, self.config.condition_shape))}]"
                              f", got {list(condition.shape)}")
-        name = dispatch.resolve(backend or self.backend, condition.device, ("triton",), "HyperConvDecoder")
+        backend = backend or self.backend
+        training = torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())
+        if backend is None and (training or condition.shape[0] > 1):
+            # Measured on an H100 (benchmarks/RESULTS.md): the Triton path wins at batch 1 only;
+            # larger batches and training steps are faster on the cuDNN reference for now.
+            backend = "torch"
+        name = dispatch.resolve(backend, condition.device, ("triton",), "HyperConvDecoder")
         layer_fn = _layer_triton if name == "triton" else _layer_reference
         x = condition
         for i, (layer, fin, fout) in enumerate(zip(self.layers, self.config.features[:-1], self.config.features[1:])):

@@ -214,4 +214,4 @@ class LoRALayout:
 def _peft_state_dict(peft_model) -> dict[str, torch.Tensor]:
     from peft import get_peft_model_state_dict
 
-    return get_peft_model_state_dict(peft_model)
+    return get_peft_model_state_dict(peft_model, save_embedding_layers=False)

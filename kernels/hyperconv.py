@@ -22,9 +22,36 @@ import triton
 import triton.language as tl
 
 
+def _interpreted():
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+# Block shapes come from a shape heuristic by default: autotuning compiles every config for each
+# new shape and constexpr set, minutes for the paper decoder. DND_FAST_AUTOTUNE=1 autotunes.
+AUTOTUNE = os.environ.get("DND_FAST_AUTOTUNE", "0") == "1"
+
+
+def _conv_meta(CIN, COUT, ieee):
+    if _interpreted():
+        return {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 16, "num_warps": 1}
+    if ieee:  # fp32 tiles: half the shared memory per element budget
+        return {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32, "num_warps": 4, "num_stages": 2}
+    if COUT <= 64:
+        return {"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 64, "num_warps": 4, "num_stages": 4}
+    return {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "num_warps": 8, "num_stages": 3}
+
+
+def _wgrad_meta(CIN, COUT, ieee):
+    if _interpreted():
+        return {"BLOCK_CI": 16, "BLOCK_CO": 16, "BLOCK_K": 16, "num_warps": 1}
+    if ieee:
+        return {"BLOCK_CI": 64, "BLOCK_CO": 64, "BLOCK_K": 32, "num_warps": 4, "num_stages": 2}
+    if min(CIN, COUT) <= 64:
+        return {"BLOCK_CI": 64, "BLOCK_CO": 64, "BLOCK_K": 64, "num_warps": 4, "num_stages": 4}
+    return {"BLOCK_CI": 128, "BLOCK_CO": 128, "BLOCK_K": 64, "num_warps": 8, "num_stages": 3}
+
+
 def _configs():
-    if os.environ.get("TRITON_INTERPRET", "0") == "1":
-        return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 16}, num_warps=1)]
     return [
         triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64}, num_warps=8, num_stages=4),
         triton.Config({"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 64}, num_warps=8, num_stages=3),
@@ -35,8 +62,6 @@ def _configs():
 
 
 def _wgrad_configs():
-    if os.environ.get("TRITON_INTERPRET", "0") == "1":
-        return [triton.Config({"BLOCK_CI": 16, "BLOCK_CO": 16, "BLOCK_K": 16}, num_warps=1)]
     return [
         triton.Config({"BLOCK_CI": 128, "BLOCK_CO": 128, "BLOCK_K": 64}, num_warps=8, num_stages=4),
         triton.Config({"BLOCK_CI": 64, "BLOCK_CO": 128, "BLOCK_K": 64}, num_warps=4, num_stages=4),
@@ -54,7 +79,7 @@ def _mma(acc, a, b, IEEE: tl.constexpr):
 
 
 def _ieee(dtype):
-    return dtype == torch.float32 or os.environ.get("TRITON_INTERPRET", "0") == "1"
+    return dtype == torch.float32 or _interpreted()
 
 
 @triton.jit
@@ -62,7 +87,6 @@ def _tanh(x):
     return 1.0 - 2.0 / (tl.exp(2.0 * x) + 1.0)
 
 
-@triton.autotune(configs=_configs(), key=["CIN", "COUT", "P", "Q", "KS"])
 @triton.jit
 def _conv_kernel(x_ptr, w_ptr, bias_ptr, other_ptr, extra_ptr, out_ptr,
                  B, CIN, P, Q, COUT,
@@ -114,7 +138,6 @@ def _conv_kernel(x_ptr, w_ptr, bias_ptr, other_ptr, extra_ptr, out_ptr,
     tl.store(out_ptr + o_off, acc.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-@triton.autotune(configs=_wgrad_configs(), key=["CIN", "COUT", "P", "Q", "KS"], reset_to_zero=["dw_ptr"])
 @triton.jit
 def _wgrad_kernel(x_ptr, gy_ptr, dw_ptr, B, CIN, P, Q, COUT,
                   sxb, sxc, sxp, sxq,
@@ -148,10 +171,8 @@ def _wgrad_kernel(x_ptr, gy_ptr, dw_ptr, B, CIN, P, Q, COUT,
     tl.store(dw_ptr + off, acc, mask=(ci[:, None] < CIN) & (co[None, :] < COUT))
 
 
-def pack_weight(weight):
-    """[C_out, C_in, k, k] -> [k*k, C_in, C_out] contiguous: the GEMM's K x N operand."""
-    co, ci, kh, kw = weight.shape
-    return weight.permute(2, 3, 1, 0).reshape(kh * kw, ci, co).contiguous()
+_conv_tuned = triton.autotune(configs=_configs(), key=["CIN", "COUT", "P", "Q", "KS"])(_conv_kernel)
+_wgrad_tuned = triton.autotune(configs=_wgrad_configs(), key=["CIN", "COUT", "P", "Q", "KS"])(_wgrad_kernel)
 
 
 def conv2d_same(x, packed_weight, ks, bias=None, mode=0, other=None, extra=None, out_order=(0, 1, 2, 3)):
@@ -170,10 +191,11 @@ def conv2d_same(x, packed_weight, ks, bias=None, mode=0, other=None, extra=None,
     def grid(meta):
         return (triton.cdiv(M, meta["BLOCK_M"]), triton.cdiv(COUT, meta["BLOCK_N"]))
 
-    _conv_kernel[grid](
+    kernel, meta = (_conv_tuned, {}) if AUTOTUNE and not _interpreted() else (_conv_kernel, _conv_meta(CIN, COUT, _ieee(x.dtype)))
+    kernel[grid](
         x, packed_weight, bias if bias is not None else out, other, extra, out,
         B, CIN, P, Q, COUT, *x.stride(), *out.stride(), *other.stride(), *extra.stride(),
-        KS=ks, MODE=mode, HAS_BIAS=bias is not None, IEEE=_ieee(x.dtype))
+        KS=ks, MODE=mode, HAS_BIAS=bias is not None, IEEE=_ieee(x.dtype), **meta)
     return out
 
 
@@ -187,6 +209,7 @@ def conv2d_same_wgrad(x, grad_out, ks):
     def grid(meta):
         return (triton.cdiv(CIN, meta["BLOCK_CI"]), triton.cdiv(COUT, meta["BLOCK_CO"]), ks * ks)
 
-    _wgrad_kernel[grid](x, grad_out, packed, B, CIN, P, Q, COUT, *x.stride(), *grad_out.stride(),
-                        KS=ks, IEEE=_ieee(x.dtype))
+    kernel, meta = (_wgrad_tuned, {}) if AUTOTUNE and not _interpreted() else (_wgrad_kernel, _wgrad_meta(CIN, COUT, _ieee(x.dtype)))
+    kernel[grid](x, grad_out, packed, B, CIN, P, Q, COUT, *x.stride(), *grad_out.stride(),
+                 KS=ks, IEEE=_ieee(x.dtype), **meta)
     return packed

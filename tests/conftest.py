@@ -7,6 +7,10 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+# References are compared in true fp32: cuDNN's default TF32 convs are ~1e-4 off.
+torch.backends.cudnn.allow_tf32 = False
+torch.backends.cuda.matmul.allow_tf32 = False
+
 from peft import LoraConfig  # noqa: E402
 from transformers import LlamaConfig, Qwen2Config  # noqa: E402
 
@@ -49,3 +53,11 @@ def random_lora_state_dict(layout, seed=0, dtype=torch.float32, device="cpu"):
 
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (runs on the lent GPU)")
+
+
+def reseed():
+    """Fresh random inputs every run; the seed is printed so a failure can be replayed."""
+    seed = torch.seed() % 2**31
+    torch.manual_seed(seed)
+    print(f"seed={seed}")
+    return seed

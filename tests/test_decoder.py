@@ -1,6 +1,6 @@
 import pytest
 import torch
-from conftest import needs_cuda
+from conftest import needs_cuda, reseed
 
 from dnd_fast import dispatch
 from dnd_fast.decoder import DecoderConfig, HyperConvDecoder, num_parameters
@@ -51,7 +51,7 @@ def test_bad_config_and_input():
 @pytest.mark.parametrize("name", list(CONFIGS))
 @pytest.mark.parametrize("batch", [1, 3])
 def test_triton_matches_reference_fp32(device, name, batch):
-    torch.manual_seed(torch.seed() % 2**31)
+    reseed()
     dec = HyperConvDecoder(CONFIGS[name]).to(device)
     x = torch.randn(batch, *CONFIGS[name].condition_shape, device=device)
     x.requires_grad_(True)
@@ -76,7 +76,7 @@ def test_triton_bf16_autocast_matches_reference(name):
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if "triton" not in dispatch.backends(device):
         pytest.skip("Triton cannot run here")
-    torch.manual_seed(torch.seed() % 2**31)
+    reseed()
     dec = HyperConvDecoder(CONFIGS[name]).to(device)
     x = torch.randn(2, *CONFIGS[name].condition_shape, device=device)
     with torch.no_grad():

@@ -1,6 +1,6 @@
 import pytest
 import torch
-from conftest import ALL_MODULES, lora_config, qwen05_config, random_lora_state_dict, tiny_config, tiny_model
+from conftest import lora_config, reseed, qwen05_config, random_lora_state_dict, tiny_config, tiny_model
 
 import dnd_fast
 from dnd_fast import LoRALayout, detokenize, detokenize_flat, tokenize, tokenize_flat
@@ -99,7 +99,7 @@ def test_round_trip(device, backend, name, batch):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_fast_backends_match_reference(device, backend, name, dtype):
     layout = LAYOUTS[name]
-    torch.manual_seed(torch.seed() % 2**31)
+    reseed()
     flat = (torch.randn(5, layout.num_params) * torch.rand(5, 1) * 3 + torch.randn(5, 1)).to(device, dtype)
     ref_t, ref_s = _tokenize_reference(flat, layout, None, dnd_fast.tokenizer.STD_FLOOR)
     tok, sc = tokenize_flat(flat, layout, backend=backend)
