@@ -9,10 +9,8 @@ import triton.language as tl
 
 
 @triton.jit
-def _tokenize_kernel(x_ptr, meta_ptr, stats_ptr, tok_ptr, scale_ptr, P, T, eps,
-                     H: tl.constexpr, W: tl.constexpr, BLOCK: tl.constexpr, HAS_STATS: tl.constexpr):
-    t = tl.program_id(0)
-    b = tl.program_id(1).to(tl.int64)
+def _token_slots(meta_ptr, t, W: tl.constexpr, BLOCK: tl.constexpr):
+    """Token t's tile as BLOCK lanes k = i * W + j: (k, real-slot mask, source offsets, rows, cols)."""
     m = meta_ptr + t * 5
     src = tl.load(m)
     rows = tl.load(m + 1)
@@ -22,8 +20,16 @@ def _tokenize_kernel(x_ptr, meta_ptr, stats_ptr, tok_ptr, scale_ptr, P, T, eps,
     k = tl.arange(0, BLOCK)
     i = k // W
     j = k % W
-    real = (i < rows) & (j < cols)
-    x = tl.load(x_ptr + b * P + src + i * rs + j * cs, mask=real, other=0.0).to(tl.float32)
+    return k, (i < rows) & (j < cols), src + i * rs + j * cs, rows, cols
+
+
+@triton.jit
+def _tokenize_kernel(x_ptr, meta_ptr, stats_ptr, tok_ptr, scale_ptr, P, T, eps,
+                     H: tl.constexpr, W: tl.constexpr, BLOCK: tl.constexpr, HAS_STATS: tl.constexpr):
+    t = tl.program_id(0)
+    b = tl.program_id(1).to(tl.int64)
+    k, real, src_off, rows, cols = _token_slots(meta_ptr, t, W, BLOCK)
+    x = tl.load(x_ptr + b * P + src_off, mask=real, other=0.0).to(tl.float32)
     if HAS_STATS:
         mean = tl.load(stats_ptr + 2 * t)
         std = tl.load(stats_ptr + 2 * t + 1)
@@ -44,21 +50,12 @@ def _detokenize_kernel(tok_ptr, scale_ptr, meta_ptr, y_ptr, P, T,
                        H: tl.constexpr, W: tl.constexpr, BLOCK: tl.constexpr):
     t = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
-    m = meta_ptr + t * 5
-    src = tl.load(m)
-    rows = tl.load(m + 1)
-    cols = tl.load(m + 2)
-    rs = tl.load(m + 3)
-    cs = tl.load(m + 4)
-    k = tl.arange(0, BLOCK)
-    i = k // W
-    j = k % W
-    real = (i < rows) & (j < cols)
+    k, real, src_off, rows, cols = _token_slots(meta_ptr, t, W, BLOCK)
     bt = b * T + t
     mean = tl.load(scale_ptr + 2 * bt)
     std = tl.load(scale_ptr + 2 * bt + 1)
     v = tl.load(tok_ptr + bt * (H * W) + k, mask=real, other=0.0).to(tl.float32)
-    tl.store(y_ptr + b * P + src + i * rs + j * cs, (v * std + mean).to(y_ptr.dtype.element_ty), mask=real)
+    tl.store(y_ptr + b * P + src_off, (v * std + mean).to(y_ptr.dtype.element_ty), mask=real)
 
 
 def tokenize(flat, meta, height, width, stats, eps):
