@@ -29,14 +29,14 @@ def main():
     for batch in (1, 64):
         flat = torch.randn(batch, P, device="cuda") * 0.02
         tokens, scales = tokenize_flat(flat, layout, backend="torch")
-        moved_tok = flat.numel() * 4 + tokens.numel() * 4 + scales.numel() * 4
-        moved_detok = moved_tok
+        # Both directions read one side and write the other once: the same bytes.
+        moved = flat.numel() * 4 + tokens.numel() * 4 + scales.numel() * 4
         # A copy that moves the same bytes (read + write).
-        buf = torch.empty(moved_tok // 8, device="cuda", dtype=torch.float32)
+        buf = torch.empty(moved // 8, device="cuda", dtype=torch.float32)
         dst = torch.empty_like(buf)
         copy_ms = median_ms(lambda: dst.copy_(buf))
-        copy_gbs = moved_tok / copy_ms / 1e6
-        for direction, moved in (("tokenize", moved_tok), ("detokenize", moved_detok)):
+        copy_gbs = moved / copy_ms / 1e6
+        for direction in ("tokenize", "detokenize"):
             ref_ms = None
             for backend in ("torch", "triton", "cuda"):
                 if direction == "tokenize":

@@ -6,5 +6,5 @@ from dnd_fast.tokenizer import TokenBatch, detokenize, detokenize_flat, tokenize
 
 __version__ = "0.1.0"
 
-__all__ = ["DecoderConfig", "HyperConvDecoder", "LoRALayout", "TokenBatch", "backends", "detokenize", "detokenize_flat", "tokenize",
-           "tokenize_flat", "__version__"]
+__all__ = ["DecoderConfig", "HyperConvDecoder", "LoRALayout", "TokenBatch", "backends", "detokenize",
+           "detokenize_flat", "tokenize", "tokenize_flat", "__version__"]

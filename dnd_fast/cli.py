@@ -48,7 +48,7 @@ def cmd_bench(args) -> int:
     import dnd_fast
     from dnd_fast.decoder import DecoderConfig, HyperConvDecoder
 
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = args.device
     console = Console()
     layout = dnd_fast.LoRALayout.from_config(default_base_config(),
                                              LoraConfig(r=8, lora_alpha=16, target_modules=ALL_MODULES))
@@ -70,11 +70,11 @@ def cmd_bench(args) -> int:
     table = Table(title=f"dnd-fast bench, batch {args.batch}, median of {args.reps} (ms)")
     for col in ("stage", "backend", "median ms", "vs torch"):
         table.add_column(col)
+    tokens, scales = dnd_fast.tokenize_flat(flat, layout, backend="torch")
     for name, run in (
         ("tokenize", lambda b: dnd_fast.tokenize_flat(flat, layout, backend=b)),
-        ("detokenize", lambda b: dnd_fast.detokenize_flat(*tokens_scales, layout, backend=b)),
+        ("detokenize", lambda b: dnd_fast.detokenize_flat(tokens, scales, layout, backend=b)),
     ):
-        tokens_scales = dnd_fast.tokenize_flat(flat, layout, backend="torch")
         ref = None
         for backend in dnd_fast.backends(device):
             if backend == "triton" and device.type != "cuda":
@@ -117,11 +117,11 @@ def main(argv=None) -> int:
     if args.command == "bench":
         if args.batch < 1 or args.reps < 1:
             parser.error("--batch and --reps must be >= 1")
-        if args.decoder is None:
-            import torch
+        import torch
 
-            args.decoder = "paper" if (args.device or ("cuda" if torch.cuda.is_available() else "cpu")) == "cuda" \
-                else "small"
+        args.device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if args.decoder is None:
+            args.decoder = "paper" if args.device.type == "cuda" else "small"
         return cmd_bench(args)
     return 2
 

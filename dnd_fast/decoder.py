@@ -187,13 +187,17 @@ _conv_op.register_autograd(_conv_backward, setup_context=_conv_setup)
 def _packed(conv: nn.Module, dtype: torch.dtype) -> torch.Tensor:
     """The conv's weight as [k*k, C_in, C_out] in ``dtype``; cached when no gradient is wanted."""
     w = conv.weight
-    if (torch.is_grad_enabled() and w.requires_grad) or torch.compiler.is_compiling():
+
+    def pack():
         return w.to(dtype).permute(2, 3, 1, 0).flatten(0, 1).contiguous()
+
+    if (torch.is_grad_enabled() and w.requires_grad) or torch.compiler.is_compiling():
+        return pack()
     key = (w._version, w.data_ptr(), dtype)
     cached = getattr(conv, "_dnd_packed", None)
     if cached is None or cached[0] != key:
         with torch.no_grad():
-            cached = (key, w.to(dtype).permute(2, 3, 1, 0).flatten(0, 1).contiguous())
+            cached = (key, pack())
         conv._dnd_packed = cached
     return cached[1]
 
@@ -223,11 +227,9 @@ def _layer_triton(layer: HyperConvLayer, x: torch.Tensor, residual: bool) -> tor
         bias = hc.bias.to(cdtype).t()[None, :, :, None].expand(x.shape[0], -1, -1, x.shape[1])
         y = _conv_op(src2, _packed(hc.conv2w, cdtype), None, p1.permute(0, 3, 1, 2), bias, k, 1, [0, 2, 1, 3])
     # channel conv over (H', W') -> [B, C', H', W'] contiguous, residual fused
-    conv_bias = layer.conv.bias.to(cdtype)
-    if residual:
-        return _conv_op(y.permute(0, 3, 2, 1), _packed(layer.conv, cdtype), conv_bias, x.to(cdtype), None,
-                        k, 2, [0, 1, 2, 3])
-    return _conv_op(y.permute(0, 3, 2, 1), _packed(layer.conv, cdtype), conv_bias, None, None, k, 0, [0, 1, 2, 3])
+    mode, other = (2, x.to(cdtype)) if residual else (0, None)
+    return _conv_op(y.permute(0, 3, 2, 1), _packed(layer.conv, cdtype), layer.conv.bias.to(cdtype), other, None,
+                    k, mode, [0, 1, 2, 3])
 
 
 def nvtx_range(name: str, device: torch.device):
