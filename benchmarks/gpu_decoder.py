@@ -21,6 +21,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--skip-train", action="store_true")
     ap.add_argument("--batches", default="1,8")
+    ap.add_argument("--train-backends", default="torch,triton",
+                    help="comma list of torch, triton, compile (torch.compile of the reference module)")
     args = ap.parse_args()
     torch.manual_seed(0)
     cfg = DecoderConfig.paper_qwen05()
@@ -46,10 +48,12 @@ def main():
         target = torch.randn(batch, *cfg.output_shape, device="cuda")
         opt = torch.optim.AdamW(dec.parameters(), lr=1e-6, weight_decay=0.1, fused=True)
         ref_ms = None
-        for backend in ("torch", "triton"):
+        compiled = torch.compile(dec) if "compile" in args.train_backends else None
+        for backend in args.train_backends.split(","):
             def step(b=backend):
                 with torch.autocast("cuda", dtype=torch.bfloat16):
-                    loss = (dec(x, backend=b).float() - target).square().mean()
+                    out = compiled(x, backend="torch") if b == "compile" else dec(x, backend=b)
+                    loss = (out.float() - target).square().mean()
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(dec.parameters(), 1.0)
                 opt.step()

@@ -8,22 +8,16 @@ import sys
 from pathlib import Path
 
 import torch
-from peft import LoraConfig
-from transformers import Qwen2Config
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import device_name, median_ms, print_table  # noqa: E402
+from common import device_name, median_ms, print_table, qwen05_lora  # noqa: E402
 
-from dnd_fast import LoRALayout, detokenize_flat, tokenize_flat  # noqa: E402
+from dnd_fast import detokenize_flat, tokenize_flat  # noqa: E402
 
 
 def main():
-    cfg = Qwen2Config(vocab_size=1024, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
-                      num_attention_heads=14, num_key_value_heads=2)
-    lora = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
-                                                           "up_proj", "down_proj"])
-    layout = LoRALayout.from_config(cfg, lora)
-    T, (h, w), P = layout.num_tokens, layout.token_shape, layout.num_params
+    layout, _ = qwen05_lora()
+    P = layout.num_params
     print(f"device: {device_name()}; {layout}")
     rows = []
     for batch in (1, 64):

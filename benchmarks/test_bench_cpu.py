@@ -1,23 +1,24 @@
 """CPU latency suite (pytest-benchmark): python -m pytest benchmarks/test_bench_cpu.py
 
 Tokenize / detokenize at the published Qwen2.5-0.5B layout (4296 tokens), batch 1, for the
-torch reference and the C++ op; a small decoder forward for the reference. GPU figures come
-from the gpu_*.py scripts beside this file (benchmarks/RESULTS.md).
+torch reference and the C++ op; a small decoder forward for the reference; generate() end to
+end with the real MiniLM encoder and a small decoder for that layout. GPU figures come from the
+gpu_*.py scripts beside this file (benchmarks/RESULTS.md).
 """
+import sys
+from pathlib import Path
+
 import pytest
 import torch
-from peft import LoraConfig
-from transformers import Qwen2Config
 
 import dnd_fast
-from dnd_fast import LoRALayout, detokenize_flat, tokenize_flat
+from dnd_fast import detokenize_flat, tokenize_flat
 from dnd_fast.decoder import DecoderConfig, HyperConvDecoder
 
-LAYOUT = LoRALayout.from_config(
-    Qwen2Config(vocab_size=1024, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
-                num_attention_heads=14, num_key_value_heads=2),
-    LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
-                                                   "down_proj"]))
+sys.path.insert(0, str(Path(__file__).parent))
+from common import qwen05_lora  # noqa: E402
+
+LAYOUT, LORA = qwen05_lora()
 CPU_BACKENDS = [b for b in dnd_fast.backends("cpu") if b in ("torch", "cpp")]
 
 
@@ -39,3 +40,13 @@ def test_decoder_forward_small(benchmark):
     x = torch.randn(1, *cfg.condition_shape)
     with torch.no_grad():
         benchmark(dec, x, backend="torch")
+
+
+def test_generate_end_to_end(benchmark):
+    encoder = dnd_fast.PromptEncoder(max_length=64, num_prompts=16)
+    cfg = DecoderConfig.for_layout(LAYOUT, encoder.condition_shape, num_layers=3, kernel_size=3, max_channels=32)
+    gen = dnd_fast.Generator(encoder, HyperConvDecoder(cfg), LAYOUT, torch.ones(LAYOUT.num_tokens, 2) * 0.01,
+                             "Qwen2.5-0.5B (shapes)", LORA).for_inference("cpu")
+    prompts = [f"Question {i}: which of the answers is right? A: one B: two" for i in range(16)]
+    adapter = benchmark(dnd_fast.generate, prompts, gen)
+    assert len(adapter.state_dict()) == len(LAYOUT.tensors)

@@ -208,7 +208,8 @@ def _layer_triton(layer: HyperConvLayer, x: torch.Tensor, residual: bool) -> tor
     innermost. x, the layer's output and every intermediate are named by their logical axes."""
     hc, k = layer.hyper, layer.conv.kernel_size[0]
     cdtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
-    xn = F.layer_norm(x.float(), hc.norm.normalized_shape, hc.norm.weight, hc.norm.bias, hc.norm.eps).to(cdtype)
+    xn = F.layer_norm(x.float(), hc.norm.normalized_shape, hc.norm.weight.float(), hc.norm.bias.float(),
+                      hc.norm.eps).to(cdtype)
     xn_h = xn.transpose(2, 3).contiguous()  # memory [B, C, W, H]: H innermost for conv2h
     train = torch.is_grad_enabled() and any(p.requires_grad for p in layer.parameters())
 

@@ -215,3 +215,16 @@ def _peft_state_dict(peft_model) -> dict[str, torch.Tensor]:
     from peft import get_peft_model_state_dict
 
     return get_peft_model_state_dict(peft_model, save_embedding_layers=False)
+
+
+def lora_config_dict(lora_config) -> dict:
+    """A json-safe dict of a peft ``LoraConfig``."""
+    d = lora_config.to_dict() if hasattr(lora_config, "to_dict") else dict(lora_config)
+    return json.loads(json.dumps(d, default=lambda v: sorted(v) if isinstance(v, (set, frozenset)) else str(v)))
+
+
+def make_lora_config(d: dict):
+    from peft import LoraConfig
+
+    fields = LoraConfig.__dataclass_fields__
+    return LoraConfig(**{k: v for k, v in d.items() if k in fields and k not in ("peft_type", "revision")})

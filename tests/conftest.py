@@ -61,3 +61,92 @@ def reseed():
     torch.manual_seed(seed)
     print(f"seed={seed}")
     return seed
+
+
+CHAT_TEMPLATE = ("{% for m in messages %}<{{ m['role'] }}> {{ m['content'] }}\n{% endfor %}"
+                 "{% if add_generation_prompt %}<assistant> {% endif %}")
+
+
+def _minilm_tokenizer():
+    from transformers import AutoTokenizer
+
+    from dnd_fast.models import resolve_encoder
+
+    return AutoTokenizer.from_pretrained(resolve_encoder(None))
+
+
+def tiny_base_dir(path, family: str = "llama", seed: int = 0):
+    """A random-weight causal LM with a (MiniLM WordPiece) tokenizer and a chat template, saved to ``path``."""
+    from transformers import AutoModelForCausalLM
+
+    tok = _minilm_tokenizer()
+    tok.chat_template = CHAT_TEMPLATE
+    tok.eos_token = "[SEP]"
+    config = tiny_config(family)
+    config.vocab_size = len(tok)
+    torch.manual_seed(seed)
+    AutoModelForCausalLM.from_config(config).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def tiny_encoder_dir(path, seed: int = 0):
+    """A random-weight 1-layer BERT (hidden 32) with MiniLM's tokenizer, saved to ``path``."""
+    from transformers import BertConfig, BertModel
+
+    tok = _minilm_tokenizer()
+    torch.manual_seed(seed)
+    BertModel(BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=48, max_position_embeddings=64)).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def synthetic_tasks(root, n_items: int = 24):
+    """Two small multiple-choice tasks in the data format (files NAME_train.json / NAME_test.json)."""
+    import json
+    import random
+
+    rng = random.Random(0)
+    root.mkdir(parents=True, exist_ok=True)
+    for name, words in (("colors", ["red", "blue", "green", "yellow"]), ("animals", ["cat", "dog", "owl", "fox"])):
+        for split in ("train", "test"):
+            items = []
+            for i in range(n_items):
+                gold = rng.randrange(4)
+                opts = "\n".join(f"{'ABCD'[j]}: {w}" for j, w in enumerate(rng.sample(words, 4)))
+                items.append({"prompt": f"{name} question {i}: which one?\n{opts}", "response": f"[{'ABCD'[gold]}]",
+                              "system": "answer with a letter"})
+            (root / f"{name}_{split}.json").write_text(json.dumps(items))
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_base(tmp_path_factory):
+    return tiny_base_dir(tmp_path_factory.mktemp("tiny_base"))
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder(tmp_path_factory):
+    return tiny_encoder_dir(tmp_path_factory.mktemp("tiny_encoder"))
+
+
+@pytest.fixture(scope="session")
+def tiny_tasks(tmp_path_factory):
+    return synthetic_tasks(tmp_path_factory.mktemp("tasks"))
+
+
+def random_generator(base_dir, encoder_dir, *, num_prompts=3, max_length=8, seed=0):
+    """An untrained generator for ``base_dir``'s LoRA layout (std 0.01 stats, so its LoRAs are not zero)."""
+    from transformers import AutoConfig
+
+    from dnd_fast import DecoderConfig, Generator, HyperConvDecoder, LoRALayout, PromptEncoder
+
+    config = lora_config()
+    layout = LoRALayout.from_config(AutoConfig.from_pretrained(base_dir), config)
+    encoder = PromptEncoder(str(encoder_dir), max_length=max_length, num_prompts=num_prompts)
+    torch.manual_seed(seed)
+    decoder = HyperConvDecoder(DecoderConfig.for_layout(layout, encoder.condition_shape, num_layers=2, kernel_size=3,
+                                                        max_channels=8))
+    stats = torch.stack([torch.zeros(layout.num_tokens), torch.full((layout.num_tokens,), 0.01)], -1)
+    return Generator(encoder, decoder, layout, stats, str(base_dir), config).for_inference("cpu")

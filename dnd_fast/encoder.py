@@ -1,0 +1,90 @@
+"""PromptEncoder: N prompts of one task -> the decoder's condition ``[N, L, C]`` (a batch: ``[B, N, L, C]``).
+
+The condition is the frozen sentence encoder's last hidden state (not a pooled vector), every
+prompt padded / truncated to ``max_length`` tokens, padded positions zeroed. A task gives exactly
+``num_prompts`` prompts: fewer are resampled (with replacement), more are subsampled, both with a
+fixed seed, so the same prompts give the same condition.
+"""
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from dnd_fast.models import DEFAULT_ENCODER, resolve_encoder
+
+
+def check_prompt_sets(prompts) -> tuple[list[list[str]], bool]:
+    """(prompt sets, whether one set was given): a list of strings is one task, a list of lists many."""
+    if isinstance(prompts, str) or not isinstance(prompts, Sequence) or len(prompts) == 0:
+        raise ValueError("prompts must be a non-empty list of strings (one task) or of lists of strings (many tasks)")
+    single = not all(isinstance(p, Sequence) and not isinstance(p, str) for p in prompts)
+    sets = [list(prompts)] if single else [list(p) for p in prompts]
+    for i, s in enumerate(sets):
+        where = "" if single else f" (task {i})"
+        if not isinstance(s, list) or not s:
+            raise ValueError(f"prompts{where}: expected a non-empty list of strings, got {type(s).__name__}"
+                             f"{' (empty)' if isinstance(s, list) else ''}")
+        bad = next((j for j, p in enumerate(s) if not isinstance(p, str) or not p.strip()), None)
+        if bad is not None:
+            raise ValueError(f"prompts{where}: item {bad} is {type(s[bad]).__name__} {s[bad]!r}, expected a "
+                             "non-empty string")
+    return sets, single
+
+
+def select_prompts(prompts: list[str], n: int, seed: int) -> list[str]:
+    """Exactly ``n`` prompts: a seeded sample without replacement, or resampling when there are fewer."""
+    rng = random.Random(seed)
+    if len(prompts) >= n:
+        return rng.sample(prompts, n)
+    return prompts + rng.choices(prompts, k=n - len(prompts))
+
+
+class PromptEncoder(nn.Module):
+    def __init__(self, name_or_path=None, *, max_length: int = 384, num_prompts: int = 128):
+        super().__init__()
+        from transformers import AutoModel, AutoTokenizer
+
+        self.name_or_path = str(name_or_path or DEFAULT_ENCODER)
+        path = resolve_encoder(name_or_path)
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.model = AutoModel.from_pretrained(path).eval().requires_grad_(False)
+        self.max_length = int(max_length)
+        self.num_prompts = int(num_prompts)
+        if self.max_length < 1 or self.num_prompts < 1:
+            raise ValueError("max_length and num_prompts must be >= 1")
+
+    @property
+    def hidden_size(self) -> int:
+        return self.model.config.hidden_size
+
+    @property
+    def condition_shape(self) -> tuple[int, int, int]:
+        return (self.num_prompts, self.max_length, self.hidden_size)
+
+    def tokenize(self, texts: list[str], device) -> tuple[torch.Tensor, torch.Tensor]:
+        enc = self.tokenizer(texts, padding="max_length", truncation=True, max_length=self.max_length,
+                             return_tensors="pt")
+        return enc["input_ids"].to(device, non_blocking=True), enc["attention_mask"].to(device, non_blocking=True)
+
+    def embed_ids(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """[n, L] ids -> [n, L, C] last hidden states, zero where padded."""
+        hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return hidden * attention_mask.unsqueeze(-1).to(hidden.dtype)
+
+    @torch.no_grad()
+    def embed(self, texts: list[str], *, batch_size: int = 256) -> torch.Tensor:
+        """[n, L, C] per-prompt embeddings (what training caches)."""
+        device = next(self.model.parameters()).device
+        out = [self.embed_ids(*self.tokenize(texts[i:i + batch_size], device))
+               for i in range(0, len(texts), batch_size)]
+        return torch.cat(out)
+
+    @torch.no_grad()
+    def forward(self, prompts, *, seed: int = 0) -> torch.Tensor:
+        """A list of prompts -> [1, N, L, C]; a list of prompt lists -> [B, N, L, C]."""
+        sets, _ = check_prompt_sets(prompts)
+        chosen = [p for s in sets for p in select_prompts(s, self.num_prompts, seed)]
+        return self.embed(chosen).view(len(sets), *self.condition_shape)

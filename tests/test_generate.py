@@ -1,0 +1,148 @@
+import json
+
+import pytest
+import torch
+from conftest import lora_config, needs_cuda, random_generator, tiny_base_dir
+from peft import PeftModel
+from transformers import AutoModelForCausalLM
+
+import dnd_fast
+from dnd_fast.encoder import select_prompts
+
+PROMPTS = ["What is the capital of France?", "Name a prime number larger than ten.", "Is the sky green?",
+           "Which metal is liquid at room temperature?"]
+
+
+@pytest.fixture(scope="module")
+def gen(tiny_base, tiny_encoder):
+    return random_generator(tiny_base, tiny_encoder)
+
+
+def test_generated_adapter_loads_into_peft_and_changes_logits(gen, tiny_base, tmp_path):
+    adapter = dnd_fast.generate(PROMPTS, gen)
+    assert isinstance(adapter, dnd_fast.GeneratedAdapter)
+    assert set(adapter.state_dict()) == set(gen.layout.keys)
+    adapter.save_pretrained(tmp_path / "adapter")
+    assert sorted(p.name for p in (tmp_path / "adapter").iterdir()) == ["adapter_config.json",
+                                                                       "adapter_model.safetensors"]
+    base = AutoModelForCausalLM.from_pretrained(tiny_base).eval()
+    ids = torch.randint(0, 500, (2, 12))
+    with torch.no_grad():
+        before = base(input_ids=ids).logits
+        loaded = PeftModel.from_pretrained(base, tmp_path / "adapter").eval()
+        after = loaded(input_ids=ids).logits
+    assert not torch.allclose(before, after, atol=1e-4), "the generated LoRA does not change the model"
+    # the loaded weights are the generated ones
+    lora_a = next(k for k in adapter.state_dict() if "lora_A" in k)
+    module = dict(loaded.named_modules())[lora_a.replace(".lora_A.weight", "")]
+    torch.testing.assert_close(module.lora_A["default"].weight, adapter.state_dict()[lora_a])
+    # apply() gives the same model as save + from_pretrained
+    applied = adapter.apply(AutoModelForCausalLM.from_pretrained(tiny_base).eval())
+    with torch.no_grad():
+        torch.testing.assert_close(applied(input_ids=ids).logits, after)
+
+
+def test_batch_of_three_tasks_equals_three_single_calls(gen):
+    tasks = [PROMPTS, PROMPTS[:2], ["one single prompt"]]
+    batched = dnd_fast.generate(tasks, gen, seed=3)
+    assert isinstance(batched, list) and len(batched) == 3
+    for prompts, adapter in zip(tasks, batched):
+        single = dnd_fast.generate(prompts, gen, seed=3)
+        for k, v in single.state_dict().items():
+            torch.testing.assert_close(adapter.state_dict()[k], v, atol=1e-5, rtol=1e-4)
+    a, b = dnd_fast.generate([PROMPTS, PROMPTS[::-1][:1]], gen)
+    assert not torch.equal(next(iter(a.state_dict().values())), next(iter(b.state_dict().values())))
+
+
+def test_prompt_selection_is_seeded_and_exact():
+    assert len(select_prompts(PROMPTS, 10, 0)) == 10  # resampled
+    assert select_prompts(PROMPTS, 10, 0) == select_prompts(PROMPTS, 10, 0)
+    picked = select_prompts(PROMPTS, 2, 1)
+    assert len(picked) == 2 and len(set(picked)) == 2 and set(picked) <= set(PROMPTS)
+
+
+def test_save_load_round_trip_is_bit_exact(gen, tmp_path):
+    gen.save(tmp_path / "g")
+    assert sorted(p.name for p in (tmp_path / "g").iterdir()) == ["generator.json", "generator.safetensors"]
+    loaded = dnd_fast.Generator.load(tmp_path / "g", device="cpu")
+    for (k, v), (k2, v2) in zip(gen.decoder.state_dict().items(), loaded.decoder.state_dict().items()):
+        assert k == k2 and torch.equal(v, v2)
+    assert torch.equal(gen.stats, loaded.stats) and loaded.layout == gen.layout
+    a = dnd_fast.generate(PROMPTS, gen).state_dict()
+    b = dnd_fast.generate(PROMPTS, str(tmp_path / "g"), device="cpu").state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    gen.save(tmp_path / "g")  # overwriting an existing generator works and leaves no temporary files behind
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["g"]
+
+
+def test_bad_prompts_give_one_clear_error(gen):
+    with pytest.raises(ValueError, match="non-empty list"):
+        dnd_fast.generate([], gen)
+    with pytest.raises(ValueError, match="non-empty list"):
+        dnd_fast.generate("a single string", gen)
+    with pytest.raises(ValueError, match="item 1 is int"):
+        dnd_fast.generate(["fine", 3], gen)
+    with pytest.raises(ValueError, match=r"task 1.*empty"):
+        dnd_fast.generate([["fine"], []], gen)
+
+
+def test_adapter_for_another_base_model_is_refused(gen, tmp_path):
+    adapter = dnd_fast.generate(PROMPTS, gen)
+    other = AutoModelForCausalLM.from_pretrained(tiny_base_dir(tmp_path / "qwen", family="qwen2"))
+    other.model.layers = other.model.layers[:1]  # another architecture depth: another layout
+    other.config.num_hidden_layers = 1
+    with pytest.raises(ValueError, match="generated for base model"):
+        adapter.apply(other)
+
+
+def test_missing_or_corrupt_generator_directory(gen, tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        dnd_fast.Generator.load(tmp_path / "nowhere")
+    gen.save(tmp_path / "g")
+    (tmp_path / "g" / "generator.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(ValueError, match="not a readable safetensors"):
+        dnd_fast.Generator.load(tmp_path / "g")
+    gen.save(tmp_path / "g")
+    cfg = json.loads((tmp_path / "g" / "generator.json").read_text())
+    cfg["decoder"]["kernel_size"] = 5
+    (tmp_path / "g" / "generator.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="does not match generator.json"):
+        dnd_fast.Generator.load(tmp_path / "g")
+    (tmp_path / "g" / "generator.json").write_text("{")
+    with pytest.raises(ValueError, match="not valid json"):
+        dnd_fast.Generator.load(tmp_path / "g")
+
+
+def test_failed_save_keeps_the_old_generator(gen, tmp_path, monkeypatch):
+    gen.save(tmp_path / "g")
+    before = (tmp_path / "g" / "generator.safetensors").read_bytes()
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(dnd_fast.generator.io, "save_tensors", broken)
+    with pytest.raises(OSError, match="disk full"):
+        gen.save(tmp_path / "g")
+    assert (tmp_path / "g" / "generator.safetensors").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["g"]
+
+
+def test_lora_config_survives_the_generator(gen):
+    config = dnd_fast.generate(PROMPTS, gen).peft_config
+    assert config.r == lora_config().r and set(config.target_modules) == set(lora_config().target_modules)
+
+
+@needs_cuda
+def test_cuda_graph_path_equals_eager_on_the_gpu(tiny_base, tiny_encoder):
+    gen = random_generator(tiny_base, tiny_encoder).for_inference("cuda")
+    sets = [PROMPTS, PROMPTS[:1]]
+    gen.use_cuda_graphs = False
+    eager = gen.generate_flat(sets).cpu()
+    gen.use_cuda_graphs = True
+    graphed = [gen.generate_flat(sets).cpu() for _ in range(2)]  # capture, then replay
+    assert 2 in gen._graphs
+    for g in graphed:
+        torch.testing.assert_close(g, eager, atol=1e-6, rtol=0)
+    other = gen.generate_flat([PROMPTS[1:], PROMPTS[:2]]).cpu()  # replay with new inputs
+    gen.use_cuda_graphs = False
+    torch.testing.assert_close(other, gen.generate_flat([PROMPTS[1:], PROMPTS[:2]]).cpu(), atol=1e-6, rtol=0)
