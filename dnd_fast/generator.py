@@ -200,10 +200,11 @@ class GeneratedAdapter:
 
         base = model.get_base_model() if isinstance(model, PeftModel) else model
         self.check_model(base)
-        peft_model = get_peft_model(model, self.peft_config, adapter_name=adapter_name) \
-            if not isinstance(model, PeftModel) else model
         if isinstance(model, PeftModel):
-            peft_model.add_adapter(adapter_name, self.peft_config)
+            model.add_adapter(adapter_name, self.peft_config)
+            peft_model = model
+        else:
+            peft_model = get_peft_model(model, self.peft_config, adapter_name=adapter_name)
         device = next(base.parameters()).device
         set_peft_model_state_dict(peft_model, {k: v.to(device) for k, v in self._state_dict.items()},
                                   adapter_name=adapter_name)
