@@ -178,12 +178,8 @@ def results_markdown(results: dict) -> str:
 
 
 def plot_results(results: dict, png: Path) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = io.pyplot()
+    if plt is None:
         return
     held = list(results["hold_out"])
     first = results["hold_out"][held[0]]["scores"]["base"]
@@ -203,7 +199,4 @@ def plot_results(results: dict, png: Path) -> None:
     ax.set_title(f"zero-shot LoRA generation, held-out tasks ({results['device']})")
     ax.legend(fontsize=7, ncol=3)
     fig.tight_layout()
-    tmp = png.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(png)
+    io.save_figure(fig, png)

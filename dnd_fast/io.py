@@ -63,6 +63,32 @@ def read_json(path: str | Path) -> dict:
         raise ValueError(f"{path}: not valid json ({exc})") from None
 
 
+def pyplot():
+    """matplotlib.pyplot on the Agg backend, or None where matplotlib is not installed (plots are optional)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    return plt
+
+
+def save_figure(fig, path: str | Path) -> None:
+    """Write a matplotlib figure as PNG atomically, then close it."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    tmp = _temp_beside(path, ".png")
+    try:
+        fig.savefig(tmp, dpi=100)
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
+
+
 @contextlib.contextmanager
 def atomic_dir(target: str | Path):
     """Yields a fresh temporary directory beside ``target``; on success it replaces ``target``."""

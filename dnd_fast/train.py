@@ -266,12 +266,8 @@ def train(store: str | Path, out: str | Path, cfg: TrainConfig, *, device=None, 
 
 
 def _plot_losses(png: Path, log: Path) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = io.pyplot()
+    if plt is None:
         return
     rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
     if not rows:
@@ -283,7 +279,4 @@ def _plot_losses(png: Path, log: Path) -> None:
     ax.set_yscale("log")
     ax.set_title("generator training loss")
     fig.tight_layout()
-    tmp = png.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(png)
+    io.save_figure(fig, png)
