@@ -211,6 +211,10 @@ def load_store(store: str | Path, names: list[str] | None = None) -> dict[str, d
     return found
 
 
+def load_checkpoint(store: str | Path, manifest: dict, index: int = -1) -> dict[str, torch.Tensor]:
+    """One kept checkpoint of a task (default: its last)."""
+    return io.load_tensors(Path(store) / manifest["task"] / manifest["checkpoints"][index]["file"])
+
+
 def load_checkpoints(store: str | Path, manifest: dict) -> list[dict[str, torch.Tensor]]:
-    task_dir = Path(store) / manifest["task"]
-    return [io.load_tensors(task_dir / c["file"]) for c in manifest["checkpoints"]]
+    return [load_checkpoint(store, manifest, i) for i in range(len(manifest["checkpoints"]))]

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from dnd_fast import io
-from dnd_fast.collect import CollectConfig, collect, load_checkpoints
+from dnd_fast.collect import CollectConfig, collect, load_checkpoint
 from dnd_fast.data import load_tasks
 from dnd_fast.evaluate import SCORINGS, AdapterSlot, evaluate_items
 from dnd_fast.generator import Generator, generate
@@ -83,7 +83,7 @@ def run(tasks_dir: str | Path, out: str | Path, cfg: ExperimentConfig, *, device
 
     model, tokenizer = load_base(cfg.base, device=device)
     slot = AdapterSlot(model, make_lora_config(next(iter(manifests.values()))["lora_config"]))
-    last = {name: load_checkpoints(store, m)[-1] for name, m in manifests.items()}
+    last = {name: load_checkpoint(store, m) for name, m in manifests.items()}
     results = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                "config": dataclasses.asdict(cfg), "collect_seconds": round(collect_s, 2),
                "collect_seconds_per_task": {n: m["seconds_this_run"] for n, m in manifests.items()},
