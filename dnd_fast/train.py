@@ -33,7 +33,7 @@ from dnd_fast.encoder import PromptEncoder
 from dnd_fast.generator import Generator
 from dnd_fast.layout import LoRALayout
 from dnd_fast.resume import load_state, save_state
-from dnd_fast.tokenizer import tokenize_flat
+from dnd_fast.tokenizer import STD_FLOOR, tokenize_flat
 
 # (num_layers, kernel_size, max_channels) of DecoderConfig.for_layout; "paper" is the published cascade
 DECODER_SIZES = {"tiny": (2, 3, 16), "small": (3, 5, 64), "medium": (4, 5, 512), "large": (6, 9, 1024)}
@@ -105,11 +105,12 @@ class TrainingData:
 
     def _stats(self, flat: torch.Tensor) -> torch.Tensor:
         """[T, 2] (mean, std) per token over every slot of every checkpoint."""
-        _, scales = tokenize_flat(flat, self.layout)
+        # A few checkpoints at a time: only the scales are kept, not [K, T, h, w] tokens of every checkpoint.
+        scales = torch.cat([tokenize_flat(chunk, self.layout)[1] for chunk in flat.split(16)])
         mean, std = scales[..., 0], scales[..., 1]
         global_mean = mean.mean(0)
         var = (std.square() + mean.square()).mean(0) - global_mean.square()
-        return torch.stack([global_mean, var.clamp_min(0).sqrt().clamp_min(1e-8)], -1)
+        return torch.stack([global_mean, var.clamp_min(0).sqrt().clamp_min(STD_FLOOR)], -1)
 
     @staticmethod
     def _embeddings(store: Path, task: str, encoder: PromptEncoder, cfg: TrainConfig, device, progress) -> torch.Tensor:
