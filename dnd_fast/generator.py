@@ -213,8 +213,14 @@ class GeneratedAdapter:
 
 
 @functools.lru_cache(maxsize=4)
-def _cached_generator(directory: str, device: str, dtype: torch.dtype | None) -> Generator:
+def _cached_generator(directory: str, version: tuple, device: str, dtype: torch.dtype | None) -> Generator:
     return Generator.load(directory, device=device, dtype=dtype)
+
+
+def _version(directory: Path) -> tuple:
+    """Changes when the generator directory is saved again, so a re-saved generator is re-loaded."""
+    return tuple((directory / f).stat().st_mtime_ns if (directory / f).exists() else None
+                 for f in (CONFIG_FILE, WEIGHTS_FILE))
 
 
 def load_generator(generator, *, device=None, dtype: torch.dtype | None = None) -> Generator:
@@ -224,7 +230,8 @@ def load_generator(generator, *, device=None, dtype: torch.dtype | None = None) 
     if not isinstance(generator, (str, Path)):
         raise TypeError(f"generator must be a Generator or a directory, got {type(generator).__name__}")
     device = str(torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu")))
-    return _cached_generator(str(Path(generator).resolve()), device, dtype)
+    directory = Path(generator).resolve()
+    return _cached_generator(str(directory), _version(directory), device, dtype)
 
 
 def generate(prompts: Sequence[str] | Sequence[Sequence[str]], generator, *, device=None,

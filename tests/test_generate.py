@@ -73,6 +73,11 @@ def test_save_load_round_trip_is_bit_exact(gen, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
     gen.save(tmp_path / "g")  # overwriting an existing generator works and leaves no temporary files behind
     assert sorted(p.name for p in tmp_path.iterdir()) == ["g"]
+    # generate() by directory sees the re-saved weights, not a stale cached copy
+    other = random_generator(gen.base_model, gen.encoder.name_or_path, seed=1)
+    other.save(tmp_path / "g")
+    c = dnd_fast.generate(PROMPTS, str(tmp_path / "g"), device="cpu").state_dict()
+    assert not all(torch.equal(b[k], c[k]) for k in b)
 
 
 def test_bad_prompts_give_one_clear_error(gen):
