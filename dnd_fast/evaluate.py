@@ -103,17 +103,26 @@ def _final_answer(text: str) -> str:
 def exact_match(model, tokenizer, items: list[dict], *, batch_size: int = 16, max_new_tokens: int = 256) -> float:
     """Greedy decoding; share of items whose final answer equals the reference's."""
     device = next(model.parameters()).device
-    tokenizer.padding_side = "left"
+    side, tokenizer.padding_side = tokenizer.padding_side, "left"  # generation continues at the row's end
+    try:
+        hits = _greedy_hits(model, tokenizer, items, batch_size, max_new_tokens, device)
+    finally:
+        tokenizer.padding_side = side
+    return hits / max(1, len(items))
+
+
+def _greedy_hits(model, tokenizer, items, batch_size, max_new_tokens, device) -> int:
     hits = 0
     for b in range(0, len(items), batch_size):
         chunk = items[b:b + batch_size]
         enc = tokenizer([chat_prompt(tokenizer, it) for it in chunk], return_tensors="pt", padding=True,
                         add_special_tokens=False).to(device)
-        out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+        out = model.generate(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
+                             max_new_tokens=max_new_tokens, do_sample=False,
                              pad_token_id=tokenizer.pad_token_id)
         texts = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
         hits += sum(_final_answer(t) == _final_answer(it["response"]) for t, it in zip(texts, chunk))
-    return hits / max(1, len(items))
+    return hits
 
 
 def evaluate_items(model, tokenizer, items: list[dict], *, scorings=SCORINGS, batch_size: int = 32,

@@ -6,7 +6,7 @@ import torch
 from dnd_fast import experiment
 from dnd_fast.collect import CollectConfig
 from dnd_fast.data import load_tasks, parse_choices
-from dnd_fast.evaluate import Request, _encode, evaluate_items, item_requests, loglikelihoods
+from dnd_fast.evaluate import Request, _encode, _final_answer, evaluate_items, exact_match, item_requests, loglikelihoods
 from dnd_fast.models import load_base
 from dnd_fast.train import TrainConfig
 
@@ -56,6 +56,17 @@ def test_scores_are_in_range_and_deterministic(tiny_base, tiny_tasks):
     b = evaluate_items(model, tok, items, batch_size=3)
     assert a == b and a["n"] == 10 and set(a) == {"cloze_acc", "cloze_acc_norm", "letter_acc", "n"}
     assert all(0 <= v <= 1 for k, v in a.items() if k != "n")
+
+
+def test_exact_match_on_free_text_answers(tiny_base):
+    assert _final_answer("so 3 + 4 = 7, and the total is $1,234.") == "1234"
+    assert _final_answer("[Paris]") == "paris"
+    model, tok = load_base(str(tiny_base))
+    side = tok.padding_side
+    items = [{"prompt": "what is 2 + 2?", "response": "4"}, {"prompt": "name a city", "response": "Paris"}]
+    score = exact_match(model, tok, items, batch_size=2, max_new_tokens=4)
+    assert score in (0.0, 0.5, 1.0) and tok.padding_side == side  # the tokenizer is left as it was
+    assert evaluate_items(model, tok, items)["exact"] == score
 
 
 @pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data/commonsense is absent (task data is not in the repo)")
