@@ -269,13 +269,13 @@ def _profile_generate(args, layout, config, device) -> list[list]:
     rows = []
     for graphs in ([False, True] if device.type == "cuda" else [False]):
         gen.use_cuda_graphs = graphs
-        ms = _median_ms(lambda: gen.generate_flat(prompts).cpu(), device, args.reps)
+        ms = _median_ms(lambda: gen.generate_to_host(prompts), device, args.reps)
         rows.append(["generate (end to end)", "cuda graph" if graphs else "eager", f"{ms:.2f}",
                      f"{args.batch * 1e3 / ms:.1f} LoRA/s"])
     if device.type == "cuda":
         with torch.cuda.nvtx.range("generate.profiled"):
             gen.use_cuda_graphs = False
-            gen.generate_flat(prompts).cpu()
+            gen.generate_to_host(prompts)
     return rows
 
 

@@ -148,7 +148,22 @@ def _(x, weight, bias, other, extra, ks, mode, out_order):
 def _wgrad_op(x: torch.Tensor, grad_out: torch.Tensor, ks: int) -> torch.Tensor:
     from dnd_fast.kernels import hyperconv
 
+    if x.is_cuda and min(x.shape[1], grad_out.shape[1]) < 512:
+        return _wgrad_cudnn(x, grad_out, ks)
     return hyperconv.conv2d_same_wgrad(x, grad_out, ks)
+
+
+def _wgrad_cudnn(x, grad_out, ks):
+    """cuDNN's weight gradient, packed like ours. Measured on an H100 at batch 8
+    (benchmarks/gpu_convs.py --train): 2-10x faster than the Triton kernel unless both channel
+    counts are large (>= 512), where the Triton one is 3-5x faster."""
+    pad = (ks - 1) // 2
+    cl = torch.channels_last
+    shape_only = x.new_empty(grad_out.shape[1], x.shape[1], ks, ks)
+    _, gw, _ = torch.ops.aten.convolution_backward(
+        grad_out.contiguous(memory_format=cl), x.contiguous(memory_format=cl), shape_only, None,
+        [1, 1], [pad, pad], [1, 1], False, [0, 0], 1, [False, True, False])
+    return gw.float().permute(2, 3, 1, 0).flatten(0, 1)
 
 
 @_wgrad_op.register_fake
@@ -170,8 +185,14 @@ def _conv_backward(ctx, grad):
     grad = grad.to(x.dtype)
     gx = gw = gb = go = None
     if ctx.needs_input_grad[0]:
+        from dnd_fast.kernels import hyperconv
+
         # The adjoint of a 'same' conv with an odd kernel: flipped taps, in/out channels swapped.
-        gx = _conv_op(grad, weight.flip(0).transpose(1, 2).contiguous(), None, None, None, ctx.ks, 0, [0, 1, 2, 3])
+        flipped = hyperconv.pad_rows(weight.flip(0).transpose(1, 2))
+        # the conv reads channels fastest when they are innermost: a copy costs far less than
+        # strided loads (2x on the 2048-channel grad of the last layer)
+        src = grad if grad.stride(1) == 1 else grad.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)
+        gx = _conv_op(src, flipped, None, None, None, ctx.ks, 0, [0, 1, 2, 3])
     if ctx.needs_input_grad[1]:
         gw = _wgrad_op(x, grad, ctx.ks).to(weight.dtype)
     if ctx.needs_input_grad[2]:
@@ -185,11 +206,14 @@ _conv_op.register_autograd(_conv_backward, setup_context=_conv_setup)
 
 
 def _packed(conv: nn.Module, dtype: torch.dtype) -> torch.Tensor:
-    """The conv's weight as [k*k, C_in, C_out] in ``dtype``; cached when no gradient is wanted."""
+    """The conv's weight as [k*k, C_in, C_out] in ``dtype`` (``hyperconv.pack_weight``); cached
+    when no gradient is wanted."""
+    from dnd_fast.kernels import hyperconv
+
     w = conv.weight
 
     def pack():
-        return w.to(dtype).permute(2, 3, 1, 0).flatten(0, 1).contiguous()
+        return hyperconv.pack_weight(w, dtype)
 
     if (torch.is_grad_enabled() and w.requires_grad) or torch.compiler.is_compiling():
         return pack()
@@ -255,9 +279,9 @@ class HyperConvDecoder(nn.Module):
                              f", got {list(condition.shape)}")
         backend = backend or self.backend
         training = torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())
-        if backend is None and (training or condition.shape[0] > 1):
-            # Measured on an H100 (benchmarks/RESULTS.md): the Triton path wins at batch 1 only;
-            # larger batches and training steps are faster on the cuDNN reference for now.
+        if backend is None and training:
+            # Measured on an H100 (benchmarks/RESULTS.md): the Triton forward beats cuDNN 6.6x at
+            # batch 1 and 2.4x at batch 8, but its training step is still slower than cuDNN's.
             backend = "torch"
         name = dispatch.resolve(backend, condition.device, ("triton",), "HyperConvDecoder")
         layer_fn = _layer_triton if name == "triton" else _layer_reference

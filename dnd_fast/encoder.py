@@ -7,9 +7,11 @@ fixed seed, so the same prompts give the same condition.
 """
 from __future__ import annotations
 
+import copy
 import random
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -65,9 +67,35 @@ class PromptEncoder(nn.Module):
         return (self.num_prompts, self.max_length, self.hidden_size)
 
     def tokenize(self, texts: list[str], device) -> tuple[torch.Tensor, torch.Tensor]:
-        enc = self.tokenizer(texts, padding="max_length", truncation=True, max_length=self.max_length,
-                             return_tensors="pt")
-        return enc["input_ids"].to(device, non_blocking=True), enc["attention_mask"].to(device, non_blocking=True)
+        """[n, max_length] input ids and attention mask on ``device``."""
+        backend = self._rust_tokenizer()
+        if backend is None:
+            enc = self.tokenizer(texts, padding="max_length", truncation=True, max_length=self.max_length,
+                                 return_tensors="pt")
+            ids, mask = enc["input_ids"], enc["attention_mask"]
+        else:
+            encodings = backend.encode_batch(texts)
+            ids = torch.from_numpy(np.array([e.ids for e in encodings], dtype=np.int64))
+            mask = torch.from_numpy(np.array([e.attention_mask for e in encodings], dtype=np.int64))
+        if torch.device(device).type == "cuda":
+            ids, mask = ids.pin_memory(), mask.pin_memory()
+        return ids.to(device, non_blocking=True), mask.to(device, non_blocking=True)
+
+    def _rust_tokenizer(self):
+        """A copy of a fast tokenizer's Rust backend set to pad and truncate to ``max_length``: the
+        same ids as the Python call at a third of its host time (it is the generate path's largest
+        host cost). None for slow tokenizers."""
+        backend = getattr(self.tokenizer, "_tokenizer", None)
+        if backend is None or self.tokenizer.pad_token_id is None:
+            return None
+        key = (id(backend), self.max_length)
+        if getattr(self, "_rust", (None,))[0] != key:
+            rust = copy.deepcopy(backend)
+            rust.enable_truncation(self.max_length)
+            rust.enable_padding(length=self.max_length, pad_id=self.tokenizer.pad_token_id,
+                                pad_token=self.tokenizer.pad_token, direction=self.tokenizer.padding_side)
+            self._rust = (key, rust)
+        return self._rust[1]
 
     def embed_ids(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """[n, L] ids -> [n, L, C] last hidden states, zero where padded."""

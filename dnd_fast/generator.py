@@ -138,6 +138,15 @@ class Generator(nn.Module):
                 return self._pipeline(ids, mask)
         return self._graphs[batch](ids, mask)
 
+    def generate_to_host(self, prompt_sets: list[list[str]], seed: int = 0) -> torch.Tensor:
+        """[B, P] flat LoRA buffers in host memory (pinned when generated on a GPU: a pageable copy
+        of a 17.6 MB Qwen2.5-0.5B LoRA costs ~9 ms, a pinned one under 1 ms). The one host sync."""
+        flat = self.generate_flat(prompt_sets, seed)
+        if flat.device.type != "cuda":
+            return flat
+        host = torch.empty(flat.shape, dtype=flat.dtype, pin_memory=True)
+        return host.copy_(flat)
+
     def make_adapters(self, flat: torch.Tensor) -> list[GeneratedAdapter]:
         config = make_lora_config(self.lora_config)
         return [GeneratedAdapter(sd, config, self.layout, self.base_model) for sd in self.layout.unflatten(flat)]
@@ -244,6 +253,6 @@ def generate(prompts: Sequence[str] | Sequence[Sequence[str]], generator, *, dev
     """
     sets, single = check_prompt_sets(prompts)
     gen = load_generator(generator, device=device)
-    flat = gen.generate_flat(sets, seed).cpu()  # the one host sync
+    flat = gen.generate_to_host(sets, seed)
     adapters = gen.make_adapters(flat)
     return adapters[0] if single else adapters

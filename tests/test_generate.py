@@ -61,6 +61,16 @@ def test_prompt_selection_is_seeded_and_exact():
     assert len(picked) == 2 and len(set(picked)) == 2 and set(picked) <= set(PROMPTS)
 
 
+def test_fast_tokenize_equals_the_tokenizer_call(gen):
+    enc = gen.encoder
+    texts = ["", "short", "a much longer prompt " * 40, "émigré naïve café, ünïcödé?", "two\nlines"]
+    ids, mask = enc.tokenize(texts, "cpu")
+    ref = enc.tokenizer(texts, padding="max_length", truncation=True, max_length=enc.max_length, return_tensors="pt")
+    assert enc._rust_tokenizer() is not None  # the fast path ran
+    assert torch.equal(ids, ref["input_ids"]) and torch.equal(mask, ref["attention_mask"])
+    assert ids.shape == (len(texts), enc.max_length) and mask[2].all() and mask[1].sum() < enc.max_length
+
+
 def test_save_load_round_trip_is_bit_exact(gen, tmp_path):
     gen.save(tmp_path / "g")
     assert sorted(p.name for p in (tmp_path / "g").iterdir()) == ["generator.json", "generator.safetensors"]
