@@ -76,7 +76,7 @@ def cmd_train(args) -> int:
                       max_length=args.max_length, max_prompts=args.max_prompts, decoder=args.decoder, steps=args.steps,
                       batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr, warmup=args.warmup,
                       seed=args.seed, save_every=args.save_every, compile=args.compile)
-    summary = train(args.store, args.out, cfg, device=args.device, resume=args.resume)
+    summary = train(args.store, args.out, cfg, device=args.device, resume=args.resume, tensorboard=args.tensorboard)
     if summary.get("final_loss") is not None:
         print(f"dnd-fast train: loss {summary['first_loss']:.4f} -> {summary['final_loss']:.4f} in "
               f"{summary['seconds']} s; generator saved to {summary['generator']}")
@@ -323,6 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue the run saved in --out")
     t.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="torch.compile the decoder (default: on CUDA)")
+    t.add_argument("--tensorboard", metavar="DIR", help="also log scalars for TensorBoard to DIR")
 
     g = common(sub.add_parser("generate", help="prompts of a new task -> a PEFT LoRA adapter"))
     g.add_argument("--generator", required=True, help="generator directory (OUT/generator of dnd-fast train)")

@@ -159,9 +159,19 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 STATE_TENSORS, STATE_JSON = "train_state.safetensors", "train_state.json"
 
 
+def _tensorboard_writer(logdir):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as exc:  # torch's writer needs the tensorboard package
+        raise ImportError(f"--tensorboard needs the tensorboard package ({exc}): pip install tensorboard") from None
+    return SummaryWriter(str(logdir))
+
+
 def train(store: str | Path, out: str | Path, cfg: TrainConfig, *, device=None, resume: bool = False,
-          progress: bool = True, stop_after: int | None = None) -> dict:
-    """Train a generator on the store's tasks minus ``cfg.hold_out``; saves it to ``out``. Returns a summary."""
+          progress: bool = True, stop_after: int | None = None, tensorboard: str | Path | None = None) -> dict:
+    """Train a generator on the store's tasks minus ``cfg.hold_out``; saves it to ``out``. Returns a summary.
+    ``tensorboard``: a log directory for TensorBoard scalars (loss, lr, step time, samples/s), besides
+    the json-lines log that is always written."""
     from tqdm.auto import tqdm
 
     world = distributed.init(device)
@@ -194,6 +204,7 @@ def train(store: str | Path, out: str | Path, cfg: TrainConfig, *, device=None, 
     forward = torch.compile(model) if use_compile else model
     out.mkdir(parents=True, exist_ok=True)
     log = (out / "train_log.jsonl").open("a") if world.is_main else None
+    board = _tensorboard_writer(tensorboard) if tensorboard is not None and world.is_main else None
     micro = cfg.batch_size // (world.size * cfg.grad_accum)
     num_params = sum(p.numel() for p in decoder.parameters())
     if world.is_main and progress:
@@ -244,9 +255,12 @@ def train(store: str | Path, out: str | Path, cfg: TrainConfig, *, device=None, 
             losses.append((done, value))
             bar.set_postfix(loss=f"{value:.4f}", step_ms=f"{dt * 1e3:.0f}", samples_s=f"{cfg.batch_size / dt:.1f}",
                             refresh=False)
+            record = {"loss": value, "lr": lr_at(step, cfg), "step_s": dt, "samples_per_s": cfg.batch_size / dt}
             if log:
-                log.write(json.dumps({"step": done, "loss": value, "lr": lr_at(step, cfg), "step_s": dt,
-                                      "samples_per_s": cfg.batch_size / dt}) + "\n")
+                log.write(json.dumps({"step": done, **record}) + "\n")
+            if board:
+                for name, v in record.items():
+                    board.add_scalar(f"train/{name}", v, done)
         if done % cfg.save_every == 0 or done == cfg.steps:
             save(done)
         if stop_after is not None and done - start >= stop_after and done < cfg.steps:
@@ -255,6 +269,8 @@ def train(store: str | Path, out: str | Path, cfg: TrainConfig, *, device=None, 
     elapsed = time.perf_counter() - t_start
     if log:
         log.close()
+    if board:
+        board.close()
     world.barrier()
     summary = {"tasks": tasks, "hold_out": cfg.hold_out, "checkpoints": int(data.flat.shape[0]),
                "decoder_params": num_params, "steps": cfg.steps, "seconds": round(elapsed, 2),

@@ -43,6 +43,19 @@ def test_loss_falls_and_the_generator_generates(store, tiny_encoder, tmp_path):
     assert set(adapter.state_dict()) == set(gen.layout.keys)
 
 
+def test_tensorboard_scalars_match_the_json_log(store, tiny_encoder, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    train(store, tmp_path / "run", config(tiny_encoder, steps=6), device="cpu", progress=False,
+          tensorboard=tmp_path / "tb")
+    log = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    assert {"train/loss", "train/lr", "train/step_s", "train/samples_per_s"} <= set(events.Tags()["scalars"])
+    board = [(e.step, e.value) for e in events.Scalars("train/loss")]
+    assert board == [(r["step"], pytest.approx(r["loss"], rel=1e-6)) for r in log]
+
+
 def test_resume_equals_an_uninterrupted_run(store, tiny_encoder, tmp_path):
     cfg = config(tiny_encoder)
     train(store, tmp_path / "full", cfg, device="cpu", progress=False)
