@@ -104,7 +104,10 @@ def test_fast_backends_match_reference(device, backend, name, dtype):
     ref_t, ref_s = _tokenize_reference(flat, layout, None, dnd_fast.tokenizer.STD_FLOOR)
     tok, sc = tokenize_flat(flat, layout, backend=backend)
     torch.testing.assert_close(sc, ref_s, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(tok, ref_t, rtol=1e-5, atol=1e-5)
+    # A token is (x - mean) / std: fp32 rounding of x - mean is relative to |mean|, so the error of
+    # a normalised value grows with |mean| / std (up to ~30 for these inputs; a fixed 1e-5 flaked).
+    bound = 1e-5 * (1 + (ref_s[..., 0].abs() / ref_s[..., 1]))[..., None, None]
+    assert torch.all((tok - ref_t).abs() <= bound + 1e-5 * ref_t.abs()), (tok - ref_t).abs().max()
     assert torch.all(tok[:, ~layout.mask(device)] == 0)
 
     stats = torch.stack([torch.randn(layout.num_tokens), torch.rand(layout.num_tokens) + 0.5], -1)
