@@ -22,7 +22,7 @@ def main():
     ap.add_argument("--skip-train", action="store_true")
     ap.add_argument("--batches", default="1,8")
     ap.add_argument("--train-backends", default="torch,triton",
-                    help="comma list of torch, triton, compile (torch.compile of the reference module)")
+                    help="comma list of torch, triton, compile, compile-triton (torch.compile of either path)")
     args = ap.parse_args()
     torch.manual_seed(0)
     cfg = DecoderConfig.paper_qwen05()
@@ -52,7 +52,10 @@ def main():
         for backend in args.train_backends.split(","):
             def step(b=backend):
                 with torch.autocast("cuda", dtype=torch.bfloat16):
-                    out = compiled(x, backend="torch") if b == "compile" else dec(x, backend=b)
+                    if b.startswith("compile"):  # compile = the reference module, compile-triton = ours
+                        out = compiled(x, backend="triton" if b == "compile-triton" else "torch")
+                    else:
+                        out = dec(x, backend=b)
                     loss = (out.float() - target).square().mean()
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(dec.parameters(), 1.0)

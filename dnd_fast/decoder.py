@@ -280,8 +280,9 @@ class HyperConvDecoder(nn.Module):
         backend = backend or self.backend
         training = torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())
         if backend is None and training:
-            # Measured on an H100 (benchmarks/RESULTS.md): the Triton forward beats cuDNN 6.6x at
-            # batch 1 and 2.4x at batch 8, but its training step is still slower than cuDNN's.
+            # Measured on an H100 (benchmarks/RESULTS.md): the Triton training step (eager) is 1.55x
+            # the cuDNN one, but train() runs under torch.compile, which has been exercised on the
+            # Triton path only on the CPU so far: training stays on the reference until it has on a GPU.
             backend = "torch"
         name = dispatch.resolve(backend, condition.device, ("triton",), "HyperConvDecoder")
         layer_fn = _layer_triton if name == "triton" else _layer_reference
