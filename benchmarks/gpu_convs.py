@@ -86,8 +86,7 @@ def bench_conv(kind, args, kw, search):
                     time_ms(lambda: F.conv2d(xl, w4, padding="same")))
         run = hyperconv.conv2d_same
         metas = candidates(cin, cout) if search else []
-        default = hyperconv.conv_meta(cin, cout, x.shape[0] * x.shape[2] * x.shape[3], x.dtype,
-                                      x.stride(1) == 1 and x.stride(3) == cin)
+        default = hyperconv.conv_meta(cin, cout, x.dtype, x.stride(1) == 1 and x.stride(3) == cin)
     else:
         x, g, ks = args[:3]
         cin, cout = x.shape[1], g.shape[1]

@@ -18,15 +18,15 @@ from dnd_fast import dispatch
 from dnd_fast.layout import LoRALayout
 
 STD_FLOOR = 1e-8  # a constant token (e.g. a freshly initialised lora_B) keeps std = this
-_PREFERENCE = ("cuda", "triton", "cpp")
 # Measured on an H100 (benchmarks/RESULTS.md): the CUDA kernels win at small batches (latency);
-# at large batches the Triton tokenize wins, and the (warp-per-token) CUDA detokenize still does.
-_PREFERENCE_LARGE = ("triton", "cuda", "cpp")
+# at large batches the Triton tokenize wins, while the (warp-per-token) CUDA detokenize still does.
+_PREFERENCE = ("cuda", "triton", "cpp")
+_TOKENIZE_PREFERENCE_LARGE = ("triton", "cuda", "cpp")
 _LARGE_BATCH = 8
 
 
-def _preference(batch: int, op: str = "tokenize") -> tuple[str, ...]:
-    return _PREFERENCE_LARGE if batch > _LARGE_BATCH and op == "tokenize" else _PREFERENCE
+def _tokenize_preference(batch: int) -> tuple[str, ...]:
+    return _TOKENIZE_PREFERENCE_LARGE if batch > _LARGE_BATCH else _PREFERENCE
 
 
 class TokenBatch(NamedTuple):
@@ -113,7 +113,7 @@ def tokenize_flat(flat: torch.Tensor, layout: LoRALayout, *, stats: torch.Tensor
         if tuple(stats.shape) != (layout.num_tokens, 2):
             raise ValueError(f"tokenize: stats must be [{layout.num_tokens}, 2], got {list(stats.shape)}")
         stats = stats.to(device=flat.device, dtype=torch.float32).contiguous()
-    name = dispatch.resolve(backend, flat.device, _preference(flat.shape[0]), "tokenize")
+    name = dispatch.resolve(backend, flat.device, _tokenize_preference(flat.shape[0]), "tokenize")
     h, w = layout.token_shape
     if name == "torch":
         return _tokenize_reference(flat, layout, stats, STD_FLOOR)
@@ -141,7 +141,7 @@ def detokenize_flat(tokens: torch.Tensor, scales: torch.Tensor, layout: LoRALayo
     if tuple(scales.shape) != (B, T, 2):
         raise ValueError(f"detokenize: scales must be [{B}, {T}, 2] or [{T}, 2], got {list(scales.shape)}")
     scales = scales.to(device=tokens.device, dtype=torch.float32).contiguous()
-    name = dispatch.resolve(backend, tokens.device, _preference(B, "detokenize"), "detokenize")
+    name = dispatch.resolve(backend, tokens.device, _PREFERENCE, "detokenize")
     if name == "torch":
         return _detokenize_reference(tokens, scales, layout, dtype)
     op = torch.ops.dnd_fast.detokenize if name in ("cpp", "cuda") else _detokenize_triton

@@ -63,7 +63,7 @@ def _block(n, smallest=16, largest=128):
     return b
 
 
-def conv_meta(CIN, COUT, M, dtype, window_ok=False):
+def conv_meta(CIN, COUT, dtype, window_ok=False):
     """Block shapes and K loop for one conv (measured on an H100: benchmarks/gpu_convs.py).
     ``window_ok``: the input's q stride equals C_in (see K_LOOP 2)."""
     thin = 2 if window_ok else 1
@@ -315,7 +315,7 @@ def conv2d_same(x, packed_weight, ks, bias=None, mode=0, other=None, extra=None,
     extra = out if extra is None else extra
     M = B * P * Q
     window_ok = x.stride(1) == 1 and x.stride(3) == CIN
-    meta = dict(meta or conv_meta(CIN, COUT, M, x.dtype, window_ok))
+    meta = dict(meta or conv_meta(CIN, COUT, x.dtype, window_ok))
     if meta["K_LOOP"] == 2 and not window_ok:
         raise ValueError("K_LOOP 2 needs a unit channel stride and a q stride of C_in")
     xalign = 1
