@@ -1,4 +1,6 @@
 """Shared helpers of the GPU benchmark scripts: the published layout, timing and the table they print."""
+import time
+
 import torch
 
 ALL_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -30,6 +32,20 @@ def median_ms(fn, warmup=3, rep=20):
         end.record()
         end.synchronize()
         times.append(start.elapsed_time(end))
+    return sorted(times)[len(times) // 2]
+
+
+def wall_ms(fn, warmup=2, rep=10):
+    """Median host wall time of fn() in ms, from an idle device to its last kernel (host work included)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(rep):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        times.append((time.perf_counter() - t0) * 1e3)
     return sorted(times)[len(times) // 2]
 
 

@@ -2,36 +2,23 @@
 
 The published shapes: condition [B, 128, 384, 384] (MiniLM hidden 384, prompts padded to 384
 tokens), DecoderConfig.paper_qwen05() (1.11 B params) ending at the Qwen2.5-0.5B layout (4296
-tokens). "fast" is dnd_fast's path (bf16 weights, Triton decoder at batch 1, CUDA detokenize,
-one CUDA graph, one host sync); "reference" is the same pipeline from the reference modules in
+tokens). "fast" is dnd_fast's path (bf16 weights, the encoder over only the prompt columns in use,
+rounded up to 64, Triton decoder, CUDA detokenize, one CUDA graph, one host sync); "reference" is the same pipeline from the reference modules in
 eager PyTorch (bf16 autocast, torch decoder, torch detokenize). Both include the host-side
 tokenization of the prompts and the copy of the LoRA to the host. Untrained weights: timing only.
 Run: python benchmarks/gpu_generate.py --encoder DIR [--batches 1,8]
 """
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import device_name, print_table, qwen05_lora  # noqa: E402
+from common import device_name, print_table, qwen05_lora, wall_ms  # noqa: E402
 
 from dnd_fast import DecoderConfig, Generator, HyperConvDecoder, PromptEncoder  # noqa: E402
 from dnd_fast.tokenizer import detokenize_flat  # noqa: E402
-
-
-def wall_ms(fn, warmup=2, rep=10):
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(rep):
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        fn()  # ends with a device-to-host copy: synchronous
-        times.append((time.perf_counter() - t0) * 1e3)
-    return sorted(times)[len(times) // 2]
 
 
 def main():
@@ -55,7 +42,7 @@ def main():
 
     def reference(sets):
         with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
-            cond = torch.stack([ref_encoder.embed(s) for s in sets])
+            cond = torch.stack([ref_encoder.embed(s, trim=False) for s in sets])
             tokens = ref_decoder(cond, backend="torch")
         return detokenize_flat(tokens.float(), stats, layout, backend="torch").cpu()
 

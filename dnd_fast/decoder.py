@@ -163,7 +163,7 @@ def _wgrad_cudnn(x, grad_out, ks):
     _, gw, _ = torch.ops.aten.convolution_backward(
         grad_out.contiguous(memory_format=cl), x.contiguous(memory_format=cl), shape_only, None,
         [1, 1], [pad, pad], [1, 1], False, [0, 0], 1, [False, True, False])
-    return gw.float().permute(2, 3, 1, 0).flatten(0, 1)
+    return gw.float().permute(2, 3, 1, 0).flatten(0, 1).contiguous()  # the layout the fake kernel promises
 
 
 @_wgrad_op.register_fake
@@ -226,6 +226,54 @@ def _packed(conv: nn.Module, dtype: torch.dtype) -> torch.Tensor:
     return cached[1]
 
 
+# Per conv shape and layout, whether cuDNN (on a channels-last copy) beat the Triton kernel when
+# first timed here: it does for some thin convs (C_in 10-50, the height convs of the last layers).
+# Inference only, never while tracing or capturing a CUDA graph (a capture reuses the choices its
+# warm-up made); set CUDNN_WHERE_FASTER = False for the Triton kernel everywhere.
+CUDNN_WHERE_FASTER = True
+_CUDNN_FASTER: dict[tuple, bool] = {}
+
+
+def _conv_cudnn(x: torch.Tensor, weight: torch.Tensor, out_order) -> torch.Tensor:
+    y = F.conv2d(x.contiguous(memory_format=torch.channels_last), weight, padding="same")
+    logical = y.shape
+    out = y.new_empty([logical[d] for d in out_order]).permute(_inverse(out_order))
+    return out.copy_(y)
+
+
+def _faster(first, second, reps: int = 3) -> bool:
+    """Whether ``first()`` takes less device time than ``second()`` (after one warm-up call each)."""
+    def ms(fn):
+        fn()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(reps):
+            fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end)
+    return ms(first) < ms(second)
+
+
+def _hyper_conv(conv: nn.Conv2d, x: torch.Tensor, cdtype: torch.dtype, out_order, train: bool) -> torch.Tensor:
+    """A bias-free 'same' conv of the hyper-conv block: the Triton kernel, or cuDNN where it measured faster."""
+    k = conv.kernel_size[0]
+
+    def triton_conv():
+        return _conv_op(x, _packed(conv, cdtype), None, None, None, k, 0, out_order)
+
+    if train or not CUDNN_WHERE_FASTER or not x.is_cuda or torch.compiler.is_compiling():
+        return triton_conv()
+    weight = conv.weight.to(cdtype)
+    key = (tuple(x.shape), tuple(x.stride()), x.dtype, tuple(weight.shape), tuple(out_order), x.device)
+    use_cudnn = _CUDNN_FASTER.get(key)
+    if use_cudnn is None:
+        if torch.cuda.is_current_stream_capturing():
+            return triton_conv()
+        use_cudnn = _CUDNN_FASTER[key] = _faster(lambda: _conv_cudnn(x, weight, out_order), triton_conv)
+    return _conv_cudnn(x, weight, out_order) if use_cudnn else triton_conv()
+
+
 def _layer_triton(layer: HyperConvLayer, x: torch.Tensor, residual: bool) -> torch.Tensor:
     """Dims of a view are (b, channel, p, q) for the conv that reads it; ``out_order`` lists the
     logical output dims outermost-first in memory, chosen so the next reader's channel axis is
@@ -238,11 +286,11 @@ def _layer_triton(layer: HyperConvLayer, x: torch.Tensor, residual: bool) -> tor
     train = torch.is_grad_enabled() and any(p.requires_grad for p in layer.parameters())
 
     # path 1: width as channels over (H, C) -> t1 [B, W', H, C] in memory [B, C, W', H]
-    t1 = _conv_op(xn.permute(0, 3, 2, 1), _packed(hc.conv1w, cdtype), None, None, None, k, 0, [0, 3, 1, 2])
+    t1 = _hyper_conv(hc.conv1w, xn.permute(0, 3, 2, 1), cdtype, [0, 3, 1, 2], train)
     # height as channels over (C, W') -> p1 [B, H', C, W'] in memory [B, H', W', C]
-    p1 = _conv_op(t1.permute(0, 2, 3, 1), _packed(hc.conv1h, cdtype), None, None, None, k, 0, [0, 1, 3, 2])
+    p1 = _hyper_conv(hc.conv1h, t1.permute(0, 2, 3, 1), cdtype, [0, 1, 3, 2], train)
     # path 2: height as channels over (C, W) -> t2 [B, H', C, W] in memory [B, C, H', W]
-    t2 = _conv_op(xn_h.permute(0, 3, 1, 2), _packed(hc.conv2h, cdtype), None, None, None, k, 0, [0, 2, 1, 3])
+    t2 = _hyper_conv(hc.conv2h, xn_h.permute(0, 3, 1, 2), cdtype, [0, 2, 1, 3], train)
     # width as channels over (H', C) -> [B, W', H', C] in memory [B, H', W', C], merged with p1
     src2 = t2.permute(0, 3, 1, 2)
     if train:
@@ -278,12 +326,8 @@ class HyperConvDecoder(nn.Module):
             raise ValueError(f"HyperConvDecoder: condition must be [B, {', '.join(map(str, self.config.condition_shape))}]"
                              f", got {list(condition.shape)}")
         backend = backend or self.backend
-        training = torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())
-        if backend is None and training:
-            # Measured on an H100 (benchmarks/RESULTS.md): the Triton training step (eager) is 1.55x
-            # the cuDNN one, but train() runs under torch.compile, which has been exercised on the
-            # Triton path only on the CPU so far: training stays on the reference until it has on a GPU.
-            backend = "torch"
+        # Training too (benchmarks/RESULTS.md, H100, batch 8): the Triton step under torch.compile is
+        # 1.50x the eager cuDNN reference, compiling the reference gains 1.01x.
         name = dispatch.resolve(backend, condition.device, ("triton",), "HyperConvDecoder")
         layer_fn = _layer_triton if name == "triton" else _layer_reference
         x = condition

@@ -7,7 +7,8 @@ encoder is a frozen public model and is referenced by name or path, not copied.
 
 The generate path runs on the device end to end (tokenized prompts -> encoder -> decoder ->
 detokenize) and syncs once, when the flat LoRA buffer is copied to the host. On CUDA it is
-captured once per batch size as a CUDA graph after a warm-up, so a call is one graph replay.
+captured once per batch size and trimmed prompt length (PromptEncoder.tokenize) as a CUDA graph
+after a warm-up, so a call is one graph replay.
 """
 from __future__ import annotations
 
@@ -45,7 +46,7 @@ class Generator(nn.Module):
         self.register_buffer("stats", stats.float().clone())
         self.base_model = str(base_model)
         self.lora_config = lora_config_dict(lora_config)
-        self._graphs: dict[int, _GraphedCall] = {}
+        self._graphs: dict[tuple[int, int], _GraphedCall] = {}
         self.use_cuda_graphs = True
 
     # ---- persistence ------------------------------------------------------------------------
@@ -125,18 +126,18 @@ class Generator(nn.Module):
     def generate_flat(self, prompt_sets: list[list[str]], seed: int = 0) -> torch.Tensor:
         """[B, P] flat LoRA buffers on the device, one row per prompt set."""
         texts = [p for s in prompt_sets for p in select_prompts(s, self.encoder.num_prompts, seed)]
-        ids, mask = self.encoder.tokenize(texts, self.device)
+        ids, mask = self.encoder.tokenize(texts, self.device, trim=True)
         if self.device.type != "cuda" or not self.use_cuda_graphs:
             return self._pipeline(ids, mask)
-        batch = len(prompt_sets)
-        if batch not in self._graphs:
+        key = tuple(ids.shape)  # batch x prompts, and the trimmed length
+        if key not in self._graphs:
             try:
-                self._graphs[batch] = _GraphedCall(self._pipeline, ids, mask)
+                self._graphs[key] = _GraphedCall(self._pipeline, ids, mask)
             except Exception as exc:  # capture is an optimisation: fall back to eager, say so once
                 warnings.warn(f"dnd_fast: CUDA graph capture failed ({exc}); generating eagerly", RuntimeWarning)
                 self.use_cuda_graphs = False
                 return self._pipeline(ids, mask)
-        return self._graphs[batch](ids, mask)
+        return self._graphs[key](ids, mask)
 
     def generate_to_host(self, prompt_sets: list[list[str]], seed: int = 0) -> torch.Tensor:
         """[B, P] flat LoRA buffers in host memory (pinned when generated on a GPU: a pageable copy

@@ -18,15 +18,8 @@ from dnd_fast import dispatch
 from dnd_fast.layout import LoRALayout
 
 STD_FLOOR = 1e-8  # a constant token (e.g. a freshly initialised lora_B) keeps std = this
-# Measured on an H100 (benchmarks/RESULTS.md): the CUDA kernels win at small batches (latency);
-# at large batches the Triton tokenize wins, while the (warp-per-token) CUDA detokenize still does.
+# Measured on an H100 (benchmarks/RESULTS.md): the CUDA kernels win both ways at batch 1 and 64.
 _PREFERENCE = ("cuda", "triton", "cpp")
-_TOKENIZE_PREFERENCE_LARGE = ("triton", "cuda", "cpp")
-_LARGE_BATCH = 8
-
-
-def _tokenize_preference(batch: int) -> tuple[str, ...]:
-    return _TOKENIZE_PREFERENCE_LARGE if batch > _LARGE_BATCH else _PREFERENCE
 
 
 class TokenBatch(NamedTuple):
@@ -113,7 +106,7 @@ def tokenize_flat(flat: torch.Tensor, layout: LoRALayout, *, stats: torch.Tensor
         if tuple(stats.shape) != (layout.num_tokens, 2):
             raise ValueError(f"tokenize: stats must be [{layout.num_tokens}, 2], got {list(stats.shape)}")
         stats = stats.to(device=flat.device, dtype=torch.float32).contiguous()
-    name = dispatch.resolve(backend, flat.device, _tokenize_preference(flat.shape[0]), "tokenize")
+    name = dispatch.resolve(backend, flat.device, _PREFERENCE, "tokenize")
     h, w = layout.token_shape
     if name == "torch":
         return _tokenize_reference(flat, layout, stats, STD_FLOOR)

@@ -109,3 +109,37 @@ def test_paper_decoder_runs_on_gpu_in_bf16():
         out = dec(x, backend="triton")
         ref = dec(x, backend="torch")
     assert rel_err(out, ref) < 2e-2
+
+
+def test_cudnn_conv_writes_the_requested_memory_order():
+    import torch.nn.functional as F
+
+    from dnd_fast.decoder import _conv_cudnn
+
+    reseed()
+    x = torch.randn(2, 5, 6, 7).permute(0, 3, 1, 2)  # [2, 7, 5, 6], channels innermost
+    w = torch.randn(4, 7, 3, 3)
+    out = _conv_cudnn(x, w, [0, 2, 1, 3])
+    assert out.shape == (2, 4, 5, 6) and out.permute(0, 2, 1, 3).is_contiguous()
+    assert rel_err(out, F.conv2d(x, w, padding="same")) < 1e-5
+
+
+@needs_cuda
+@pytest.mark.parametrize("cudnn", [True, False])
+def test_inference_with_cudnn_or_triton_hyper_convs(monkeypatch, cudnn):
+    """Whichever of the two the per-shape timing picks, the decoder computes the same function."""
+    from dnd_fast import decoder
+
+    monkeypatch.setattr(decoder, "_CUDNN_FASTER", {})
+    monkeypatch.setattr(decoder, "_faster", lambda first, second: cudnn)
+    reseed()
+    cfg = CONFIGS["k9"]
+    dec = HyperConvDecoder(cfg).cuda()
+    x = torch.randn(2, *cfg.condition_shape, device="cuda")
+    with torch.no_grad():
+        exact = dec.double()(x.double(), backend="torch")
+        dec.float()
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            out = dec(x, backend="triton")
+    assert decoder._CUDNN_FASTER and set(decoder._CUDNN_FASTER.values()) == {cudnn}
+    assert rel_err(out, exact) < 2e-2

@@ -105,6 +105,22 @@ def test_weight_gradient_matches_autograd(device, shape):
     assert rel_err(packed, hyperconv.pack_weight(ref)) < 1e-5
 
 
+def test_cudnn_weight_gradient_matches_autograd_in_the_promised_layout():
+    """The backward's cuDNN weight gradient (used on CUDA for thin convs) returns what the op's
+    fake kernel promises torch.compile: a contiguous [k*k, C_in, C_out] float32 tensor."""
+    from dnd_fast.decoder import _wgrad_cudnn
+    from dnd_fast.kernels import hyperconv
+
+    reseed()
+    x = channel_innermost(2, 6, 5, 11, "cpu", torch.float32)
+    weight = torch.randn(9, 6, 3, 3, requires_grad=True)
+    grad = torch.randn(2, 9, 5, 11)
+    (ref,) = torch.autograd.grad(F.conv2d(x, weight, padding="same"), weight, grad)
+    got = _wgrad_cudnn(x, grad, 3)
+    assert got.is_contiguous() and got.shape == (9, 6, 9) and got.dtype == torch.float32
+    assert rel_err(got, hyperconv.pack_weight(ref)) < 1e-5
+
+
 def test_thin_weight_gradients_split_the_positions():
     from dnd_fast.kernels import hyperconv
 
