@@ -264,14 +264,17 @@ def _hyper_conv(conv: nn.Conv2d, x: torch.Tensor, cdtype: torch.dtype, out_order
 
     if train or not CUDNN_WHERE_FASTER or not x.is_cuda or torch.compiler.is_compiling():
         return triton_conv()
-    weight = conv.weight.to(cdtype)
-    key = (tuple(x.shape), tuple(x.stride()), x.dtype, tuple(weight.shape), tuple(out_order), x.device)
+
+    def cudnn_conv():  # the cast only where cuDNN runs: the Triton path reads its cached packed copy
+        return _conv_cudnn(x, conv.weight.to(cdtype), out_order)
+
+    key = (tuple(x.shape), tuple(x.stride()), x.dtype, tuple(conv.weight.shape), tuple(out_order), x.device)
     use_cudnn = _CUDNN_FASTER.get(key)
     if use_cudnn is None:
         if torch.cuda.is_current_stream_capturing():
             return triton_conv()
-        use_cudnn = _CUDNN_FASTER[key] = _faster(lambda: _conv_cudnn(x, weight, out_order), triton_conv)
-    return _conv_cudnn(x, weight, out_order) if use_cudnn else triton_conv()
+        use_cudnn = _CUDNN_FASTER[key] = _faster(cudnn_conv, triton_conv)
+    return cudnn_conv() if use_cudnn else triton_conv()
 
 
 def _layer_triton(layer: HyperConvLayer, x: torch.Tensor, residual: bool) -> torch.Tensor:
