@@ -9,7 +9,9 @@ channel axis, with bias; a residual add where input and output shapes match.
 ``_layer_reference`` is the plain PyTorch definition (what upstream computes, through
 transposes). ``_layer_triton`` computes the same function with the implicit-GEMM Triton conv
 on strided views: no transposes or copies between stages, each intermediate stored in the
-memory order its consumer reads best, the path merge, tanh, bias and residual in epilogues.
+memory order its consumer reads best, the path merge, tanh, bias and residual in epilogues; it
+is differentiable (training). ``_layer_plane`` is the inference path on Hopper: every conv on
+the padded-plane TMA kernel, each writing straight into the zero-padded input of the next.
 """
 from __future__ import annotations
 
@@ -205,95 +207,128 @@ def _conv_backward(ctx, grad):
 _conv_op.register_autograd(_conv_backward, setup_context=_conv_setup)
 
 
-def _packed(conv: nn.Module, dtype: torch.dtype) -> torch.Tensor:
-    """The conv's weight as [k*k, C_in, C_out] in ``dtype`` (``hyperconv.pack_weight``); cached
-    when no gradient is wanted."""
+def _packed(conv: nn.Module, dtype: torch.dtype, plane: Optional[bool] = None) -> torch.Tensor:
+    """The conv's weight packed for the strided kernel (``plane`` None: ``hyperconv.pack_weight``)
+    or the plane kernel (``pack_weight_plane``, ``plane`` = transpose) in ``dtype``; cached when
+    no gradient is wanted."""
     from dnd_fast.kernels import hyperconv
 
     w = conv.weight
 
     def pack():
-        return hyperconv.pack_weight(w, dtype)
+        if plane is None:
+            return hyperconv.pack_weight(w, dtype)
+        return hyperconv.pack_weight_plane(w, dtype, transpose=plane)
 
     if (torch.is_grad_enabled() and w.requires_grad) or torch.compiler.is_compiling():
         return pack()
     key = (w._version, w.data_ptr(), dtype)
-    cached = getattr(conv, "_dnd_packed", None)
-    if cached is None or cached[0] != key:
+    cache = conv.__dict__.setdefault("_dnd_packed", {})
+    if plane not in cache or cache[plane][0] != key:
         with torch.no_grad():
-            cached = (key, pack())
-        conv._dnd_packed = cached
-    return cached[1]
+            cache[plane] = (key, pack())
+    return cache[plane][1]
 
 
-# Per conv shape and layout, whether cuDNN (on a channels-last copy) beat the Triton kernel when
-# first timed here: it does for some thin convs (C_in 10-50, the height convs of the last layers).
-# Inference only, never while tracing or capturing a CUDA graph (a capture reuses the choices its
-# warm-up made); set CUDNN_WHERE_FASTER = False for the Triton kernel everywhere.
-CUDNN_WHERE_FASTER = True
-_CUDNN_FASTER: dict[tuple, bool] = {}
+def _needs_grad(layer: nn.Module, x: torch.Tensor) -> bool:
+    return torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in layer.parameters()))
 
 
-def _conv_cudnn(x: torch.Tensor, weight: torch.Tensor, out_order) -> torch.Tensor:
-    y = F.conv2d(x.contiguous(memory_format=torch.channels_last), weight, padding="same")
-    logical = y.shape
-    out = y.new_empty([logical[d] for d in out_order]).permute(_inverse(out_order))
-    return out.copy_(y)
+# Inference on the padded-plane TMA kernel (Hopper and newer, and the Triton interpreter); set False
+# to run inference on the strided kernel everywhere (benchmarks compare the two).
+PLANE_CONVS = True
 
 
-def _faster(first, second, reps: int = 3) -> bool:
-    """Whether ``first()`` takes less device time than ``second()`` (after one warm-up call each)."""
-    def ms(fn):
-        fn()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(reps):
-            fn()
-        end.record()
-        end.synchronize()
-        return start.elapsed_time(end)
-    return ms(first) < ms(second)
+def _plane_path(layer: nn.Module, x: torch.Tensor) -> bool:
+    from dnd_fast.kernels import hyperconv
+
+    if not PLANE_CONVS or _needs_grad(layer, x) or torch.compiler.is_compiling():
+        return False
+    if x.is_cuda:
+        return torch.cuda.get_device_capability(x.device)[0] >= 9
+    return hyperconv._interpreted()
 
 
-def _hyper_conv(conv: nn.Conv2d, x: torch.Tensor, cdtype: torch.dtype, out_order, train: bool) -> torch.Tensor:
-    """A bias-free 'same' conv of the hyper-conv block: the Triton kernel, or cuDNN where it measured faster."""
-    k = conv.kernel_size[0]
+def _axes(t: torch.Tensor, names, wanted) -> torch.Tensor:
+    """``t`` [B, *dims named ``names``] as the view [B, *dims named ``wanted``]."""
+    return t.permute(0, *(1 + list(names).index(a) for a in wanted))
 
-    def triton_conv():
-        return _conv_op(x, _packed(conv, cdtype), None, None, None, k, 0, out_order)
 
-    if train or not CUDNN_WHERE_FASTER or not x.is_cuda or torch.compiler.is_compiling():
-        return triton_conv()
+def _layer_plane(layer: HyperConvLayer, x: torch.Tensor, residual: bool) -> torch.Tensor:
+    """The layer (inference) with every conv on ``hyperconv.conv2d_plane``. Each conv's input lives
+    in a ``PaddedPlane`` with its channel axis innermost and the smaller of its two plane axes
+    outer (fewer spare positions; taps skipped along it); each conv writes straight into the
+    interior of the next one's plane. Axis names: C, H, W of the input, C2, H2, W2 of the output."""
+    from dnd_fast.kernels import hyperconv
 
-    def cudnn_conv():  # the cast only where cuDNN runs: the Triton path reads its cached packed copy
-        return _conv_cudnn(x, conv.weight.to(cdtype), out_order)
+    hc, k = layer.hyper, layer.conv.kernel_size[0]
+    cdtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
+    B, C, H, W = x.shape
+    size = {"C": C, "H": H, "W": W, "C2": layer.conv.out_channels, "H2": hc.conv1h.out_channels,
+            "W2": hc.conv1w.out_channels}
 
-    key = (tuple(x.shape), tuple(x.stride()), x.dtype, tuple(conv.weight.shape), tuple(out_order), x.device)
-    use_cudnn = _CUDNN_FASTER.get(key)
-    if use_cudnn is None:
-        if torch.cuda.is_current_stream_capturing():
-            return triton_conv()
-        use_cudnn = _CUDNN_FASTER[key] = _faster(cudnn_conv, triton_conv)
-    return cudnn_conv() if use_cudnn else triton_conv()
+    def plane(spatial, channel):
+        """The input plane of a conv over logical (spatial[0], spatial[1]) with ``channel`` as channels."""
+        p, q = sorted(spatial, key=lambda a: size[a])
+        buf = hyperconv.PaddedPlane(B, size[p], size[q], size[channel], k, cdtype, x.device)
+        return buf, (p, q, channel), (p, q) != tuple(spatial)
+
+    def conv(module, src, out_channel, dest, dest_axes, bias=None, mode=0, other=None, extra=None):
+        buf, (p, q, _), transposed = src
+        view = (out_channel, p, q)
+        return hyperconv.conv2d_plane(
+            buf, _packed(module, cdtype, transposed), k, _axes(dest, dest_axes, view), bias, mode,
+            None if other is None else _axes(other[0], other[1], view),
+            None if extra is None else _axes(extra[0], extra[1], view))
+
+    in_1w, in_2h = plane(("H", "C"), "W"), plane(("C", "W"), "H")
+    hyperconv.layer_norm_into(x, hc.norm.weight, hc.norm.bias, hc.norm.eps,
+                              [_axes(buf.interior, axes, "CHW") for buf, axes, _ in (in_1w, in_2h)])
+    # path 1: width as channels over (H, C), then height as channels over (C, W2)
+    in_1h = plane(("C", "W2"), "H")
+    conv(hc.conv1w, in_1w, "W2", in_1h[0].interior, in_1h[1])
+    in_ch = plane(("H2", "W2"), "C")
+    p1_axes = in_ch[1]  # p1 in the channel conv's memory order: the merge below reads it where it writes
+    p1 = torch.empty(B, *(size[a] for a in p1_axes), device=x.device, dtype=cdtype)
+    conv(hc.conv1h, in_1h, "H2", p1, p1_axes)
+    # path 2: height as channels over (C, W), then width as channels over (H2, C), merged with p1
+    in_2w = plane(("H2", "C"), "W")
+    conv(hc.conv2h, in_2h, "H2", in_2w[0].interior, in_2w[1])
+    bias = hc.bias.to(cdtype)[None, :, :, None].expand(B, -1, -1, C)
+    conv(hc.conv2w, in_2w, "W2", in_ch[0].interior, in_ch[1], mode=1, other=(p1, p1_axes),
+         extra=(bias, ("H2", "W2", "C")))
+    # the channel conv over (H2, W2), residual fused
+    out = torch.empty(B, size["C2"], size["H2"], size["W2"], device=x.device, dtype=cdtype)
+    residual = (x.to(cdtype), ("C2", "H2", "W2")) if residual else None
+    conv(layer.conv, in_ch, "C2", out, ("C2", "H2", "W2"), layer.conv.bias.to(cdtype), 2 if residual else 0,
+         other=residual)
+    return out
+
+
+def _hyper_conv(conv: nn.Conv2d, x: torch.Tensor, cdtype: torch.dtype, out_order) -> torch.Tensor:
+    """A bias-free 'same' conv of the hyper-conv block on the strided Triton kernel."""
+    return _conv_op(x, _packed(conv, cdtype), None, None, None, conv.kernel_size[0], 0, out_order)
 
 
 def _layer_triton(layer: HyperConvLayer, x: torch.Tensor, residual: bool) -> torch.Tensor:
     """Dims of a view are (b, channel, p, q) for the conv that reads it; ``out_order`` lists the
     logical output dims outermost-first in memory, chosen so the next reader's channel axis is
     innermost. x, the layer's output and every intermediate are named by their logical axes."""
+    if _plane_path(layer, x):
+        return _layer_plane(layer, x, residual)
     hc, k = layer.hyper, layer.conv.kernel_size[0]
     cdtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
     xn = F.layer_norm(x.float(), hc.norm.normalized_shape, hc.norm.weight.float(), hc.norm.bias.float(),
                       hc.norm.eps).to(cdtype)
     xn_h = xn.transpose(2, 3).contiguous()  # memory [B, C, W, H]: H innermost for conv2h
-    train = torch.is_grad_enabled() and any(p.requires_grad for p in layer.parameters())
+    train = _needs_grad(layer, x)
 
     # path 1: width as channels over (H, C) -> t1 [B, W', H, C] in memory [B, C, W', H]
-    t1 = _hyper_conv(hc.conv1w, xn.permute(0, 3, 2, 1), cdtype, [0, 3, 1, 2], train)
+    t1 = _hyper_conv(hc.conv1w, xn.permute(0, 3, 2, 1), cdtype, [0, 3, 1, 2])
     # height as channels over (C, W') -> p1 [B, H', C, W'] in memory [B, H', W', C]
-    p1 = _hyper_conv(hc.conv1h, t1.permute(0, 2, 3, 1), cdtype, [0, 1, 3, 2], train)
+    p1 = _hyper_conv(hc.conv1h, t1.permute(0, 2, 3, 1), cdtype, [0, 1, 3, 2])
     # path 2: height as channels over (C, W) -> t2 [B, H', C, W] in memory [B, C, H', W]
-    t2 = _hyper_conv(hc.conv2h, xn_h.permute(0, 3, 1, 2), cdtype, [0, 2, 1, 3], train)
+    t2 = _hyper_conv(hc.conv2h, xn_h.permute(0, 3, 1, 2), cdtype, [0, 2, 1, 3])
     # width as channels over (H', C) -> [B, W', H', C] in memory [B, H', W', C], merged with p1
     src2 = t2.permute(0, 3, 1, 2)
     if train:

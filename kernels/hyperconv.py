@@ -27,6 +27,12 @@ Epilogues (fused, MODE):
 with ``other`` / ``extra`` given as strided views in the output's logical coordinates.
 The weight gradient is its own kernel (split over positions when the GEMM is thin); the input
 gradient is this forward with flipped weights.
+
+``conv2d_plane`` is the inference conv on Hopper: its input lives in a ``PaddedPlane`` (zero
+spare rows and columns around each image), where the input of every tap is a plain shifted
+[rows, channels] tile, so each K step is one TMA load of the input and one of the weight, with
+no index arithmetic or masks (1.46x the strided kernel over the decoder's 40 convs at batch 1).
+``layer_norm_into`` writes the LayerNorm of a layer's input straight into two such planes.
 """
 import os
 
@@ -224,11 +230,21 @@ def _conv_kernel(x_ptr, w_ptr, bias_ptr, other_ptr, extra_ptr, out_ptr,
                         mask=(c < CIN)[:, None] & (n < WN)[None, :], other=0.0)
             acc = _mma(acc, a, w, IEEE)
 
-    in_n = n < COUT
     if SPLIT_K > 1:  # fp32 partial sums [SPLIT_K, M, COUT]; the host adds them and applies the epilogue
         part = (pid_k * M + m).to(tl.int64)[:, None] * COUT + n[None, :]
-        tl.store(out_ptr + part, acc, mask=in_m[:, None] & in_n[None, :])
+        tl.store(out_ptr + part, acc, mask=in_m[:, None] & (n < COUT)[None, :])
         return
+    _epilogue(acc, b, p, q, in_m, n, COUT, bias_ptr, other_ptr, extra_ptr, out_ptr,
+              sob, soc, sop, soq, srb, src, srp, srq, seb, sec, sep, seq, MODE, HAS_BIAS)
+
+
+@triton.jit
+def _epilogue(acc, b, p, q, in_m, n, COUT, bias_ptr, other_ptr, extra_ptr, out_ptr,
+              sob, soc, sop, soq, srb, src, srp, srq, seb, sec, sep, seq,
+              MODE: tl.constexpr, HAS_BIAS: tl.constexpr):
+    """Bias, the MODE merge and the strided store of one [BLOCK_M, BLOCK_N] tile: rows at
+    (b, p, q) in the output's logical coordinates, columns at output channels n."""
+    in_n = n < COUT
     if HAS_BIAS:
         acc += tl.load(bias_ptr + n, mask=in_n, other=0.0).to(tl.float32)[None, :]
     o_off = b.to(tl.int64)[:, None] * sob + n[None, :] * soc + p[:, None] * sop + q[:, None] * soq
@@ -344,6 +360,316 @@ def conv2d_same(x, packed_weight, ks, bias=None, mode=0, other=None, extra=None,
             acc = acc + other.float()
         out.copy_(acc)
     return out
+
+
+# ---- the padded-plane conv: every tap one TMA tile ------------------------------------------
+class PaddedPlane:
+    """An activation [B, P, Q, C] (channel innermost) laid out for ``conv2d_plane``: a zeroed
+    [rows, C8] matrix (C8: C rounded up to 8, 16-byte rows) holding each image as P rows of Q
+    positions followed by ``pad`` spare positions, ``pad`` spare rows after each image, and
+    ``lead`` spare positions before the first. The input of tap (i, j) for the output at flat
+    position r is then position r + (i - pad) * (Q + pad) + (j - pad): a plain shifted tile, its
+    'same' padding supplied by the spare cells. Producers write ``interior``; the rest stays zero."""
+
+    def __init__(self, B, P, Q, C, ks, dtype, device):
+        pad = (ks - 1) // 2
+        self.pad, self.ks, self.shape = pad, ks, (B, P, Q, C)
+        self.lead = pad * (Q + pad) + pad
+        self.buf = torch.zeros(self.lead + B * (P + pad) * (Q + pad), _round_up(C, 8), dtype=dtype, device=device)
+
+    @property
+    def interior(self) -> torch.Tensor:
+        B, P, Q, C = self.shape
+        return self.buf[self.lead:].view(B, P + self.pad, Q + self.pad, -1)[:, :P, :Q, :C]
+
+
+def pack_weight_plane(weight: torch.Tensor, dtype: torch.dtype | None = None, transpose: bool = False):
+    """Conv2d weight [C_out, C_in, k, k] -> [k*k*C8, C_out] (C8: C_in rounded up to 8, zero rows),
+    a view of a buffer with rows padded to a multiple of 8. ``transpose``: the plane's rows run
+    along the weight's last axis (a conv over (q, p) is the conv over (p, q) with taps transposed)."""
+    cout, cin, ks, _ = weight.shape
+    w = weight.to(dtype or weight.dtype).permute(3, 2, 1, 0) if transpose else weight.to(dtype or weight.dtype).permute(2, 3, 1, 0)
+    w = F.pad(w, (0, _round_up(cout, 8) - cout, 0, _round_up(cin, 8) - cin))
+    return w.reshape(ks * ks * _round_up(cin, 8), -1).narrow(1, 0, cout)
+
+
+def plane_meta(CIN, COUT, dtype):
+    """Block shapes for ``conv2d_plane`` (from a search on an H100: benchmarks/gpu_plane.py --search).
+    WINDOW whenever the channels do not fill whole K blocks: a tap row's (j, channel) pairs then
+    round up once, not once per tap."""
+    if _interpreted():
+        return {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 16, "WINDOW": CIN % 16 != 0, "num_warps": 1}
+    if _ieee(dtype):  # fp32 tiles: twice the shared memory per element
+        return {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32, "WINDOW": CIN % 32 != 0, "num_warps": 4,
+                "num_stages": 2}
+    window = CIN % 64 != 0
+    if COUT <= 64:
+        return {"BLOCK_M": 128, "BLOCK_N": _block(COUT, 16, 64), "BLOCK_K": 64, "WINDOW": window, "num_warps": 4,
+                "num_stages": 4}
+    if COUT <= 128 or _round_up(COUT, 128) < _round_up(COUT, 256):  # 256-wide N tiles would waste more
+        return {"BLOCK_M": 256, "BLOCK_N": 128, "BLOCK_K": 64, "WINDOW": window, "num_warps": 8, "num_stages": 3}
+    return {"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 64, "WINDOW": window, "num_warps": 8, "num_stages": 3}
+
+
+@triton.jit
+def _conv_plane_kernel(x_desc, w_desc, bias_ptr, other_ptr, extra_ptr, out_ptr, part_ptr,
+                       P, Q, C, COUT, TILES, LEAD, N_OFF,
+                       sob, soc, sop, soq,
+                       srb, src, srp, srq,
+                       seb, sec, sep, seq,
+                       KS: tl.constexpr, MODE: tl.constexpr, HAS_BIAS: tl.constexpr, IEEE: tl.constexpr,
+                       WINDOW: tl.constexpr, GROUP_M: tl.constexpr, SPLIT_K: tl.constexpr,
+                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    pad: tl.constexpr = (KS - 1) // 2
+    # tiles in groups of GROUP_M along M, so the CTAs running together share weight columns and inputs
+    pid, grid_m, grid_n = tl.program_id(0), tl.num_programs(0), tl.num_programs(1)
+    lin = pid + tl.program_id(1) * grid_m
+    group = lin // (GROUP_M * grid_n)
+    first = group * GROUP_M
+    size = tl.minimum(grid_m - first, GROUP_M)
+    pid_m = first + (lin % (GROUP_M * grid_n)) % size
+    pid_n = (lin % (GROUP_M * grid_n)) // size
+    b = pid_m // TILES
+    r0 = (pid_m - b * TILES) * BLOCK_M  # the tile's first output position, flat within image b
+    n0 = N_OFF + pid_n * BLOCK_N
+    QP = Q + pad
+    C8 = (C + 7) // 8 * 8
+    m0 = LEAD + b * (P + pad) * QP + r0
+    # taps along p that reach inside the image from some row of this tile
+    i_lo, i_hi = _tap_range(r0 // QP, tl.minimum(r0 + BLOCK_M - 1, P * QP - 1) // QP, P, pad, KS)
+    if SPLIT_K > 1:  # this program's share of the tap rows
+        per = tl.cdiv(i_hi - i_lo, SPLIT_K)
+        i_lo = tl.minimum(i_lo + tl.program_id(2) * per, i_hi)
+        i_hi = tl.minimum(i_lo + per, i_hi)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    if WINDOW:
+        # K runs over one tap row's (j, channel) pairs: the descriptor views the plane with rows
+        # KS * C8 long and C8 apart, so a tap row's inputs are one tile, without per-tap rounding.
+        kblocks = tl.cdiv(KS * C8, BLOCK_K)
+        for kk in range(0, (i_hi - i_lo) * kblocks):
+            ii = kk // kblocks
+            k0 = (kk - ii * kblocks) * BLOCK_K
+            i = i_lo + ii
+            a = x_desc.load([m0 + (i - pad) * QP - pad, k0])
+            w = w_desc.load([i * KS * C8 + k0, n0])
+            acc = _mma(acc, a, w, IEEE)
+    else:
+        cblocks = tl.cdiv(C, BLOCK_K)
+        for kk in range(0, (i_hi - i_lo) * KS * cblocks):
+            t = kk // cblocks
+            c0 = (kk - t * cblocks) * BLOCK_K
+            i = i_lo + t // KS
+            j = t - (t // KS) * KS
+            a = x_desc.load([m0 + (i - pad) * QP + (j - pad), c0])
+            w = w_desc.load([(i * KS + j) * C8 + c0, n0])
+            acc = _mma(acc, a, w, IEEE)
+    r = r0 + tl.arange(0, BLOCK_M)
+    n = n0 + tl.arange(0, BLOCK_N)
+    if SPLIT_K > 1:  # fp32 partial sums [SPLIT_K, B * P * QP, COUT]; _plane_split_epilogue adds them
+        rows_all = tl.num_programs(0) // TILES * P * QP
+        row = (tl.program_id(2) * rows_all + b * P * QP + r).to(tl.int64)
+        tl.store(part_ptr + row[:, None] * COUT + n[None, :], acc, mask=(r < P * QP)[:, None] & (n < COUT)[None, :])
+        return
+    p = r // QP
+    q = r - p * QP
+    bb = tl.zeros((BLOCK_M,), dtype=tl.int32) + b
+    _epilogue(acc, bb, p, q, (p < P) & (q < Q), n, COUT, bias_ptr, other_ptr,
+              extra_ptr, out_ptr, sob, soc, sop, soq, srb, src, srp, srq, seb, sec, sep, seq, MODE, HAS_BIAS)
+
+
+@triton.jit
+def _plane_split_epilogue(part_ptr, bias_ptr, other_ptr, extra_ptr, out_ptr, P, Q, QP, COUT, ROWS,
+                          sob, soc, sop, soq, srb, src, srp, srq, seb, sec, sep, seq,
+                          MODE: tl.constexpr, HAS_BIAS: tl.constexpr, SPLIT_K: tl.constexpr,
+                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """The split partial sums added in a fixed order, then the usual epilogue."""
+    m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    ok = (m < ROWS)[:, None] & (n < COUT)[None, :]
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for s in range(SPLIT_K):
+        acc += tl.load(part_ptr + (s * ROWS + m).to(tl.int64)[:, None] * COUT + n[None, :], mask=ok, other=0.0)
+    b = m // (P * QP)
+    r = m - b * (P * QP)
+    p = r // QP
+    q = r - p * QP
+    _epilogue(acc, b, p, q, (m < ROWS) & (q < Q), n, COUT, bias_ptr, other_ptr, extra_ptr, out_ptr,
+              sob, soc, sop, soq, srb, src, srp, srq, seb, sec, sep, seq, MODE, HAS_BIAS)
+
+
+def conv2d_plane(x: PaddedPlane, packed_weight, ks, out, bias=None, mode=0, other=None, extra=None, meta=None):
+    """The 'same' conv of ``x`` over its (P, Q) plane into ``out``, a [B, C_out, P, Q] view (any
+    strides: e.g. the next conv's plane interior, permuted, so that conv reads it without a copy).
+    ``packed_weight``: ``pack_weight_plane``. Epilogue MODE, ``other``, ``extra``: as ``conv2d_same``."""
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    B, P, Q, C = x.shape
+    COUT = packed_weight.shape[1]
+    c8 = _round_up(C, 8)
+    if x.ks != ks or packed_weight.shape[0] != ks * ks * c8 or packed_weight.stride(1) != 1:
+        raise ValueError(f"conv2d_plane: a {ks}x{ks} conv over {C} channels needs a plane made for kernel {ks} and a "
+                         f"[{ks * ks * c8}, C_out] weight with unit column stride (pack_weight_plane), got a plane for "
+                         f"kernel {x.ks} and {list(packed_weight.shape)} with strides {tuple(packed_weight.stride())}")
+    if tuple(out.shape) != (B, COUT, P, Q):
+        raise ValueError(f"conv2d_plane: out must be [{B}, {COUT}, {P}, {Q}], got {list(out.shape)}")
+    other = out if other is None else other
+    extra = out if extra is None else extra
+    rows = x.buf.shape[0]
+
+    def launch(meta):
+        meta = dict(meta)
+        meta.setdefault("GROUP_M", 8)
+        split_n = meta.pop("SPLIT_N", False)
+        split_k = meta.setdefault("SPLIT_K", 1)
+        bm, bn, bk = meta["BLOCK_M"], meta["BLOCK_N"], meta["BLOCK_K"]
+        if meta["WINDOW"]:  # overlapping rows of KS * C8; the last KS - 1 would run past the buffer (never needed)
+            x_desc = TensorDescriptor(x.buf, [rows - ks + 1, ks * c8], [c8, 1], [bm, bk])
+        else:
+            x_desc = TensorDescriptor(x.buf, [rows, C], [c8, 1], [bm, bk])
+        tiles = triton.cdiv(P * (Q + x.pad), bm)
+        # SPLIT_N: whole BLOCK_N tiles, then one narrower launch for the rest (300 = 256 + 64, not 2 x 256)
+        n_main = COUT // bn * bn if split_n else 0
+        parts = [(0, bn, triton.cdiv(COUT, bn))] if n_main in (0, COUT) else \
+            [(0, bn, n_main // bn), (n_main, _block(COUT - n_main, 16, bn), 1)]
+        if split_k > 1 and len(parts) > 1:
+            raise ValueError("conv2d_plane: SPLIT_K and SPLIT_N do not combine")
+        # SPLIT_K: the tap rows shared out over SPLIT_K programs per tile (more programs for a small grid)
+        rows_all = B * P * (Q + x.pad)
+        part = torch.empty(split_k, rows_all, COUT, device=out.device, dtype=torch.float32) if split_k > 1 else out
+        for n_off, block_n, n_tiles in parts:
+            w_desc = TensorDescriptor(packed_weight, list(packed_weight.shape), list(packed_weight.stride()),
+                                      [bk, block_n])
+            _conv_plane_kernel[(B * tiles, n_tiles, split_k)](
+                x_desc, w_desc, bias if bias is not None else out, other, extra, out, part,
+                P, Q, C, COUT, tiles, x.lead, n_off, *out.stride(), *other.stride(), *extra.stride(),
+                KS=ks, MODE=mode, HAS_BIAS=bias is not None, IEEE=_ieee(x.buf.dtype), **dict(meta, BLOCK_N=block_n))
+        if split_k > 1:
+            _plane_split_epilogue[(triton.cdiv(rows_all, 64), triton.cdiv(COUT, 64))](
+                part, bias if bias is not None else out, other, extra, out, P, Q, Q + x.pad, COUT, rows_all,
+                *out.stride(), *other.stride(), *extra.stride(), MODE=mode, HAS_BIAS=bias is not None,
+                SPLIT_K=split_k, BLOCK_M=64, BLOCK_N=64)
+
+    if meta is None:
+        key = (B, P, Q, C, COUT, ks, mode, bias is not None, x.buf.dtype, x.buf.device)
+        meta = _TUNED.get(key)
+        if meta is None:
+            candidates = plane_candidates(C, COUT, x.buf.dtype)
+            if TUNE and len(candidates) > 1 and x.buf.is_cuda and not torch.cuda.is_current_stream_capturing():
+                meta = _TUNED[key] = _fastest(candidates, launch)
+            else:
+                meta = candidates[0]
+    launch(meta)
+    return out
+
+
+# The first call of each conv shape times a few block shapes and keeps the fastest (never while a
+# CUDA graph is captured: a capture uses what its warm-up chose, else the heuristic). Tilings cannot
+# change the result (each output's K loop runs in the same order); SPLIT_K adds its partial sums
+# in a fixed order, so a choice that includes it is deterministic too, rounded differently.
+TUNE = True
+_TUNED: dict[tuple, dict] = {}
+
+
+def plane_candidates(CIN, COUT, dtype):
+    """``plane_meta`` first, then the other tilings worth timing for this conv."""
+    first = plane_meta(CIN, COUT, dtype)
+    if _interpreted() or _ieee(dtype):
+        return [first]
+    if COUT <= 64:
+        shapes = [(128, first["BLOCK_N"], 4, 4), (64, first["BLOCK_N"], 4, 4), (256, first["BLOCK_N"], 8, 3)]
+    else:
+        shapes = [(256, 128, 8, 3), (128, 256, 8, 3), (128, 128, 4, 4), (128, 128, 8, 4), (64, 256, 4, 4)]
+    out = [first]
+    for bm, bn, warps, stages in shapes:
+        meta = dict(first, BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=stages)
+        for m in [meta] + ([dict(meta, SPLIT_N=True)] if 0 < COUT % bn <= bn // 2 else []) + \
+                ([dict(meta, SPLIT_K=2)] if COUT >= 512 and warps == 8 else []):
+            if m not in out:
+                out.append(m)
+    return out
+
+
+def _fastest(candidates, launch, reps=3):
+    """The candidate with the least device time; the first (the heuristic) must run, the others may
+    fail to compile on another GPU or Triton version (too many registers or too much shared memory)."""
+    def device_ms(meta):
+        try:
+            launch(meta)  # compiles on first use
+        except Exception:
+            if meta is candidates[0]:
+                raise
+            return float("inf")
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(reps):
+            launch(meta)
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end)
+    return min(candidates, key=device_ms)
+
+
+@triton.jit
+def _ln_tile(xb, h, w, H, W, sxh, sxw):
+    mask = (h < H)[:, None] & (w < W)[None, :]
+    v = tl.load(xb + h[:, None] * sxh + w[None, :] * sxw, mask=mask, other=0.0).to(tl.float32)
+    return h, w, mask, v
+
+
+@triton.jit
+def _layer_norm_kernel(x_ptr, w_ptr, b_ptr, o1_ptr, o2_ptr, C, H, W, eps,
+                       sxb, sxc, sxh, sxw, s1b, s1c, s1h, s1w, s2b, s2c, s2h, s2w,
+                       TWO: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
+    """One (b, c) slice: statistics over its H x W values, then the normalised, scaled values
+    stored into one or two destinations (any strides; each store coalesced along its own layout)."""
+    pid = tl.program_id(0)
+    b = pid // C
+    c = pid - b * C
+    xb = x_ptr + b.to(tl.int64) * sxb + c.to(tl.int64) * sxc
+    hh = tl.arange(0, BLOCK_H)
+    ww = tl.arange(0, BLOCK_W)
+    # sums of x - x[0, 0]: the shift keeps E[d^2] - E[d]^2 exact enough when |mean| >> std
+    shift = tl.load(xb).to(tl.float32)
+    s1 = tl.zeros((BLOCK_H, BLOCK_W), dtype=tl.float32)
+    s2 = tl.zeros((BLOCK_H, BLOCK_W), dtype=tl.float32)
+    for h0 in range(0, H, BLOCK_H):
+        for w0 in range(0, W, BLOCK_W):
+            h, w, mask, v = _ln_tile(xb, h0 + hh, w0 + ww, H, W, sxh, sxw)
+            d = tl.where(mask, v - shift, 0.0)
+            s1 += d
+            s2 += d * d
+    n = H * W
+    mean_d = tl.sum(tl.sum(s1, axis=1), axis=0) / n
+    var = tl.maximum(tl.sum(tl.sum(s2, axis=1), axis=0) / n - mean_d * mean_d, 0.0)
+    rstd = 1.0 / tl.sqrt(var + eps)
+    mean = shift + mean_d
+    for h0 in range(0, H, BLOCK_H):
+        for w0 in range(0, W, BLOCK_W):
+            h, w, mask, v = _ln_tile(xb, h0 + hh, w0 + ww, H, W, sxh, sxw)
+            hw = h[:, None] * W + w[None, :]
+            g = tl.load(w_ptr + hw, mask=mask, other=0.0).to(tl.float32)
+            a = tl.load(b_ptr + hw, mask=mask, other=0.0).to(tl.float32)
+            y = (v - mean) * rstd * g + a
+            o1 = o1_ptr + b.to(tl.int64) * s1b + c.to(tl.int64) * s1c + h[:, None] * s1h + w[None, :] * s1w
+            tl.store(o1, y.to(o1_ptr.dtype.element_ty), mask=mask)
+            if TWO:
+                o2 = o2_ptr + b.to(tl.int64) * s2b + c.to(tl.int64) * s2c + h[:, None] * s2h + w[None, :] * s2w
+                tl.store(o2, y.to(o2_ptr.dtype.element_ty), mask=mask)
+
+
+def layer_norm_into(x, weight, bias, eps, outs):
+    """F.layer_norm(x, (H, W), weight, bias, eps) of x [B, C, H, W], computed in fp32 and written
+    into each of ``outs``: one or two [B, C, H, W] views of any strides and dtype (the decoder's
+    two padded planes), with no intermediate tensor."""
+    B, C, H, W = x.shape
+    if not 1 <= len(outs) <= 2 or any(tuple(o.shape) != (B, C, H, W) for o in outs):
+        raise ValueError(f"layer_norm_into: one or two outputs of shape {[B, C, H, W]}, got "
+                         f"{[list(o.shape) for o in outs]}")
+    if tuple(weight.shape) != (H, W) or not (weight.is_contiguous() and bias.is_contiguous()):
+        raise ValueError(f"layer_norm_into: weight and bias must be contiguous [{H}, {W}], got {list(weight.shape)}")
+    o1, o2 = outs[0], outs[-1]
+    _layer_norm_kernel[(B * C,)](x, weight, bias, o1, o2, C, H, W, eps, *x.stride(), *o1.stride(), *o2.stride(),
+                                 TWO=len(outs) == 2, BLOCK_H=32, BLOCK_W=64, num_warps=4)
 
 
 def _wgrad_splits(M, base_ctas, block_k, weight_numel):

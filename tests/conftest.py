@@ -150,3 +150,12 @@ def random_generator(base_dir, encoder_dir, *, num_prompts=3, max_length=8, seed
                                                         max_channels=8))
     stats = torch.stack([torch.zeros(layout.num_tokens), torch.full((layout.num_tokens,), 0.01)], -1)
     return Generator(encoder, decoder, layout, stats, str(base_dir), config).for_inference("cpu")
+
+
+@pytest.fixture(autouse=True)
+def _heuristic_plane_tiles(monkeypatch):
+    """Tests run the plane conv on its heuristic tiles: the first-call timing would compile and time
+    every candidate tiling of every test shape. test_hyperconv checks the timing path itself."""
+    from dnd_fast.kernels import hyperconv
+
+    monkeypatch.setattr(hyperconv, "TUNE", False)

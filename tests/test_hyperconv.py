@@ -156,3 +156,146 @@ def test_packed_weight_layout(cout):
     x = torch.randn(1, 5, 4, 4)
     with pytest.raises(ValueError, match="packed_weight must be"):
         hyperconv.conv2d_same(x, w.transpose(0, 1).contiguous().transpose(0, 1), 3)
+
+
+# ---- the padded-plane TMA conv -----------------------------------------------------------------
+def plane_meta(window, device, split_n=False, split_k=1):
+    if device == "cpu":
+        return {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 16, "WINDOW": window, "SPLIT_N": split_n,
+                "SPLIT_K": split_k, "num_warps": 1}
+    return {"BLOCK_M": 64, "BLOCK_N": 32, "BLOCK_K": 32, "WINDOW": window, "SPLIT_N": split_n, "SPLIT_K": split_k,
+            "num_warps": 4, "num_stages": 2}
+
+
+def plane_conv(x, weight, bias, transpose, device, dtype, meta=None, **epilogue):
+    """conv2d_plane of x [b, c, p, q] through a plane in (p, q) order, or (q, p) with taps transposed."""
+    from dnd_fast.kernels import hyperconv
+
+    b, c, p, q = x.shape
+    k = weight.shape[-1]
+    dims = (3, 2) if transpose else (2, 3)
+    plane = hyperconv.PaddedPlane(b, x.shape[dims[0]], x.shape[dims[1]], c, k, dtype, device)
+    plane.interior.copy_(x.permute(0, *dims, 1))
+    out = torch.full((b, p, q, weight.shape[0]), float("nan"), device=device, dtype=dtype).permute(0, 3, 1, 2)
+    view = out.transpose(2, 3) if transpose else out
+    epilogue = {k: (v.transpose(2, 3) if transpose and torch.is_tensor(v) else v) for k, v in epilogue.items()}
+    hyperconv.conv2d_plane(plane, hyperconv.pack_weight_plane(weight, dtype, transpose), k, view, bias, meta=meta,
+                           **epilogue)
+    return out
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("window", [False, True])
+@pytest.mark.parametrize("transpose", [False, True])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_plane_conv_matches_conv2d(device, window, transpose, shape):
+    reseed()
+    b, cin, p, q, cout, k = shape
+    x = torch.randn(b, cin, p, q, device=device)
+    weight, bias = torch.randn(cout, cin, k, k, device=device), torch.randn(cout, device=device)
+    out = plane_conv(x, weight, bias, transpose, device, torch.float32, plane_meta(window, device))
+    assert rel_err(out, F.conv2d(x, weight, bias, padding="same")) < 1e-5
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("window", [False, True])
+@pytest.mark.parametrize("split", ["n", "k"])
+def test_plane_conv_epilogues(device, window, split):
+    """With C_out split into whole tiles and a narrower rest (SPLIT_N), or the tap rows split over
+    three programs whose partial sums a second kernel adds before the epilogue (SPLIT_K)."""
+    reseed()
+    b, cin, p, q, cout, k = 3, 12, 4, 6, 37, 5
+    x = torch.randn(b, cin, p, q, device=device)
+    weight, bias = torch.randn(cout, cin, k, k, device=device), torch.randn(cout, device=device)
+    other = torch.randn(b, cout, p, q, device=device)
+    extra = torch.randn(b, q, cout, p, device=device).permute(0, 2, 3, 1)  # any strides
+    acc = F.conv2d(x, weight, bias, padding="same")
+    meta = plane_meta(window, device, split_n=split == "n", split_k=3 if split == "k" else 1)
+    merged = plane_conv(x, weight, bias, False, device, torch.float32, meta, mode=1, other=other, extra=extra)
+    assert rel_err(merged, (torch.tanh(acc) + other + extra) / 3) < 1e-5
+    residual = plane_conv(x, weight, bias, True, device, torch.float32, meta, mode=2, other=other)
+    assert rel_err(residual, acc + other) < 1e-5
+
+
+def test_plane_keeps_its_spare_cells_zero():
+    from dnd_fast.kernels import hyperconv
+
+    plane = hyperconv.PaddedPlane(2, 3, 5, 6, 5, torch.float32, "cpu")
+    plane.interior.copy_(torch.randn(2, 3, 5, 6))
+    assert plane.buf.shape == (plane.lead + 2 * (3 + 2) * (5 + 2), 8)
+    assert plane.buf.count_nonzero() == 2 * 3 * 5 * 6
+
+
+def test_plane_conv_rejects_mismatched_inputs():
+    from dnd_fast.kernels import hyperconv
+
+    plane = hyperconv.PaddedPlane(1, 4, 4, 5, 3, torch.float32, "cpu")
+    w = hyperconv.pack_weight_plane(torch.randn(7, 5, 3, 3))
+    with pytest.raises(ValueError, match="needs a plane made for kernel 5"):
+        hyperconv.conv2d_plane(plane, hyperconv.pack_weight_plane(torch.randn(7, 5, 5, 5)), 5, torch.empty(1, 7, 4, 4))
+    with pytest.raises(ValueError, match=r"out must be \[1, 7, 4, 4\]"):
+        hyperconv.conv2d_plane(plane, w, 3, torch.empty(1, 7, 4, 5))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (bf16 tensor cores)")
+@pytest.mark.parametrize("shape", [(1, 200, 10, 130, 300, 9), (2, 10, 25, 64, 10, 9), (1, 384, 20, 24, 200, 9),
+                                   (3, 50, 7, 33, 25, 9)])
+def test_plane_bf16_with_the_default_blocks(shape):
+    reseed()
+    b, cin, p, q, cout, k = shape
+    x = torch.randn(b, cin, p, q, device="cuda").bfloat16()
+    weight = torch.randn(cout, cin, k, k, device="cuda").bfloat16()
+    exact = F.conv2d(x.double(), weight.double(), padding="same")
+    for transpose in (False, True):
+        assert rel_err(plane_conv(x, weight, None, transpose, "cuda", torch.bfloat16), exact) < 4e-3
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_layer_norm_into_two_layouts(device, dtype):
+    """Far-from-zero means (the shifted sums must not cancel), odd sizes, two strided outputs."""
+    from dnd_fast.kernels import hyperconv
+
+    reseed()
+    b, c, h, w = 2, 3, 37, 70
+    x = (torch.randn(b, c, h, w, device=device) * 0.5 + 30.0 * torch.randn(b, c, 1, 1, device=device)).to(dtype)
+    weight, bias = torch.randn(h, w, device=device), torch.randn(h, w, device=device)
+    ref = F.layer_norm(x.float(), (h, w), weight, bias, 1e-5)
+    out1 = torch.empty(b, h, c, w, device=device, dtype=dtype).permute(0, 2, 1, 3)
+    out2 = torch.empty(b, c, w, h, device=device, dtype=dtype).transpose(2, 3)
+    hyperconv.layer_norm_into(x, weight, bias, 1e-5, [out1, out2])
+    tol = 1e-5 if dtype == torch.float32 else 1e-2  # bf16: the output rounding
+    assert rel_err(out1, ref) < tol and torch.equal(out1, out2)
+    with pytest.raises(ValueError, match="one or two outputs"):
+        hyperconv.layer_norm_into(x, weight, bias, 1e-5, [out1[:, :, 1:]])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_plane_tilings_give_identical_results():
+    """What lets the first call pick a tiling by time: every candidate computes the same bits."""
+    from dnd_fast.kernels import hyperconv
+
+    reseed()
+    b, cin, p, q, cout, k = 1, 200, 10, 130, 300, 9
+    x = torch.randn(b, cin, p, q, device="cuda").bfloat16()
+    weight = torch.randn(cout, cin, k, k, device="cuda").bfloat16()
+    outs = [plane_conv(x, weight, None, False, "cuda", torch.bfloat16, meta)
+            for meta in hyperconv.plane_candidates(cin, cout, torch.bfloat16) if meta.get("SPLIT_K", 1) == 1]
+    assert len(outs) > 1 and all(torch.equal(o, outs[0]) for o in outs[1:])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_first_call_keeps_the_fastest_tiling(monkeypatch):
+    from dnd_fast.kernels import hyperconv
+
+    monkeypatch.setattr(hyperconv, "TUNE", True)
+    monkeypatch.setattr(hyperconv, "_TUNED", {})
+    reseed()
+    b, cin, p, q, cout, k = 2, 64, 10, 40, 130, 9
+    x = torch.randn(b, cin, p, q, device="cuda").bfloat16()
+    weight = torch.randn(cout, cin, k, k, device="cuda").bfloat16()
+    exact = F.conv2d(x.double(), weight.double(), padding="same")
+    for _ in range(2):  # timed on the first call, looked up on the second
+        assert rel_err(plane_conv(x, weight, None, False, "cuda", torch.bfloat16), exact) < 4e-3
+    (chosen,) = hyperconv._TUNED.values()
+    assert chosen in hyperconv.plane_candidates(cin, cout, torch.bfloat16)

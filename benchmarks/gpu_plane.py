@@ -1,0 +1,111 @@
+"""The padded-plane TMA conv (``conv2d_plane``) against the strided implicit-GEMM conv (``conv2d_same``)
+and cuDNN, on every convolution of ``DecoderConfig.paper_qwen05()`` at its real sizes.
+
+Each conv is run as the decoder runs it: channel axis innermost, the smaller plane axis outer.
+Prints per conv: the plane kernel's time with the tiling its first call picks (or, with --search,
+the best of a wider set), the strided kernel with its heuristic, cuDNN on a channels-last input,
+the plane kernel's max error against an fp32 conv (relative to the output's max), and the meta
+BLOCK_M/BLOCK_N/BLOCK_K/WINDOW/SPLIT_N/SPLIT_K/num_warps/num_stages.
+Run: python benchmarks/gpu_plane.py [--batches 1,8] [--search]
+"""
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from triton.testing import do_bench
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import device_name, print_table  # noqa: E402
+
+from dnd_fast.decoder import DecoderConfig  # noqa: E402
+from dnd_fast.kernels import hyperconv  # noqa: E402
+
+
+def planes(config):
+    """(name, C_in, C_out, P, Q) of every conv, P <= Q."""
+    out = []
+    for li, ((c, h, w), (co, ho, wo)) in enumerate(zip(config.features[:-1], config.features[1:])):
+        for name, cin, cout, a, b in [("1w", w, wo, c, h), ("1h", h, ho, c, wo), ("2h", h, ho, c, w),
+                                      ("2w", w, wo, ho, c), ("ch", c, co, ho, wo)]:
+            out.append((f"L{li}.{name}", cin, cout, min(a, b), max(a, b)))
+    return out
+
+
+def candidates(cin, cout):
+    bk = min(64, max(16, 1 << (cin - 1).bit_length()))
+    bn_fit = min(256, max(16, 1 << (cout - 1).bit_length()))
+    out = [None]
+    for bm, bn, k, warps, stages in [(128, 128, bk, 4, 4), (128, 256, bk, 8, 3), (128, 64, bk, 4, 4),
+                                     (64, 128, bk, 4, 4), (128, 256, 32, 8, 4), (256, 128, bk, 8, 3),
+                                     (128, bn_fit, bk, 4, 4), (64, bn_fit, bk, 4, 4), (128, bn_fit, 64, 4, 4)]:
+        for window in (False, True):
+            if bn > 2 * max(16, cout) or (k > max(16, 2 * cin) and not window):
+                continue
+            m = {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": k, "WINDOW": window, "num_warps": warps,
+                 "num_stages": stages}
+            if m not in out:
+                out.append(m)
+    return out
+
+
+def time_ms(fn):
+    return do_bench(fn, warmup=5, rep=25, return_mode="median")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--batches", default="1,8")
+    ap.add_argument("--search", action="store_true", help="try several block shapes per conv")
+    ap.add_argument("--only", default="", help="comma-separated conv names (e.g. L7.ch,L0.1w)")
+    args = ap.parse_args()
+    print(device_name())
+    torch.manual_seed(0)
+    ks, dt = 9, torch.bfloat16
+    only = set(filter(None, args.only.split(",")))
+    for batch in [int(b) for b in args.batches.split(",")]:
+        rows, tot = [], [0.0, 0.0, 0.0, 0.0]
+        for name, cin, cout, P, Q in planes(DecoderConfig.paper_qwen05()):
+            if only and name not in only:
+                continue
+            x = torch.randn(batch, P, Q, cin, device="cuda", dtype=dt)
+            w = torch.randn(cout, cin, ks, ks, device="cuda", dtype=dt) / (cin * ks * ks) ** 0.5
+            plane = hyperconv.PaddedPlane(batch, P, Q, cin, ks, dt, "cuda")
+            plane.interior.copy_(x)
+            wp = hyperconv.pack_weight_plane(w)
+            out = torch.empty(batch, P, Q, cout, device="cuda", dtype=dt).permute(0, 3, 1, 2)
+            best, best_meta = float("inf"), None
+            for meta in (candidates(cin, cout) if args.search else [None]):
+                try:
+                    ms = time_ms(lambda: hyperconv.conv2d_plane(plane, wp, ks, out, meta=meta))
+                except Exception as e:  # a block shape that does not fit shared memory
+                    print(f"{name} {meta}: {type(e).__name__}: {str(e)[:100]}", flush=True)
+                    continue
+                if ms < best:
+                    best, best_meta = ms, meta
+            hyperconv.conv2d_plane(plane, wp, ks, out, meta=best_meta)
+            if best_meta is None:  # what the first call's timing chose
+                best_meta = hyperconv._TUNED.get((batch, P, Q, cin, cout, ks, 0, False, dt, plane.buf.device))
+            xs = x.permute(0, 3, 1, 2)
+            ref = F.conv2d(xs.float(), w.float(), padding="same")
+            err = ((out.float() - ref).abs().max() / ref.abs().max()).item()
+            wsame = hyperconv.pack_weight(w)
+            t_same = time_ms(lambda: hyperconv.conv2d_same(xs, wsame, ks))
+            t_cudnn = time_ms(lambda: F.conv2d(xs, w, padding="same"))
+            gflop = 2 * batch * P * Q * cin * cout * ks * ks / 1e9
+            tot = [tot[0] + gflop, tot[1] + best, tot[2] + t_same, tot[3] + min(t_same, t_cudnn)]
+            rows.append([name, f"{batch}x{P}x{Q}", cin, cout, f"{gflop:.0f}", f"{best:.3f}", f"{gflop / best:.0f}",
+                         f"{t_same:.3f}", f"{t_cudnn:.3f}", f"{min(t_same, t_cudnn) / best:.2f}x", f"{err:.1e}",
+                         best_meta and "/".join(str(int(best_meta.get(k, 0))) for k in
+                                                   ("BLOCK_M", "BLOCK_N", "BLOCK_K", "WINDOW", "SPLIT_N", "SPLIT_K",
+                                                    "num_warps", "num_stages"))])
+            print(rows[-1], flush=True)
+        rows.append(["all", "", "", "", f"{tot[0]:.0f}", f"{tot[1]:.2f}", f"{tot[0] / tot[1]:.0f}", f"{tot[2]:.2f}",
+                     "", f"{tot[3] / tot[1]:.2f}x", "", ""])
+        print_table(f"batch {batch}", ["conv", "plane", "C_in", "C_out", "GFLOP", "plane ms", "TFLOP/s",
+                                       "strided ms", "cuDNN ms", "gain vs best other", "rel err", "meta"], rows)
+
+
+if __name__ == "__main__":
+    main()
