@@ -230,6 +230,10 @@ def _packed(conv: nn.Module, dtype: torch.dtype, plane: Optional[bool] = None) -
     return cache[plane][1]
 
 
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    return torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
+
+
 def _needs_grad(layer: nn.Module, x: torch.Tensor) -> bool:
     return torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in layer.parameters()))
 
@@ -262,7 +266,7 @@ def _layer_plane(layer: HyperConvLayer, x: torch.Tensor, residual: bool) -> torc
     from dnd_fast.kernels import hyperconv
 
     hc, k = layer.hyper, layer.conv.kernel_size[0]
-    cdtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
+    cdtype = _compute_dtype(x)
     B, C, H, W = x.shape
     size = {"C": C, "H": H, "W": W, "C2": layer.conv.out_channels, "H2": hc.conv1h.out_channels,
             "W2": hc.conv1w.out_channels}
@@ -317,7 +321,7 @@ def _layer_triton(layer: HyperConvLayer, x: torch.Tensor, residual: bool) -> tor
     if _plane_path(layer, x):
         return _layer_plane(layer, x, residual)
     hc, k = layer.hyper, layer.conv.kernel_size[0]
-    cdtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
+    cdtype = _compute_dtype(x)
     xn = F.layer_norm(x.float(), hc.norm.normalized_shape, hc.norm.weight.float(), hc.norm.bias.float(),
                       hc.norm.eps).to(cdtype)
     xn_h = xn.transpose(2, 3).contiguous()  # memory [B, C, W, H]: H innermost for conv2h
@@ -332,7 +336,7 @@ def _layer_triton(layer: HyperConvLayer, x: torch.Tensor, residual: bool) -> tor
     # width as channels over (H', C) -> [B, W', H', C] in memory [B, H', W', C], merged with p1
     src2 = t2.permute(0, 3, 1, 2)
     if train:
-        p2 = _conv_op(src2, _packed(hc.conv2w, cdtype), None, None, None, k, 0, [0, 2, 1, 3])
+        p2 = _hyper_conv(hc.conv2w, src2, cdtype, [0, 2, 1, 3])
         y = ((p1.permute(0, 3, 1, 2) + torch.tanh(p2) + hc.bias.t()[None, :, :, None]) / 3).to(cdtype)
     else:
         bias = hc.bias.to(cdtype).t()[None, :, :, None].expand(x.shape[0], -1, -1, x.shape[1])

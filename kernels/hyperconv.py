@@ -230,7 +230,7 @@ def _conv_kernel(x_ptr, w_ptr, bias_ptr, other_ptr, extra_ptr, out_ptr,
                         mask=(c < CIN)[:, None] & (n < WN)[None, :], other=0.0)
             acc = _mma(acc, a, w, IEEE)
 
-    if SPLIT_K > 1:  # fp32 partial sums [SPLIT_K, M, COUT]; the host adds them and applies the epilogue
+    if SPLIT_K > 1:  # fp32 partial sums [SPLIT_K, M, COUT]; _split_epilogue adds them
         part = (pid_k * M + m).to(tl.int64)[:, None] * COUT + n[None, :]
         tl.store(out_ptr + part, acc, mask=in_m[:, None] & (n < COUT)[None, :])
         return
@@ -353,12 +353,10 @@ def conv2d_same(x, packed_weight, ks, bias=None, mode=0, other=None, extra=None,
         KS=ks, MODE=mode, HAS_BIAS=bias is not None, IEEE=_ieee(x.dtype), UNIT_C=x.stride(1) == 1,
         XALIGN=xalign, WALIGN=walign, **meta)
     if split > 1:
-        acc = dest.sum(0).view(B, P, Q, COUT).permute(0, 3, 1, 2)
-        if bias is not None:
-            acc = acc + bias.float()[None, :, None, None]
-        if mode == 2:
-            acc = acc + other.float()
-        out.copy_(acc)
+        _split_epilogue[(triton.cdiv(M, 64), triton.cdiv(COUT, 64))](
+            dest, bias if bias is not None else out, other, extra, out, P, Q, Q, COUT, M,
+            *out.stride(), *other.stride(), *extra.stride(), MODE=mode, HAS_BIAS=bias is not None,
+            SPLIT_K=split, BLOCK_M=64, BLOCK_N=64)
     return out
 
 
@@ -388,7 +386,7 @@ def pack_weight_plane(weight: torch.Tensor, dtype: torch.dtype | None = None, tr
     a view of a buffer with rows padded to a multiple of 8. ``transpose``: the plane's rows run
     along the weight's last axis (a conv over (q, p) is the conv over (p, q) with taps transposed)."""
     cout, cin, ks, _ = weight.shape
-    w = weight.to(dtype or weight.dtype).permute(3, 2, 1, 0) if transpose else weight.to(dtype or weight.dtype).permute(2, 3, 1, 0)
+    w = weight.to(dtype or weight.dtype).permute((3, 2, 1, 0) if transpose else (2, 3, 1, 0))
     w = F.pad(w, (0, _round_up(cout, 8) - cout, 0, _round_up(cin, 8) - cin))
     return w.reshape(ks * ks * _round_up(cin, 8), -1).narrow(1, 0, cout)
 
@@ -465,7 +463,7 @@ def _conv_plane_kernel(x_desc, w_desc, bias_ptr, other_ptr, extra_ptr, out_ptr, 
             acc = _mma(acc, a, w, IEEE)
     r = r0 + tl.arange(0, BLOCK_M)
     n = n0 + tl.arange(0, BLOCK_N)
-    if SPLIT_K > 1:  # fp32 partial sums [SPLIT_K, B * P * QP, COUT]; _plane_split_epilogue adds them
+    if SPLIT_K > 1:  # fp32 partial sums [SPLIT_K, B * P * QP, COUT]; _split_epilogue adds them
         rows_all = tl.num_programs(0) // TILES * P * QP
         row = (tl.program_id(2) * rows_all + b * P * QP + r).to(tl.int64)
         tl.store(part_ptr + row[:, None] * COUT + n[None, :], acc, mask=(r < P * QP)[:, None] & (n < COUT)[None, :])
@@ -478,11 +476,13 @@ def _conv_plane_kernel(x_desc, w_desc, bias_ptr, other_ptr, extra_ptr, out_ptr, 
 
 
 @triton.jit
-def _plane_split_epilogue(part_ptr, bias_ptr, other_ptr, extra_ptr, out_ptr, P, Q, QP, COUT, ROWS,
-                          sob, soc, sop, soq, srb, src, srp, srq, seb, sec, sep, seq,
-                          MODE: tl.constexpr, HAS_BIAS: tl.constexpr, SPLIT_K: tl.constexpr,
-                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """The split partial sums added in a fixed order, then the usual epilogue."""
+def _split_epilogue(part_ptr, bias_ptr, other_ptr, extra_ptr, out_ptr, P, Q, QP, COUT, ROWS,
+                    sob, soc, sop, soq, srb, src, srp, srq, seb, sec, sep, seq,
+                    MODE: tl.constexpr, HAS_BIAS: tl.constexpr, SPLIT_K: tl.constexpr,
+                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """The SPLIT_K partial sums [SPLIT_K, ROWS, COUT] of either conv added in a fixed order, then the
+    usual epilogue. Row m is image m // (P * QP), position m % (P * QP) in rows of QP (QP = Q for
+    the strided conv, Q + pad for the plane conv, whose spare positions are dropped)."""
     m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     ok = (m < ROWS)[:, None] & (n < COUT)[None, :]
@@ -544,7 +544,7 @@ def conv2d_plane(x: PaddedPlane, packed_weight, ks, out, bias=None, mode=0, othe
                 P, Q, C, COUT, tiles, x.lead, n_off, *out.stride(), *other.stride(), *extra.stride(),
                 KS=ks, MODE=mode, HAS_BIAS=bias is not None, IEEE=_ieee(x.buf.dtype), **dict(meta, BLOCK_N=block_n))
         if split_k > 1:
-            _plane_split_epilogue[(triton.cdiv(rows_all, 64), triton.cdiv(COUT, 64))](
+            _split_epilogue[(triton.cdiv(rows_all, 64), triton.cdiv(COUT, 64))](
                 part, bias if bias is not None else out, other, extra, out, P, Q, Q + x.pad, COUT, rows_all,
                 *out.stride(), *other.stride(), *extra.stride(), MODE=mode, HAS_BIAS=bias is not None,
                 SPLIT_K=split_k, BLOCK_M=64, BLOCK_N=64)
