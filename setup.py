@@ -37,11 +37,16 @@ def want_cuda():
 
 
 cxx = ["-O3", "-std=c++17"]
+# The C++ runtime torch uses, shared: a compiler that links libstdc++ statically (the lent GPU
+# machine's /opt/gcc g++ does) gives the extension a private copy of the exception runtime, and
+# then any TORCH_CHECK failure in it (a bad argument) crashed the process instead of raising.
+link = ["-l:libstdc++.so.6"] if sys.platform.startswith("linux") else []
 if want_cuda():
     ext = cpp_extension.CUDAExtension(
         "dnd_fast._C",
         sources("cpu") + sources("cuda"),
         define_macros=[("DND_FAST_WITH_CUDA", "1")],
+        extra_link_args=link,
         extra_compile_args={
             "cxx": cxx,
             # sm_90a machine code for Hopper, plus PTX that newer GPUs can compile at load.
@@ -53,7 +58,7 @@ if want_cuda():
 else:
     ext = cpp_extension.CppExtension(
         "dnd_fast._C", sources("cpu"), define_macros=[("DND_FAST_WITH_CUDA", "0")],
-        extra_compile_args={"cxx": cxx + ["-fopenmp"]}, extra_link_args=["-fopenmp"])
+        extra_compile_args={"cxx": cxx + ["-fopenmp"]}, extra_link_args=["-fopenmp"] + link)
 
 setup(
     name="dnd_fast",

@@ -49,6 +49,20 @@ def wall_ms(fn, warmup=2, rep=10):
     return sorted(times)[len(times) // 2]
 
 
+def cuda_graph(fn):
+    """``fn`` (no arguments) captured as a CUDA graph after a warm-up on a side stream; returns
+    the graph's replay. What ``fn`` allocates during capture stays in the graph's pool."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return graph.replay
+
+
 def print_table(title, header, rows):
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     print(f"\n## {title}\n")

@@ -2,7 +2,8 @@
 
 bf16 autocast. Forward at batch 1 and 8 (no grad) and one training step at batch 8 (forward,
 backward, fused AdamW) for the reference module and the Triton path, measured in the same run
-(forward also on the strided Triton kernel instead of the padded-plane TMA kernel).
+(forward also on the strided Triton kernel instead of the padded-plane TMA kernel, and both
+paths replayed as CUDA graphs, as generate() runs the decoder).
 Prints median ms, ms per LoRA, achieved TFLOP/s and the speed-up over the reference.
 Run: python benchmarks/gpu_decoder.py [--skip-train]
 """
@@ -13,7 +14,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import device_name, median_ms, print_table  # noqa: E402
+from common import cuda_graph, device_name, median_ms, print_table  # noqa: E402
 
 from dnd_fast import decoder  # noqa: E402
 from dnd_fast.decoder import DecoderConfig, HyperConvDecoder  # noqa: E402
@@ -35,16 +36,21 @@ def main():
     for batch in [int(b) for b in args.batches.split(",")]:
         x = torch.randn(batch, *cfg.condition_shape, device="cuda")
         ref_ms = None
-        for backend in ("torch", "triton", "triton, strided"):
+        for backend in ("torch", "triton", "triton, strided", "torch, cuda graph", "triton, cuda graph"):
             def fwd(b=backend.split(",")[0]):
                 with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
                     return dec(x, backend=b)
             decoder.PLANE_CONVS = backend != "triton, strided"
-            ms = median_ms(fwd, warmup=2, rep=10)
-            ref_ms = ms if backend == "torch" else ref_ms
+            if backend.endswith("graph"):  # as generate() runs it: warm-up (tiling choice), then replays
+                fwd()
+                ms = median_ms(cuda_graph(fwd), warmup=2, rep=10)
+            else:
+                ms = median_ms(fwd, warmup=2, rep=10)
+            ref_ms = ms if backend.startswith("torch") else ref_ms  # graph rows against the graphed reference
             rows.append(["forward", batch, backend, f"{ms:.1f}", f"{ms / batch:.1f}",
                          f"{cfg.flops(batch) / ms / 1e9:.0f}", f"{ref_ms / ms:.2f}x"])
             print(rows[-1], flush=True)
+            torch.cuda.empty_cache()  # the graph pools
         decoder.PLANE_CONVS = True
     if not args.skip_train:
         batch = 8

@@ -1,4 +1,5 @@
-// CUDA kernels of dnd_fast::tokenize / dnd_fast::detokenize (schemas in ops.cpp).
+// CUDA kernels of dnd_fast::tokenize / dnd_fast::detokenize and their launchers (the ops, their
+// argument checks and allocations are in ops.cpp).
 //
 // One warp per (token, checkpoint), up to eight tokens per block. The token's real elements are
 // read (tokenize) or written (detokenize) in the source buffer's own order, so those accesses are
@@ -17,9 +18,6 @@
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/cuda/CUDAContext.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <torch/library.h>
 
 #include "tokenize.h"
 
@@ -194,71 +192,50 @@ struct Launch {
   size_t smem;
 };
 
-// As many tokens per block (one per warp) as fit in 48 KiB of shared memory, up to kMaxWarps.
+// As many tokens per block (one per warp) as fit in 48 KiB of shared memory, up to kMaxWarps
+// (ops.cpp has checked that one token's tile fits: h * w <= kMaxTileFloats).
 Launch launch_shape(int64_t T, int64_t B, int64_t h, int64_t w) {
-  const size_t tile = static_cast<size_t>(tile_floats(static_cast<int>(std::min<int64_t>(h * w, kSmemBytes)))) *
-                      sizeof(float);
-  TORCH_CHECK(tile <= kSmemBytes, "dnd_fast CUDA tokenizer: token tile ", h, "x", w,
-              " exceeds 48 KiB of shared memory");
+  const size_t tile = static_cast<size_t>(tile_floats(static_cast<int>(h * w))) * sizeof(float);
   const int64_t warps = std::min<int64_t>({kMaxWarps, static_cast<int64_t>(kSmemBytes / tile), T});
   return {dim3(static_cast<unsigned>((T + warps - 1) / warps), static_cast<unsigned>(B)),
           dim3(static_cast<unsigned>(32 * warps)), tile * warps};
 }
 
-std::tuple<at::Tensor, at::Tensor> tokenize_cuda(const at::Tensor& flat_in, const at::Tensor& meta_in,
-                                                 int64_t h, int64_t w,
-                                                 const std::optional<at::Tensor>& stats_in, double eps) {
-  check_tokenize_args(flat_in, meta_in, h, w, stats_in);
-  const c10::cuda::CUDAGuard guard(flat_in.device());
-  const auto flat = flat_in.contiguous();
-  const auto meta = meta_in.contiguous();
-  const int64_t B = flat.size(0), P = flat.size(1), T = meta.size(0);
-  auto tokens = at::empty({B, T, h, w}, flat.options().dtype(at::kFloat));
-  auto scales = at::empty({B, T, 2}, flat.options().dtype(at::kFloat));
-  if (B == 0 || T == 0) return {tokens, scales};
-  TORCH_CHECK(B <= 65535, "dnd_fast CUDA tokenizer: at most 65535 checkpoints per call, got ", B);
-  const at::Tensor stats = stats_in.has_value() ? stats_in->contiguous() : at::Tensor();
+const char* launch_status() {
+  const cudaError_t err = cudaGetLastError();
+  return err == cudaSuccess ? nullptr : cudaGetErrorString(err);
+}
+
+}  // namespace
+
+const char* launch_tokenize(const at::Tensor& flat, const at::Tensor& meta, const at::Tensor& stats,
+                            const at::Tensor& tokens, const at::Tensor& scales, double eps) {
+  const int64_t B = flat.size(0), P = flat.size(1), T = meta.size(0), h = tokens.size(2), w = tokens.size(3);
   const Launch l = launch_shape(T, B, h, w);
-  auto stream = at::cuda::getCurrentCUDAStream();
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, flat.scalar_type(), "tokenize_cuda", [&] {
     tokenize_kernel<scalar_t><<<l.grid, l.block, l.smem, stream>>>(
         flat.data_ptr<scalar_t>(), meta.data_ptr<int64_t>(), stats.defined() ? stats.data_ptr<float>() : nullptr,
         tokens.data_ptr<float>(), scales.data_ptr<float>(), P, static_cast<int>(T), static_cast<int>(h),
         static_cast<int>(w), static_cast<float>(eps));
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  return {tokens, scales};
+  return launch_status();
 }
 
-at::Tensor detokenize_cuda(const at::Tensor& tokens_in, const at::Tensor& scales_in, const at::Tensor& meta_in,
-                           int64_t num_params, at::ScalarType dtype) {
-  check_detokenize_args(tokens_in, scales_in, meta_in);
-  const c10::cuda::CUDAGuard guard(tokens_in.device());
-  const auto tokens = tokens_in.contiguous();
-  const auto scales = scales_in.contiguous();
-  const auto meta = meta_in.contiguous();
+const char* launch_detokenize(const at::Tensor& tokens, const at::Tensor& scales, const at::Tensor& meta,
+                              const at::Tensor& flat) {
   const int64_t B = tokens.size(0), T = tokens.size(1), h = tokens.size(2), w = tokens.size(3);
-  auto flat = at::empty({B, num_params}, tokens.options().dtype(dtype));
-  if (B == 0 || T == 0) return flat;
-  TORCH_CHECK(B <= 65535, "dnd_fast CUDA tokenizer: at most 65535 checkpoints per call, got ", B);
   const Launch l = launch_shape(T, B, h, w);
-  auto stream = at::cuda::getCurrentCUDAStream();
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, tokens.scalar_type(), "detokenize_cuda_in", [&] {
     using tok_t = scalar_t;
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "detokenize_cuda_out", [&] {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, flat.scalar_type(), "detokenize_cuda_out", [&] {
       detokenize_kernel<tok_t, scalar_t><<<l.grid, l.block, l.smem, stream>>>(
           tokens.data_ptr<tok_t>(), scales.data_ptr<float>(), meta.data_ptr<int64_t>(), flat.data_ptr<scalar_t>(),
-          num_params, static_cast<int>(T), static_cast<int>(h), static_cast<int>(w));
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+          flat.size(1), static_cast<int>(T), static_cast<int>(h), static_cast<int>(w));
     });
   });
-  return flat;
+  return launch_status();
 }
 
-}  // namespace
 }  // namespace dnd_fast
-
-TORCH_LIBRARY_IMPL(dnd_fast, CUDA, m) {
-  m.impl("tokenize", &dnd_fast::tokenize_cuda);
-  m.impl("detokenize", &dnd_fast::detokenize_cuda);
-}

@@ -6,6 +6,7 @@ usable for the tensor's device) or a name; asking for one that cannot run here i
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import warnings
@@ -25,6 +26,7 @@ except Exception as exc:  # ImportError, or OSError from a library built against
         "reference and Triton where usable. Rebuild with `pip install --no-build-isolation -e .`.",
         RuntimeWarning, stacklevel=2)
 
+EXT = _ext  # the module, for its direct bindings (dnd_fast._C.tokenize_cuda)
 HAS_EXT = _ext is not None
 EXT_HAS_CUDA = bool(getattr(_ext, "with_cuda", 0))
 HAS_TRITON = importlib.util.find_spec("triton") is not None
@@ -61,23 +63,28 @@ def backends(device: str | torch.device | None = None) -> list[str]:
 
 def resolve(backend: str | None, device: torch.device, preference: tuple[str, ...], op: str) -> str:
     """The backend an op call uses: the first usable of ``preference``, or the one asked for."""
+    return _resolve(backend, device.type, preference, op)
+
+
+@functools.lru_cache(maxsize=None)  # on the latency path of every op call; the answers never change
+def _resolve(backend: str | None, device_type: str, preference: tuple[str, ...], op: str) -> str:
     if backend is None:
         for name in preference:
             # Interpreted Triton is a test vehicle, never a default.
-            if name == "triton" and device.type != "cuda":
+            if name == "triton" and device_type != "cuda":
                 continue
-            if _runs_on(name, device.type):
+            if _runs_on(name, device_type):
                 return name
         return "torch"
     if backend not in NAMES:
         raise ValueError(f"{op}: unknown backend {backend!r}; choose one of {NAMES}")
     if backend not in preference and backend != "torch":
         raise ValueError(f"{op}: has no {backend!r} implementation; it has {preference + ('torch',)}")
-    if not _runs_on(backend, device.type):
+    if not _runs_on(backend, device_type):
         why = {
             "cpp": "the C++ extension is not loaded" if not HAS_EXT else "it runs on CPU tensors only",
             "cuda": "it needs the extension's CUDA kernels and CUDA tensors",
             "triton": "it needs a CUDA tensor, or TRITON_INTERPRET=1 for CPU tensors",
         }[backend]
-        raise ValueError(f"{op}: backend {backend!r} cannot run on {device.type} here: {why}")
+        raise ValueError(f"{op}: backend {backend!r} cannot run on {device_type} here: {why}")
     return backend

@@ -553,7 +553,7 @@ def conv2d_plane(x: PaddedPlane, packed_weight, ks, out, bias=None, mode=0, othe
         key = (B, P, Q, C, COUT, ks, mode, bias is not None, x.buf.dtype, x.buf.device)
         meta = _TUNED.get(key)
         if meta is None:
-            candidates = plane_candidates(C, COUT, x.buf.dtype)
+            candidates = plane_candidates(C, COUT, x.buf.dtype, B * P * (Q + x.pad))
             if TUNE and len(candidates) > 1 and x.buf.is_cuda and not torch.cuda.is_current_stream_capturing():
                 meta = _TUNED[key] = _fastest(candidates, launch)
             else:
@@ -570,8 +570,9 @@ TUNE = True
 _TUNED: dict[tuple, dict] = {}
 
 
-def plane_candidates(CIN, COUT, dtype):
-    """``plane_meta`` first, then the other tilings worth timing for this conv."""
+def plane_candidates(CIN, COUT, dtype, positions=0):
+    """``plane_meta`` first, then the other tilings worth timing for this conv (``positions``: the
+    plane's output rows, B * P * (Q + pad), which bound the SPLIT_K partial-sum buffer)."""
     first = plane_meta(CIN, COUT, dtype)
     if _interpreted() or _ieee(dtype):
         return [first]
@@ -582,8 +583,15 @@ def plane_candidates(CIN, COUT, dtype):
     out = [first]
     for bm, bn, warps, stages in shapes:
         meta = dict(first, BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=stages)
+        # SPLIT_K for the wide channel convs, whose grids are a wave or two of long tiles: on an H100
+        # at batch 1 (benchmarks/gpu_plane.py) 128 x 256 tiles chose 3 (10 x 130 plane), 4 (25 x 200)
+        # and 9 (10 x 200), each 4-8% faster than 2; the partial sums stay within 256 MiB.
+        splits = [2] if warps == 8 else []
+        if (bm, bn) == (128, 256):
+            splits = [2, 3, 4, 9]
+        splits = [s for s in splits if COUT >= 512 and s * positions * COUT * 4 <= 1 << 28]
         for m in [meta] + ([dict(meta, SPLIT_N=True)] if 0 < COUT % bn <= bn // 2 else []) + \
-                ([dict(meta, SPLIT_K=2)] if COUT >= 512 and warps == 8 else []):
+                [dict(meta, SPLIT_K=s) for s in splits]:
             if m not in out:
                 out.append(m)
     return out

@@ -199,10 +199,11 @@ def test_plane_conv_matches_conv2d(device, window, transpose, shape):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("window", [False, True])
-@pytest.mark.parametrize("split", ["n", "k"])
+@pytest.mark.parametrize("split", ["n", "k", "k9"])
 def test_plane_conv_epilogues(device, window, split):
     """With C_out split into whole tiles and a narrower rest (SPLIT_N), or the tap rows split over
-    three programs whose partial sums a second kernel adds before the epilogue (SPLIT_K)."""
+    three programs whose partial sums a second kernel adds before the epilogue (SPLIT_K), or over
+    nine, more than a tile has tap rows (programs with none write zero partial sums)."""
     reseed()
     b, cin, p, q, cout, k = 3, 12, 4, 6, 37, 5
     x = torch.randn(b, cin, p, q, device=device)
@@ -210,7 +211,7 @@ def test_plane_conv_epilogues(device, window, split):
     other = torch.randn(b, cout, p, q, device=device)
     extra = torch.randn(b, q, cout, p, device=device).permute(0, 2, 3, 1)  # any strides
     acc = F.conv2d(x, weight, bias, padding="same")
-    meta = plane_meta(window, device, split_n=split == "n", split_k=3 if split == "k" else 1)
+    meta = plane_meta(window, device, split_n=split == "n", split_k={"k": 3, "k9": 9}.get(split, 1))
     merged = plane_conv(x, weight, bias, False, device, torch.float32, meta, mode=1, other=other, extra=extra)
     assert rel_err(merged, (torch.tanh(acc) + other + extra) / 3) < 1e-5
     residual = plane_conv(x, weight, bias, True, device, torch.float32, meta, mode=2, other=other)

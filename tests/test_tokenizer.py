@@ -154,6 +154,53 @@ def test_ops_trace_under_torch_compile(device, backend):
     torch.testing.assert_close(compiled(flat), flat, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.skipif(not (torch.cuda.is_available() and "cuda" in dnd_fast.backends("cuda")),
+                    reason="needs a CUDA GPU and the extension's CUDA kernels")
+def test_direct_cuda_binding_equals_the_op():
+    """tokenize_flat calls the CUDA kernel through dnd_fast._C.tokenize_cuda (no dispatcher); the
+    registered op (torch.compile's path) must give the same bits, and bad arguments a clear error
+    (not a crash: an exception thrown through the nvcc-compiled launcher once killed the process)."""
+    from dnd_fast import dispatch
+    from dnd_fast.tokenizer import STD_FLOOR
+
+    layout = LAYOUTS["llama-qv-r4-awkward-tokens"]
+    reseed()
+    h, w = layout.token_shape
+    flat = torch.randn(3, layout.num_params, device="cuda")
+    meta = layout.meta_on(flat.device)
+    stats = torch.stack([torch.randn(layout.num_tokens), torch.rand(layout.num_tokens) + 0.5], -1).cuda()
+    for st in (None, stats):
+        direct = dispatch.EXT.tokenize_cuda(flat, meta, h, w, st, STD_FLOOR)
+        via_op = torch.ops.dnd_fast.tokenize(flat, meta, h, w, st, STD_FLOOR)
+        assert all(torch.equal(a, b) for a, b in zip(direct, via_op))
+    with pytest.raises(TypeError, match=r"tokenize_cuda\(flat"):
+        dispatch.EXT.tokenize_cuda(flat, meta, h, w)
+    with pytest.raises(RuntimeError, match="meta must be int64"):
+        dispatch.EXT.tokenize_cuda(flat, meta.int(), h, w, None, STD_FLOOR)
+    with pytest.raises(RuntimeError, match="meta must be int64"):
+        torch.ops.dnd_fast.tokenize(flat, meta.int(), h, w, None, STD_FLOOR)
+    with pytest.raises(RuntimeError, match="output dtype must be"):
+        torch.ops.dnd_fast.detokenize(direct[0], direct[1], meta, layout.num_params, torch.int32)
+
+
+@pytest.mark.skipif(not dnd_fast.dispatch.HAS_EXT, reason="needs the C++ extension (pip install -e .)")
+def test_op_argument_errors_raise():
+    """A failed check inside the extension is a RuntimeError naming the argument (it was a crash where
+    the extension carried its own static copy of the C++ runtime)."""
+    from dnd_fast.tokenizer import STD_FLOOR
+
+    layout = LAYOUTS["llama-qv-r4-awkward-tokens"]
+    h, w = layout.token_shape
+    flat, meta = torch.randn(2, layout.num_params), layout.meta_on(torch.device("cpu"))
+    with pytest.raises(RuntimeError, match="meta must be int64"):
+        torch.ops.dnd_fast.tokenize(flat, meta.int(), h, w, None, STD_FLOOR)
+    with pytest.raises(RuntimeError, match="flat must be float32, float64, float16 or bfloat16"):
+        torch.ops.dnd_fast.tokenize(flat.int(), meta, h, w, None, STD_FLOOR)
+    tokens, scales = torch.ops.dnd_fast.tokenize(flat, meta, h, w, None, STD_FLOOR)
+    with pytest.raises(RuntimeError, match="output dtype must be"):
+        torch.ops.dnd_fast.detokenize(tokens, scales, meta, layout.num_params, torch.int64)
+
+
 def test_bad_input_is_named():
     layout = LAYOUTS["qwen2-all-r8"]
     sd = random_lora_state_dict(layout)
