@@ -40,7 +40,7 @@ def breakdown(layout):
     empty = flat[:0]
     meta = layout.meta_on(flat.device)
     op = torch.ops.dnd_fast.tokenize.default
-    direct = getattr(dispatch._ext, "tokenize_cuda", None)
+    direct = getattr(dispatch.EXT, "tokenize_cuda", None)
     rows = [["tokenize_flat (public)", f"{median_ms(lambda: tokenize_flat(flat, layout), rep=200) * 1e3:.1f}",
              f"{host_us(lambda: tokenize_flat(empty, layout)):.1f}"],
             ["torch.ops.dnd_fast.tokenize", f"{median_ms(lambda: op(flat, meta, h, w, None, STD_FLOOR), rep=200) * 1e3:.1f}",

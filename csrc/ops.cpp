@@ -220,9 +220,7 @@ TORCH_LIBRARY_IMPL(dnd_fast, CUDA, m) {
   m.impl("tokenize", &dnd_fast::tokenize_cuda);
   m.impl("detokenize", &dnd_fast::detokenize_cuda);
 }
-#endif
 
-#if DND_FAST_WITH_CUDA
 // tokenize(flat, meta, h, w, stats or None, eps) on CUDA tensors, called from Python without the
 // dispatcher's boxed call: 2.3 us of host time instead of 4.6 on the lent H100's host, where the
 // batch-1 call takes ~24 us in all (benchmarks/RESULTS.md). torch.compile and every other caller

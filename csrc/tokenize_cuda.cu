@@ -26,7 +26,7 @@ namespace {
 
 constexpr int kMaxWarps = 8;  // tokens per block
 constexpr int kUnroll = 16;   // loads in flight per lane (16-bit inputs)
-constexpr size_t kSmemBytes = 48 * 1024;
+constexpr size_t kSmemBytes = kMaxTileFloats * sizeof(float);  // per block
 
 __device__ float warp_sum(float v) {
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffff, v, o);

@@ -106,16 +106,16 @@ def tokenize_flat(flat: torch.Tensor, layout: LoRALayout, *, stats: torch.Tensor
         if tuple(stats.shape) != (layout.num_tokens, 2):
             raise ValueError(f"tokenize: stats must be [{layout.num_tokens}, 2], got {list(stats.shape)}")
         stats = stats.to(device=flat.device, dtype=torch.float32).contiguous()
-    device = flat.device
-    name = dispatch.resolve(backend, device, _PREFERENCE, "tokenize")
+    name = dispatch.resolve(backend, flat.device, _PREFERENCE, "tokenize")
     h, w = layout.token_shape
     if name == "torch":
         return _tokenize_reference(flat, layout, stats, STD_FLOOR)
+    meta = layout.meta_on(flat.device)
     if name == "cuda" and type(flat) is torch.Tensor and not torch.compiler.is_compiling():
         # The same kernel without the dispatcher's boxed call (half the host time of a batch-1 call).
-        return dispatch.EXT.tokenize_cuda(flat, layout.meta_on(device), h, w, stats, STD_FLOOR)
+        return dispatch.EXT.tokenize_cuda(flat, meta, h, w, stats, STD_FLOOR)
     op = torch.ops.dnd_fast.tokenize if name in ("cpp", "cuda") else _tokenize_triton
-    return op(flat, layout.meta_on(device), h, w, stats, STD_FLOOR)
+    return op(flat, meta, h, w, stats, STD_FLOOR)
 
 
 def tokenize(state_dicts: Mapping[str, torch.Tensor] | Sequence[Mapping[str, torch.Tensor]], layout: LoRALayout,

@@ -158,8 +158,7 @@ def test_ops_trace_under_torch_compile(device, backend):
                     reason="needs a CUDA GPU and the extension's CUDA kernels")
 def test_direct_cuda_binding_equals_the_op():
     """tokenize_flat calls the CUDA kernel through dnd_fast._C.tokenize_cuda (no dispatcher); the
-    registered op (torch.compile's path) must give the same bits, and bad arguments a clear error
-    (not a crash: an exception thrown through the nvcc-compiled launcher once killed the process)."""
+    registered op (torch.compile's path) must give the same bits, and bad arguments a clear error."""
     from dnd_fast import dispatch
     from dnd_fast.tokenizer import STD_FLOOR
 
@@ -177,21 +176,17 @@ def test_direct_cuda_binding_equals_the_op():
         dispatch.EXT.tokenize_cuda(flat, meta, h, w)
     with pytest.raises(RuntimeError, match="meta must be int64"):
         dispatch.EXT.tokenize_cuda(flat, meta.int(), h, w, None, STD_FLOOR)
-    with pytest.raises(RuntimeError, match="meta must be int64"):
-        torch.ops.dnd_fast.tokenize(flat, meta.int(), h, w, None, STD_FLOOR)
-    with pytest.raises(RuntimeError, match="output dtype must be"):
-        torch.ops.dnd_fast.detokenize(direct[0], direct[1], meta, layout.num_params, torch.int32)
 
 
-@pytest.mark.skipif(not dnd_fast.dispatch.HAS_EXT, reason="needs the C++ extension (pip install -e .)")
-def test_op_argument_errors_raise():
+@pytest.mark.parametrize("device", [d for d in DEVICES if {"cpu": "cpp", "cuda": "cuda"}[d] in dnd_fast.backends(d)])
+def test_op_argument_errors_raise(device):
     """A failed check inside the extension is a RuntimeError naming the argument (it was a crash where
     the extension carried its own static copy of the C++ runtime)."""
     from dnd_fast.tokenizer import STD_FLOOR
 
     layout = LAYOUTS["llama-qv-r4-awkward-tokens"]
     h, w = layout.token_shape
-    flat, meta = torch.randn(2, layout.num_params), layout.meta_on(torch.device("cpu"))
+    flat, meta = torch.randn(2, layout.num_params, device=device), layout.meta_on(torch.device(device))
     with pytest.raises(RuntimeError, match="meta must be int64"):
         torch.ops.dnd_fast.tokenize(flat, meta.int(), h, w, None, STD_FLOOR)
     with pytest.raises(RuntimeError, match="flat must be float32, float64, float16 or bfloat16"):
