@@ -5,7 +5,7 @@ Each conv is run as the decoder runs it: channel axis innermost, the smaller pla
 Prints per conv: the plane kernel's time with the tiling its first call picks (or, with --search,
 the best of a wider set), the strided kernel with its heuristic, cuDNN on a channels-last input,
 the plane kernel's max error against an fp32 conv (relative to the output's max), and the meta
-BLOCK_M/BLOCK_N/BLOCK_K/WINDOW/SPLIT_N/SPLIT_K/num_warps/num_stages.
+BLOCK_M/BLOCK_N/BLOCK_K/WINDOW/SPLIT_N/SPLIT_K/A_PTR/num_warps/num_stages.
 Run: python benchmarks/gpu_plane.py [--batches 1,8] [--search]
 """
 import argparse
@@ -45,8 +45,11 @@ def candidates(cin, cout):
                 continue
             m = {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": k, "WINDOW": window, "num_warps": warps,
                  "num_stages": stages}
-            if m not in out:
-                out.append(m)
+            # thin convs: also with plain (pointer) loads of the input, pipelined or not
+            ptr = [dict(m, A_PTR=True), dict(m, A_PTR=True, num_stages=1)] if cin <= 128 and cout <= 64 else []
+            for v in [m] + ptr:
+                if v not in out:
+                    out.append(v)
     return out
 
 
@@ -99,7 +102,7 @@ def main():
                          f"{t_same:.3f}", f"{t_cudnn:.3f}", f"{min(t_same, t_cudnn) / best:.2f}x", f"{err:.1e}",
                          best_meta and "/".join(str(int(best_meta.get(k, 0))) for k in
                                                    ("BLOCK_M", "BLOCK_N", "BLOCK_K", "WINDOW", "SPLIT_N", "SPLIT_K",
-                                                    "num_warps", "num_stages"))])
+                                                    "A_PTR", "num_warps", "num_stages"))])
             print(rows[-1], flush=True)
         rows.append(["all", "", "", "", f"{tot[0]:.0f}", f"{tot[1]:.2f}", f"{tot[0] / tot[1]:.0f}", f"{tot[2]:.2f}",
                      "", f"{tot[3] / tot[1]:.2f}x", "", ""])

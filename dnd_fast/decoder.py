@@ -207,27 +207,35 @@ def _conv_backward(ctx, grad):
 _conv_op.register_autograd(_conv_backward, setup_context=_conv_setup)
 
 
+def _cached(module: nn.Module, tag, tensor: torch.Tensor, dtype: torch.dtype, make):
+    """``make()``, a copy of ``tensor`` in ``dtype`` (cast or packed), cached on ``module`` under
+    ``tag`` while ``tensor`` is unchanged and no gradient is wanted."""
+    if (torch.is_grad_enabled() and tensor.requires_grad) or torch.compiler.is_compiling():
+        return make()
+    key = (tensor._version, tensor.data_ptr(), dtype)
+    cache = module.__dict__.setdefault("_dnd_packed", {})
+    if tag not in cache or cache[tag][0] != key:
+        with torch.no_grad():
+            cache[tag] = (key, make())
+    return cache[tag][1]
+
+
 def _packed(conv: nn.Module, dtype: torch.dtype, plane: Optional[bool] = None) -> torch.Tensor:
     """The conv's weight packed for the strided kernel (``plane`` None: ``hyperconv.pack_weight``)
-    or the plane kernel (``pack_weight_plane``, ``plane`` = transpose) in ``dtype``; cached when
-    no gradient is wanted."""
+    or the plane kernel (``pack_weight_plane``, ``plane`` = transpose) in ``dtype``."""
     from dnd_fast.kernels import hyperconv
 
     w = conv.weight
+    if plane is None:
+        return _cached(conv, plane, w, dtype, lambda: hyperconv.pack_weight(w, dtype))
+    return _cached(conv, plane, w, dtype, lambda: hyperconv.pack_weight_plane(w, dtype, transpose=plane))
 
-    def pack():
-        if plane is None:
-            return hyperconv.pack_weight(w, dtype)
-        return hyperconv.pack_weight_plane(w, dtype, transpose=plane)
 
-    if (torch.is_grad_enabled() and w.requires_grad) or torch.compiler.is_compiling():
-        return pack()
-    key = (w._version, w.data_ptr(), dtype)
-    cache = conv.__dict__.setdefault("_dnd_packed", {})
-    if plane not in cache or cache[plane][0] != key:
-        with torch.no_grad():
-            cache[plane] = (key, pack())
-    return cache[plane][1]
+def _cast(module: nn.Module, name: str, dtype: torch.dtype) -> torch.Tensor:
+    """The parameter ``module.<name>`` in ``dtype``: itself, or a cast cached like a packed weight (under
+    autocast a bias would otherwise be cast again on every call, one small kernel each)."""
+    p = getattr(module, name)
+    return p if p.dtype == dtype else _cached(module, name, p, dtype, lambda: p.to(dtype))
 
 
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:
@@ -298,13 +306,13 @@ def _layer_plane(layer: HyperConvLayer, x: torch.Tensor, residual: bool) -> torc
     # path 2: height as channels over (C, W), then width as channels over (H2, C), merged with p1
     in_2w = plane(("H2", "C"), "W")
     conv(hc.conv2h, in_2h, "H2", in_2w[0].interior, in_2w[1])
-    bias = hc.bias.to(cdtype)[None, :, :, None].expand(B, -1, -1, C)
+    bias = _cast(hc, "bias", cdtype)[None, :, :, None].expand(B, -1, -1, C)
     conv(hc.conv2w, in_2w, "W2", in_ch[0].interior, in_ch[1], mode=1, other=(p1, p1_axes),
          extra=(bias, ("H2", "W2", "C")))
     # the channel conv over (H2, W2), residual fused
     out = torch.empty(B, size["C2"], size["H2"], size["W2"], device=x.device, dtype=cdtype)
     residual = (x.to(cdtype), ("C2", "H2", "W2")) if residual else None
-    conv(layer.conv, in_ch, "C2", out, ("C2", "H2", "W2"), layer.conv.bias.to(cdtype), 2 if residual else 0,
+    conv(layer.conv, in_ch, "C2", out, ("C2", "H2", "W2"), _cast(layer.conv, "bias", cdtype), 2 if residual else 0,
          other=residual)
     return out
 

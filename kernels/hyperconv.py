@@ -391,16 +391,19 @@ def pack_weight_plane(weight: torch.Tensor, dtype: torch.dtype | None = None, tr
     return w.reshape(ks * ks * _round_up(cin, 8), -1).narrow(1, 0, cout)
 
 
-def plane_meta(CIN, COUT, dtype):
+def _plane_meta(CIN, COUT, dtype):
     """Block shapes for ``conv2d_plane`` (from a search on an H100: benchmarks/gpu_plane.py --search).
     WINDOW whenever the channels do not fill whole K blocks: a tap row's (j, channel) pairs then
-    round up once, not once per tap."""
+    round up once, not once per tap. A_PTR: see ``_plane_tile``."""
     if _interpreted():
         return {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 16, "WINDOW": CIN % 16 != 0, "num_warps": 1}
     if _ieee(dtype):  # fp32 tiles: twice the shared memory per element
         return {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32, "WINDOW": CIN % 32 != 0, "num_warps": 4,
                 "num_stages": 2}
     window = CIN % 64 != 0
+    if COUT <= 64 and CIN <= 32:  # a tap's channels in one K block: 16 or 32, no window
+        return {"BLOCK_M": 256, "BLOCK_N": _block(COUT, 16, 64), "BLOCK_K": _block(CIN, 16, 32), "WINDOW": False,
+                "A_PTR": True, "num_warps": 4, "num_stages": 3}
     if COUT <= 64:
         return {"BLOCK_M": 128, "BLOCK_N": _block(COUT, 16, 64), "BLOCK_K": 64, "WINDOW": window, "num_warps": 4,
                 "num_stages": 4}
@@ -409,15 +412,22 @@ def plane_meta(CIN, COUT, dtype):
     return {"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 64, "WINDOW": window, "num_warps": 8, "num_stages": 3}
 
 
+def plane_meta(CIN, COUT, dtype):
+    """``_plane_meta`` with every key named (A_PTR False unless set), so equal tilings compare equal."""
+    return {"A_PTR": False, **_plane_meta(CIN, COUT, dtype)}
+
+
 @triton.jit
 def _conv_plane_kernel(x_desc, w_desc, bias_ptr, other_ptr, extra_ptr, out_ptr, part_ptr,
-                       P, Q, C, COUT, TILES, LEAD, N_OFF,
+                       P, Q, C, COUT, TILES, LEAD, N_OFF, X_ROWS,
                        sob, soc, sop, soq,
                        srb, src, srp, srq,
                        seb, sec, sep, seq,
                        KS: tl.constexpr, MODE: tl.constexpr, HAS_BIAS: tl.constexpr, IEEE: tl.constexpr,
-                       WINDOW: tl.constexpr, GROUP_M: tl.constexpr, SPLIT_K: tl.constexpr,
+                       WINDOW: tl.constexpr, GROUP_M: tl.constexpr, SPLIT_K: tl.constexpr, A_PTR: tl.constexpr,
                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """A_PTR: ``x_desc`` is the plane's pointer and the input tiles are plain loads through L1 (see
+    ``_plane_tile``), not TMA loads."""
     pad: tl.constexpr = (KS - 1) // 2
     # tiles in groups of GROUP_M along M, so the CTAs running together share weight columns and inputs
     pid, grid_m, grid_n = tl.program_id(0), tl.num_programs(0), tl.num_programs(1)
@@ -448,7 +458,10 @@ def _conv_plane_kernel(x_desc, w_desc, bias_ptr, other_ptr, extra_ptr, out_ptr, 
             ii = kk // kblocks
             k0 = (kk - ii * kblocks) * BLOCK_K
             i = i_lo + ii
-            a = x_desc.load([m0 + (i - pad) * QP - pad, k0])
+            if A_PTR:
+                a = _plane_tile(x_desc, m0 + (i - pad) * QP - pad, k0, KS * C8, C8, X_ROWS, BLOCK_M, BLOCK_K)
+            else:
+                a = x_desc.load([m0 + (i - pad) * QP - pad, k0])
             w = w_desc.load([i * KS * C8 + k0, n0])
             acc = _mma(acc, a, w, IEEE)
     else:
@@ -458,7 +471,10 @@ def _conv_plane_kernel(x_desc, w_desc, bias_ptr, other_ptr, extra_ptr, out_ptr, 
             c0 = (kk - t * cblocks) * BLOCK_K
             i = i_lo + t // KS
             j = t - (t // KS) * KS
-            a = x_desc.load([m0 + (i - pad) * QP + (j - pad), c0])
+            if A_PTR:
+                a = _plane_tile(x_desc, m0 + (i - pad) * QP + (j - pad), c0, C8, C8, X_ROWS, BLOCK_M, BLOCK_K)
+            else:
+                a = x_desc.load([m0 + (i - pad) * QP + (j - pad), c0])
             w = w_desc.load([(i * KS + j) * C8 + c0, n0])
             acc = _mma(acc, a, w, IEEE)
     r = r0 + tl.arange(0, BLOCK_M)
@@ -473,6 +489,18 @@ def _conv_plane_kernel(x_desc, w_desc, bias_ptr, other_ptr, extra_ptr, out_ptr, 
     bb = tl.zeros((BLOCK_M,), dtype=tl.int32) + b
     _epilogue(acc, bb, p, q, (p < P) & (q < Q), n, COUT, bias_ptr, other_ptr,
               extra_ptr, out_ptr, sob, soc, sop, soq, srb, src, srp, srq, seb, sec, sep, seq, MODE, HAS_BIAS)
+
+
+@triton.jit
+def _plane_tile(x_ptr, row, k0, WIDTH, C8, X_ROWS, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+    """The [BLOCK_M, BLOCK_K] tile at (row, k0) of the plane viewed as X_ROWS rows WIDTH long and C8
+    apart (WIDTH = KS * C8: the overlapping window rows), zero past WIDTH and the last row, by plain
+    loads (cp.async when pipelined) instead of TMA: on the thin convs (C_in <= 128, C_out <= 64)
+    of the decoder 5-25% faster on an H100 (benchmarks/RESULTS.md, session 7)."""
+    rows = row + tl.arange(0, BLOCK_M)
+    cols = k0 + tl.arange(0, BLOCK_K)
+    off = rows.to(tl.int64)[:, None] * C8 + cols[None, :]
+    return tl.load(x_ptr + off, mask=(rows < X_ROWS)[:, None] & (cols < WIDTH)[None, :], other=0.0)
 
 
 @triton.jit
@@ -521,9 +549,14 @@ def conv2d_plane(x: PaddedPlane, packed_weight, ks, out, bias=None, mode=0, othe
         meta.setdefault("GROUP_M", 8)
         split_n = meta.pop("SPLIT_N", False)
         split_k = meta.setdefault("SPLIT_K", 1)
+        meta.setdefault("A_PTR", False)
         bm, bn, bk = meta["BLOCK_M"], meta["BLOCK_N"], meta["BLOCK_K"]
-        if meta["WINDOW"]:  # overlapping rows of KS * C8; the last KS - 1 would run past the buffer (never needed)
-            x_desc = TensorDescriptor(x.buf, [rows - ks + 1, ks * c8], [c8, 1], [bm, bk])
+        # window: overlapping rows of KS * C8; the last KS - 1 would run past the buffer (never needed)
+        x_rows = rows - ks + 1 if meta["WINDOW"] else rows
+        if meta["A_PTR"]:
+            x_desc = x.buf
+        elif meta["WINDOW"]:
+            x_desc = TensorDescriptor(x.buf, [x_rows, ks * c8], [c8, 1], [bm, bk])
         else:
             x_desc = TensorDescriptor(x.buf, [rows, C], [c8, 1], [bm, bk])
         tiles = triton.cdiv(P * (Q + x.pad), bm)
@@ -541,7 +574,7 @@ def conv2d_plane(x: PaddedPlane, packed_weight, ks, out, bias=None, mode=0, othe
                                       [bk, block_n])
             _conv_plane_kernel[(B * tiles, n_tiles, split_k)](
                 x_desc, w_desc, bias if bias is not None else out, other, extra, out, part,
-                P, Q, C, COUT, tiles, x.lead, n_off, *out.stride(), *other.stride(), *extra.stride(),
+                P, Q, C, COUT, tiles, x.lead, n_off, x_rows, *out.stride(), *other.stride(), *extra.stride(),
                 KS=ks, MODE=mode, HAS_BIAS=bias is not None, IEEE=_ieee(x.buf.dtype), **dict(meta, BLOCK_N=block_n))
         if split_k > 1:
             _split_epilogue[(triton.cdiv(rows_all, 64), triton.cdiv(COUT, 64))](
@@ -576,13 +609,17 @@ def plane_candidates(CIN, COUT, dtype, positions=0):
     first = plane_meta(CIN, COUT, dtype)
     if _interpreted() or _ieee(dtype):
         return [first]
-    if COUT <= 64:
-        shapes = [(128, first["BLOCK_N"], 4, 4), (64, first["BLOCK_N"], 4, 4), (256, first["BLOCK_N"], 8, 3)]
+    bn = first["BLOCK_N"]
+    if COUT <= 64:  # (BLOCK_M, BLOCK_N, warps, stages, pointer loads of the input)
+        shapes = [(128, bn, 4, 4, False), (64, bn, 4, 4, False), (256, bn, 8, 3, False)]
+        if CIN <= 128:
+            shapes += [(256, bn, 4, 3, True), (256, bn, 4, 1, True), (128, bn, 4, 1, True), (128, bn, 8, 1, True)]
     else:
-        shapes = [(256, 128, 8, 3), (128, 256, 8, 3), (128, 128, 4, 4), (128, 128, 8, 4), (64, 256, 4, 4)]
+        shapes = [(256, 128, 8, 3, False), (128, 256, 8, 3, False), (128, 128, 4, 4, False), (128, 128, 8, 4, False),
+                  (64, 256, 4, 4, False)]
     out = [first]
-    for bm, bn, warps, stages in shapes:
-        meta = dict(first, BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=stages)
+    for bm, bn, warps, stages, a_ptr in shapes:
+        meta = dict(first, BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=stages, A_PTR=a_ptr)
         # SPLIT_K for the wide channel convs, whose grids are a wave or two of long tiles: on an H100
         # at batch 1 (benchmarks/gpu_plane.py) 128 x 256 tiles chose 3 (10 x 130 plane), 4 (25 x 200)
         # and 9 (10 x 200), each 4-8% faster than 2; the partial sums stay within 256 MiB.

@@ -159,12 +159,12 @@ def test_packed_weight_layout(cout):
 
 
 # ---- the padded-plane TMA conv -----------------------------------------------------------------
-def plane_meta(window, device, split_n=False, split_k=1):
+def plane_meta(window, device, split_n=False, split_k=1, a_ptr=False):
     if device == "cpu":
         return {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 16, "WINDOW": window, "SPLIT_N": split_n,
-                "SPLIT_K": split_k, "num_warps": 1}
+                "SPLIT_K": split_k, "A_PTR": a_ptr, "num_warps": 1}
     return {"BLOCK_M": 64, "BLOCK_N": 32, "BLOCK_K": 32, "WINDOW": window, "SPLIT_N": split_n, "SPLIT_K": split_k,
-            "num_warps": 4, "num_stages": 2}
+            "A_PTR": a_ptr, "num_warps": 4, "num_stages": 2}
 
 
 def plane_conv(x, weight, bias, transpose, device, dtype, meta=None, **epilogue):
@@ -186,14 +186,15 @@ def plane_conv(x, weight, bias, transpose, device, dtype, meta=None, **epilogue)
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("window", [False, True])
+@pytest.mark.parametrize("a_ptr", [False, True], ids=["tma", "pointer"])
 @pytest.mark.parametrize("transpose", [False, True])
 @pytest.mark.parametrize("shape", SHAPES)
-def test_plane_conv_matches_conv2d(device, window, transpose, shape):
+def test_plane_conv_matches_conv2d(device, window, a_ptr, transpose, shape):
     reseed()
     b, cin, p, q, cout, k = shape
     x = torch.randn(b, cin, p, q, device=device)
     weight, bias = torch.randn(cout, cin, k, k, device=device), torch.randn(cout, device=device)
-    out = plane_conv(x, weight, bias, transpose, device, torch.float32, plane_meta(window, device))
+    out = plane_conv(x, weight, bias, transpose, device, torch.float32, plane_meta(window, device, a_ptr=a_ptr))
     assert rel_err(out, F.conv2d(x, weight, bias, padding="same")) < 1e-5
 
 
@@ -272,12 +273,15 @@ def test_layer_norm_into_two_layouts(device, dtype):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_plane_tilings_give_identical_results():
-    """What lets the first call pick a tiling by time: every candidate computes the same bits."""
+@pytest.mark.parametrize("shape", [(1, 200, 10, 130, 300, 9), (2, 10, 13, 70, 10, 9), (1, 25, 9, 50, 10, 9),
+                                   (1, 50, 11, 40, 25, 9)])
+def test_plane_tilings_give_identical_results(shape):
+    """What lets the first call pick a tiling by time: every candidate (TMA or pointer loads of the
+    input, any block shape) computes the same bits."""
     from dnd_fast.kernels import hyperconv
 
     reseed()
-    b, cin, p, q, cout, k = 1, 200, 10, 130, 300, 9
+    b, cin, p, q, cout, k = shape
     x = torch.randn(b, cin, p, q, device="cuda").bfloat16()
     weight = torch.randn(cout, cin, k, k, device="cuda").bfloat16()
     outs = [plane_conv(x, weight, None, False, "cuda", torch.bfloat16, meta)
