@@ -426,7 +426,7 @@ def _conv_plane_kernel(x_desc, w_desc, bias_ptr, other_ptr, extra_ptr, out_ptr, 
                        KS: tl.constexpr, MODE: tl.constexpr, HAS_BIAS: tl.constexpr, IEEE: tl.constexpr,
                        WINDOW: tl.constexpr, GROUP_M: tl.constexpr, SPLIT_K: tl.constexpr, A_PTR: tl.constexpr,
                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    """A_PTR: ``x_desc`` is the plane's pointer and the input tiles are plain loads, not TMA (see
+    """A_PTR: ``x_desc`` is the plane's pointer and the input tiles are plain loads (see
     ``_plane_tile``), not TMA loads."""
     pad: tl.constexpr = (KS - 1) // 2
     # tiles in groups of GROUP_M along M, so the CTAs running together share weight columns and inputs
