@@ -391,7 +391,7 @@ def pack_weight_plane(weight: torch.Tensor, dtype: torch.dtype | None = None, tr
     return w.reshape(ks * ks * _round_up(cin, 8), -1).narrow(1, 0, cout)
 
 
-def _plane_meta(CIN, COUT, dtype):
+def plane_meta(CIN, COUT, dtype):
     """Block shapes for ``conv2d_plane`` (from a search on an H100: benchmarks/gpu_plane.py --search).
     WINDOW whenever the channels do not fill whole K blocks: a tap row's (j, channel) pairs then
     round up once, not once per tap. A_PTR: see ``_plane_tile``."""
@@ -410,11 +410,6 @@ def _plane_meta(CIN, COUT, dtype):
     if COUT <= 128 or _round_up(COUT, 128) < _round_up(COUT, 256):  # 256-wide N tiles would waste more
         return {"BLOCK_M": 256, "BLOCK_N": 128, "BLOCK_K": 64, "WINDOW": window, "num_warps": 8, "num_stages": 3}
     return {"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 64, "WINDOW": window, "num_warps": 8, "num_stages": 3}
-
-
-def plane_meta(CIN, COUT, dtype):
-    """``_plane_meta`` with every key named (A_PTR False unless set), so equal tilings compare equal."""
-    return {"A_PTR": False, **_plane_meta(CIN, COUT, dtype)}
 
 
 @triton.jit
@@ -558,7 +553,7 @@ def conv2d_plane(x: PaddedPlane, packed_weight, ks, out, bias=None, mode=0, othe
         elif meta["WINDOW"]:
             x_desc = TensorDescriptor(x.buf, [x_rows, ks * c8], [c8, 1], [bm, bk])
         else:
-            x_desc = TensorDescriptor(x.buf, [rows, C], [c8, 1], [bm, bk])
+            x_desc = TensorDescriptor(x.buf, [x_rows, C], [c8, 1], [bm, bk])
         tiles = triton.cdiv(P * (Q + x.pad), bm)
         # SPLIT_N: whole BLOCK_N tiles, then one narrower launch for the rest (300 = 256 + 64, not 2 x 256)
         n_main = COUT // bn * bn if split_n else 0
@@ -606,7 +601,7 @@ _TUNED: dict[tuple, dict] = {}
 def plane_candidates(CIN, COUT, dtype, positions=0):
     """``plane_meta`` first, then the other tilings worth timing for this conv (``positions``: the
     plane's output rows, B * P * (Q + pad), which bound the SPLIT_K partial-sum buffer)."""
-    first = plane_meta(CIN, COUT, dtype)
+    first = {"A_PTR": False, **plane_meta(CIN, COUT, dtype)}  # every key named: equal tilings compare equal
     if _interpreted() or _ieee(dtype):
         return [first]
     bn = first["BLOCK_N"]
