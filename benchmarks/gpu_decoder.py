@@ -24,8 +24,11 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--skip-train", action="store_true")
     ap.add_argument("--batches", default="1,8")
-    ap.add_argument("--train-backends", default="torch,triton",
-                    help="comma list of torch, triton, compile, compile-triton (torch.compile of either path)")
+    ap.add_argument("--train-backends", default="torch,triton,triton-strided",
+                    help="comma list of torch, triton (the plane kernels on Hopper), triton-strided, compile, "
+                         "compile-triton (torch.compile of the reference or the strided Triton path)")
+    ap.add_argument("--profile-train", action="store_true",
+                    help="print the CUDA kernels of one Triton training step (torch.profiler)")
     args = ap.parse_args()
     torch.manual_seed(0)
     cfg = DecoderConfig.paper_qwen05()
@@ -33,7 +36,7 @@ def main():
     print(f"device: {device_name()}; decoder {sum(p.numel() for p in dec.parameters()):,} params, "
           f"{cfg.flops() / 1e12:.2f} TFLOP per LoRA", flush=True)
     rows = []
-    for batch in [int(b) for b in args.batches.split(",")]:
+    for batch in [int(b) for b in args.batches.split(",") if b]:
         x = torch.randn(batch, *cfg.condition_shape, device="cuda")
         ref_ms = None
         for backend in ("torch", "triton", "triton, strided", "torch, cuda graph", "triton, cuda graph"):
@@ -59,25 +62,46 @@ def main():
         opt = torch.optim.AdamW(dec.parameters(), lr=1e-6, weight_decay=0.1, fused=True)
         ref_ms = None
         compiled = torch.compile(dec) if "compile" in args.train_backends else None
+        grads = {}
         for backend in args.train_backends.split(","):
-            def step(b=backend):
+            def step(b=backend, keep=False):
+                decoder.PLANE_CONVS = b != "triton-strided"
                 with torch.autocast("cuda", dtype=torch.bfloat16):
                     if b.startswith("compile"):  # compile = the reference module, compile-triton = ours
                         out = compiled(x, backend="triton" if b == "compile-triton" else "torch")
                     else:
-                        out = dec(x, backend=b)
+                        out = dec(x, backend=b.split("-")[0])
                     loss = (out.float() - target).square().mean()
                 loss.backward()
+                if keep:
+                    grads[b] = torch.cat([p.grad.flatten() for p in dec.parameters()])
+                    opt.zero_grad(set_to_none=True)
+                    return
                 torch.nn.utils.clip_grad_norm_(dec.parameters(), 1.0)
                 opt.step()
                 opt.zero_grad(set_to_none=True)
             torch.cuda.reset_peak_memory_stats()
             ms = median_ms(step, warmup=2, rep=5)
+            peak = torch.cuda.max_memory_allocated() / 2**30
             ref_ms = ms if backend == "torch" else ref_ms
             rows.append(["train step", batch, backend, f"{ms:.0f}", f"{ms / batch:.1f}",
-                         f"{3 * cfg.flops(batch) / ms / 1e9:.0f}", f"{ref_ms / ms:.2f}x "
-                         f"(peak {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB)"])
+                         f"{3 * cfg.flops(batch) / ms / 1e9:.0f}", f"{ref_ms / ms:.2f}x (peak {peak:.1f} GiB)"])
             print(rows[-1], flush=True)
+            torch.cuda.empty_cache()
+        if {"torch", "triton"} <= set(args.train_backends.split(",")):  # one step's gradients, same weights
+            for b in ("torch", "triton"):
+                step(b, keep=True)
+            err = ((grads["triton"] - grads["torch"]).norm() / grads["torch"].norm()).item()
+            print(f"train step gradients, triton vs torch (bf16 autocast both): rel. err {err:.2e}", flush=True)
+            del grads
+        decoder.PLANE_CONVS = True
+        if args.profile_train:
+            from torch.profiler import ProfilerActivity, profile
+
+            with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                step("triton")
+                torch.cuda.synchronize()
+            print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=25), flush=True)
     print_table("hyper-conv decoder, paper_qwen05, bf16 autocast",
                 ["what", "batch", "backend", "median ms", "ms per LoRA", "TFLOP/s", "vs torch ref"], rows)
 

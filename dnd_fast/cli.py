@@ -322,7 +322,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--resume", action="store_true", help="continue the run saved in --out")
     t.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                   help="torch.compile the decoder (default: on CUDA)")
+                   help="torch.compile the decoder (default: on CUDA GPUs before Hopper; on Hopper the plane "
+                        "kernels run eagerly)")
     t.add_argument("--tensorboard", metavar="DIR", help="also log scalars for TensorBoard to DIR")
 
     g = common(sub.add_parser("generate", help="prompts of a new task -> a PEFT LoRA adapter"))

@@ -10,12 +10,16 @@ channel axis, with bias; a residual add where input and output shapes match.
 transposes). ``_layer_triton`` computes the same function with the implicit-GEMM Triton conv
 on strided views: no transposes or copies between stages, each intermediate stored in the
 memory order its consumer reads best, the path merge, tanh, bias and residual in epilogues; it
-is differentiable (training). ``_layer_plane`` is the inference path on Hopper: every conv on
-the padded-plane TMA kernel, each writing straight into the zero-padded input of the next.
+is differentiable through custom ops (and so traceable by torch.compile). ``_layer_plane`` is the
+path on Hopper: every conv on the padded-plane TMA kernel, each writing straight into the
+zero-padded input of the next; in training (``_PlaneLayerTrain``) the backward runs the same chain
+reversed, input gradients as plane convs with flipped taps and weight gradients on
+``conv2d_plane_wgrad``.
 """
 from __future__ import annotations
 
 import contextlib
+import functools
 from dataclasses import dataclass
 from typing import Optional
 
@@ -220,15 +224,20 @@ def _cached(module: nn.Module, tag, tensor: torch.Tensor, dtype: torch.dtype, ma
     return cache[tag][1]
 
 
-def _packed(conv: nn.Module, dtype: torch.dtype, plane: Optional[bool] = None) -> torch.Tensor:
+def _packed(conv: nn.Module, dtype: torch.dtype, plane: Optional[bool] = None, cache: bool = True) -> torch.Tensor:
     """The conv's weight packed for the strided kernel (``plane`` None: ``hyperconv.pack_weight``)
-    or the plane kernel (``pack_weight_plane``, ``plane`` = transpose) in ``dtype``."""
+    or the plane kernel (``pack_weight_plane``, ``plane`` = transpose) in ``dtype``; ``cache`` False:
+    packed afresh (training, where the optimizer changes the weight every step)."""
     from dnd_fast.kernels import hyperconv
 
     w = conv.weight
     if plane is None:
-        return _cached(conv, plane, w, dtype, lambda: hyperconv.pack_weight(w, dtype))
-    return _cached(conv, plane, w, dtype, lambda: hyperconv.pack_weight_plane(w, dtype, transpose=plane))
+        def make():
+            return hyperconv.pack_weight(w, dtype)
+    else:
+        def make():
+            return hyperconv.pack_weight_plane(w, dtype, transpose=plane)
+    return _cached(conv, plane, w, dtype, make) if cache else make()
 
 
 def _cast(module: nn.Module, name: str, dtype: torch.dtype) -> torch.Tensor:
@@ -246,19 +255,27 @@ def _needs_grad(layer: nn.Module, x: torch.Tensor) -> bool:
     return torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in layer.parameters()))
 
 
-# Inference on the padded-plane TMA kernel (Hopper and newer, and the Triton interpreter); set False
-# to run inference on the strided kernel everywhere (benchmarks compare the two).
+# The padded-plane TMA kernels (Hopper and newer, and the Triton interpreter), inference and training;
+# set False to run the strided kernel everywhere (benchmarks compare the two).
 PLANE_CONVS = True
 
 
-def _plane_path(layer: nn.Module, x: torch.Tensor) -> bool:
+def plane_convs_run_on(device: torch.device) -> bool:
+    """Whether the Triton path runs on the padded-plane kernels on ``device`` (Hopper and newer GPUs, and the
+    Triton interpreter on the CPU), inference and training, when not traced by torch.compile (which gets
+    the strided kernel, as custom ops)."""
     from dnd_fast.kernels import hyperconv
 
-    if not PLANE_CONVS or _needs_grad(layer, x) or torch.compiler.is_compiling():
+    device = torch.device(device)
+    if not PLANE_CONVS:
         return False
-    if x.is_cuda:
-        return torch.cuda.get_device_capability(x.device)[0] >= 9
+    if device.type == "cuda":
+        return torch.cuda.get_device_capability(device)[0] >= 9
     return hyperconv._interpreted()
+
+
+def _plane_path(layer: nn.Module, x: torch.Tensor) -> bool:
+    return not torch.compiler.is_compiling() and plane_convs_run_on(x.device)
 
 
 def _axes(t: torch.Tensor, names, wanted) -> torch.Tensor:
@@ -266,30 +283,27 @@ def _axes(t: torch.Tensor, names, wanted) -> torch.Tensor:
     return t.permute(0, *(1 + list(names).index(a) for a in wanted))
 
 
-def _layer_plane(layer: HyperConvLayer, x: torch.Tensor, residual: bool) -> torch.Tensor:
-    """The layer (inference) with every conv on ``hyperconv.conv2d_plane``. Each conv's input lives
-    in a ``PaddedPlane`` with its channel axis innermost and the smaller of its two plane axes
-    outer (fewer spare positions; taps skipped along it); each conv writes straight into the
-    interior of the next one's plane. Axis names: C, H, W of the input, C2, H2, W2 of the output."""
+def _layer_plane(layer: HyperConvLayer, x: torch.Tensor, residual: bool, saved: Optional[dict] = None) -> torch.Tensor:
+    """The layer with every conv on ``hyperconv.conv2d_plane``. Each conv's input lives in a
+    ``PaddedPlane`` with its channel axis innermost and the smaller of its two plane axes outer
+    (fewer spare positions; taps skipped along it); each conv writes straight into the interior of
+    the next one's plane. Axis names: C, H, W of the input, C2, H2, W2 of the output.
+    ``saved`` (training): the path merge runs unfused and the planes the backward needs go in it."""
     from dnd_fast.kernels import hyperconv
 
     hc, k = layer.hyper, layer.conv.kernel_size[0]
     cdtype = _compute_dtype(x)
+    train = saved is not None
     B, C, H, W = x.shape
     size = {"C": C, "H": H, "W": W, "C2": layer.conv.out_channels, "H2": hc.conv1h.out_channels,
             "W2": hc.conv1w.out_channels}
-
-    def plane(spatial, channel):
-        """The input plane of a conv over logical (spatial[0], spatial[1]) with ``channel`` as channels."""
-        p, q = sorted(spatial, key=lambda a: size[a])
-        buf = hyperconv.PaddedPlane(B, size[p], size[q], size[channel], k, cdtype, x.device)
-        return buf, (p, q, channel), (p, q) != tuple(spatial)
+    plane = functools.partial(_plane, B, size, k, cdtype, x.device)
 
     def conv(module, src, out_channel, dest, dest_axes, bias=None, mode=0, other=None, extra=None):
         buf, (p, q, _), transposed = src
         view = (out_channel, p, q)
         return hyperconv.conv2d_plane(
-            buf, _packed(module, cdtype, transposed), k, _axes(dest, dest_axes, view), bias, mode,
+            buf, _packed(module, cdtype, transposed, cache=not train), k, _axes(dest, dest_axes, view), bias, mode,
             None if other is None else _axes(other[0], other[1], view),
             None if extra is None else _axes(extra[0], extra[1], view))
 
@@ -306,15 +320,138 @@ def _layer_plane(layer: HyperConvLayer, x: torch.Tensor, residual: bool) -> torc
     # path 2: height as channels over (C, W), then width as channels over (H2, C), merged with p1
     in_2w = plane(("H2", "C"), "W")
     conv(hc.conv2h, in_2h, "H2", in_2w[0].interior, in_2w[1])
-    bias = _cast(hc, "bias", cdtype)[None, :, :, None].expand(B, -1, -1, C)
-    conv(hc.conv2w, in_2w, "W2", in_ch[0].interior, in_ch[1], mode=1, other=(p1, p1_axes),
-         extra=(bias, ("H2", "W2", "C")))
+    if train:  # p2 kept for the backward (tanh'), the merge in fp32 as autocast's reference computes it
+        p2 = torch.empty_like(p1)
+        conv(hc.conv2w, in_2w, "W2", p2, p1_axes)
+        bias = _axes(hc.bias.float()[None, None].expand(B, C, -1, -1), ("C", "H2", "W2"), p1_axes)
+        in_ch[0].interior.copy_((p1.float() + torch.tanh(p2.float()) + bias) / 3)
+        saved.update(in_1w=in_1w, in_2h=in_2h, in_1h=in_1h, in_2w=in_2w, in_ch=in_ch, p2=p2, size=size)
+    else:
+        bias = _cast(hc, "bias", cdtype)[None, :, :, None].expand(B, -1, -1, C)
+        conv(hc.conv2w, in_2w, "W2", in_ch[0].interior, in_ch[1], mode=1, other=(p1, p1_axes),
+             extra=(bias, ("H2", "W2", "C")))
+    del p1
     # the channel conv over (H2, W2), residual fused
     out = torch.empty(B, size["C2"], size["H2"], size["W2"], device=x.device, dtype=cdtype)
+    conv_bias = layer.conv.bias.to(cdtype) if train else _cast(layer.conv, "bias", cdtype)
     residual = (x.to(cdtype), ("C2", "H2", "W2")) if residual else None
-    conv(layer.conv, in_ch, "C2", out, ("C2", "H2", "W2"), _cast(layer.conv, "bias", cdtype), 2 if residual else 0,
-         other=residual)
+    conv(layer.conv, in_ch, "C2", out, ("C2", "H2", "W2"), conv_bias, 2 if residual else 0, other=residual)
     return out
+
+
+def _plane(B, size, k, dtype, device, spatial, channel):
+    """The input plane of a conv over logical (spatial[0], spatial[1]) with ``channel`` as channels:
+    (PaddedPlane, its axis names (p, q, channel), whether (p, q) is ``spatial`` transposed)."""
+    from dnd_fast.kernels import hyperconv
+
+    p, q = sorted(spatial, key=lambda a: size[a])
+    buf = hyperconv.PaddedPlane(B, size[p], size[q], size[channel], k, dtype, device)
+    return buf, (p, q, channel), (p, q) != tuple(spatial)
+
+
+def _layer_plane_backward(layer: HyperConvLayer, x: torch.Tensor, residual: bool, saved: dict, grad: torch.Tensor,
+                          need_dx: bool):
+    """The gradients of ``_layer_plane`` (training): every input gradient is a plane conv with flipped
+    taps writing straight into the gradient plane of the conv before it (the forward chain, reversed),
+    every weight gradient ``hyperconv.conv2d_plane_wgrad`` from the saved input plane and that gradient
+    plane. Returns (d x or None, {parameter name: gradient})."""
+    from dnd_fast.kernels import hyperconv
+
+    hc, k = layer.hyper, layer.conv.kernel_size[0]
+    size, cdtype = saved["size"], saved["in_ch"][0].buf.dtype
+    B = x.shape[0]
+    grads = {}
+
+    def grad_plane(src, out_channel):
+        """The gradient of the output of the conv reading ``src``: same (p, q), its output channels."""
+        _, (p, q, _), transposed = src
+        buf = hyperconv.PaddedPlane(B, size[p], size[q], size[out_channel], k, cdtype, x.device)
+        return buf, (p, q, out_channel), transposed
+
+    def backward(module, name, src, gplane, dest=None, dest_axes=None, mode=0, other=None):
+        """The conv reading ``src``, given its output's gradient in ``gplane``: its weight gradient
+        into ``grads``, its input gradient (if ``dest``) into ``dest``."""
+        (xbuf, (p, q, c_in), transposed), (gbuf, _, _) = src, gplane
+        dw = hyperconv.conv2d_plane_wgrad(xbuf, gbuf)
+        cout, cin = module.weight.shape[:2]
+        dw = dw.view(k, k, -1, dw.shape[1])[:, :, :cin].permute((3, 2, 1, 0) if transposed else (3, 2, 0, 1))
+        grads[name] = dw.to(module.weight.dtype).contiguous()
+        if dest is not None:
+            w = hyperconv.pack_weight_plane(module.weight.flip(2, 3).transpose(0, 1), cdtype, transposed)
+            view = (c_in, p, q)
+            hyperconv.conv2d_plane(gbuf, w, k, _axes(dest, dest_axes, view), None, mode,
+                                   None if other is None else _axes(other[0], other[1], view))
+
+    in_ch, p1_axes = saved["in_ch"], saved["in_ch"][1]
+    g_ch = grad_plane(in_ch, "C2")
+    _axes(g_ch[0].interior, g_ch[1], ("C2", "H2", "W2")).copy_(grad)
+    dy = torch.empty(B, *(size[a] for a in p1_axes), device=x.device, dtype=torch.float32)
+    backward(layer.conv, "conv.weight", in_ch, g_ch, dy, p1_axes)
+    del g_ch
+    grads["conv.bias"] = grad.float().sum((0, 2, 3)).to(layer.conv.bias.dtype)
+    # the merge (p1 + tanh(p2) + bias) / 3
+    d1 = dy.div_(3)
+    hbias = d1.sum((0, 3))
+    grads["hyper.bias"] = (hbias if p1_axes[:2] == ("H2", "W2") else hbias.t()).to(hc.bias.dtype)
+    g_1h = grad_plane(saved["in_1h"], "H2")
+    _axes(g_1h[0].interior, g_1h[1], p1_axes).copy_(d1)
+    g_2w = grad_plane(saved["in_2w"], "W2")
+    _axes(g_2w[0].interior, g_2w[1], p1_axes).copy_(d1 * (1 - torch.tanh(saved.pop("p2").float()).square()))
+    del dy, d1
+    dxn = torch.empty(B, size["C"], size["H"], size["W"], device=x.device, dtype=torch.float32)
+    # path 1, then path 2 (its last input gradient adds into path 1's)
+    g_1w = grad_plane(saved["in_1w"], "W2")
+    backward(hc.conv1h, "hyper.conv1h.weight", saved.pop("in_1h"), g_1h, g_1w[0].interior, g_1w[1])
+    del g_1h
+    backward(hc.conv1w, "hyper.conv1w.weight", saved.pop("in_1w"), g_1w, dxn, ("C", "H", "W"))
+    del g_1w
+    g_2h = grad_plane(saved["in_2h"], "H2")
+    backward(hc.conv2w, "hyper.conv2w.weight", saved.pop("in_2w"), g_2w, g_2h[0].interior, g_2h[1])
+    del g_2w
+    backward(hc.conv2h, "hyper.conv2h.weight", saved.pop("in_2h"), g_2h, dxn, ("C", "H", "W"), mode=2,
+             other=(dxn, ("C", "H", "W")))
+    del g_2h
+    # the LayerNorm over (H, W), in fp32
+    norm = hc.norm
+    xf = x.float()
+    var, mean = torch.var_mean(xf, (-2, -1), correction=0, keepdim=True)
+    rstd = (var + norm.eps).rsqrt()
+    xhat = (xf - mean).mul_(rstd)
+    del xf
+    grads["hyper.norm.weight"] = (dxn * xhat).sum((0, 1)).to(norm.weight.dtype)
+    grads["hyper.norm.bias"] = dxn.sum((0, 1)).to(norm.bias.dtype)
+    dx = None
+    if need_dx:
+        gy = dxn.mul_(norm.weight.float())
+        dx = (gy - gy.mean((-2, -1), keepdim=True) - xhat * (gy * xhat).mean((-2, -1), keepdim=True)).mul_(rstd)
+        if residual:
+            dx += grad
+        dx = dx.to(x.dtype)
+    return dx, grads
+
+
+_PLANE_PARAMS = ("hyper.norm.weight", "hyper.norm.bias", "hyper.conv1w.weight", "hyper.conv1h.weight",
+                 "hyper.conv2h.weight", "hyper.conv2w.weight", "hyper.bias", "conv.weight", "conv.bias")
+
+
+class _PlaneLayerTrain(torch.autograd.Function):
+    """``_layer_plane`` with its backward on the plane kernels (the parameters are passed so that
+    autograd hands their gradients back)."""
+
+    @staticmethod
+    def forward(ctx, x, layer, residual, *params):
+        saved = {}
+        out = _layer_plane(layer, x, residual, saved)
+        ctx.layer, ctx.residual, ctx.saved = layer, residual, saved
+        ctx.save_for_backward(x)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        dx, grads = _layer_plane_backward(ctx.layer, x, ctx.residual, ctx.saved, grad, ctx.needs_input_grad[0])
+        ctx.saved = None
+        return (dx, None, None, *(grads[name] for name in _PLANE_PARAMS))
 
 
 def _hyper_conv(conv: nn.Conv2d, x: torch.Tensor, cdtype: torch.dtype, out_order) -> torch.Tensor:
@@ -327,6 +464,9 @@ def _layer_triton(layer: HyperConvLayer, x: torch.Tensor, residual: bool) -> tor
     logical output dims outermost-first in memory, chosen so the next reader's channel axis is
     innermost. x, the layer's output and every intermediate are named by their logical axes."""
     if _plane_path(layer, x):
+        if _needs_grad(layer, x):
+            params = layer.state_dict(keep_vars=True)
+            return _PlaneLayerTrain.apply(x, layer, residual, *(params[name] for name in _PLANE_PARAMS))
         return _layer_plane(layer, x, residual)
     hc, k = layer.hyper, layer.conv.kernel_size[0]
     cdtype = _compute_dtype(x)
@@ -376,8 +516,8 @@ class HyperConvDecoder(nn.Module):
             raise ValueError(f"HyperConvDecoder: condition must be [B, {', '.join(map(str, self.config.condition_shape))}]"
                              f", got {list(condition.shape)}")
         backend = backend or self.backend
-        # Training too (benchmarks/RESULTS.md, H100, batch 8): the Triton step under torch.compile is
-        # 1.50x the eager cuDNN reference, compiling the reference gains 1.01x.
+        # Training too (benchmarks/RESULTS.md, H100, batch 8): the plane path's step is 2.69x the eager
+        # cuDNN reference, the strided one 1.45x (1.50x compiled), compiling the reference gains 1.01x.
         name = dispatch.resolve(backend, condition.device, ("triton",), "HyperConvDecoder")
         layer_fn = _layer_triton if name == "triton" else _layer_reference
         x = condition

@@ -10,8 +10,9 @@ one of its checkpoints, ``num_prompts`` of its prompts). Targets are tokenized o
 fast tokenizer and the fixed stats. Loss: MSE over the real (unpadded) slots, each token weighted
 by its std in parameter space (normalised to mean 1), so tokens that carry large weights count
 more. Noise augmentation on condition and target, AdamW (fused on CUDA), warm-up then cosine,
-grad clipping, accumulation, bf16 autocast and torch.compile on CUDA. Under ``torchrun`` each rank
-takes its slice of the global batch (DDP), so N ranks compute what one process would.
+grad clipping, accumulation, bf16 autocast, the decoder's plane kernels on Hopper (torch.compile on
+older GPUs). Under ``torchrun`` each rank takes its slice of the global batch (DDP), so N ranks
+compute what one process would.
 Saves the generator and a resume state every ``save_every`` steps and at the end.
 """
 from __future__ import annotations
@@ -28,7 +29,7 @@ import torch
 
 from dnd_fast import distributed, io
 from dnd_fast.collect import PROMPTS, load_checkpoints, load_store
-from dnd_fast.decoder import DecoderConfig, HyperConvDecoder
+from dnd_fast.decoder import DecoderConfig, HyperConvDecoder, plane_convs_run_on
 from dnd_fast.encoder import PromptEncoder
 from dnd_fast.generator import Generator
 from dnd_fast.layout import LoRALayout
@@ -58,7 +59,7 @@ class TrainConfig:
     noise_target: float = 1e-5
     seed: int = 0
     save_every: int = 200
-    compile: bool | None = None  # None: on CUDA
+    compile: bool | None = None  # None: on CUDA GPUs that the plane kernels do not serve (before Hopper)
     log_every: int = 1
 
     def decoder_config(self, layout: LoRALayout, hidden: int) -> DecoderConfig:
@@ -200,7 +201,9 @@ def train(store: str | Path, out: str | Path, cfg: TrainConfig, *, device=None, 
     model = decoder
     if world.size > 1:
         model = torch.nn.parallel.DistributedDataParallel(decoder, device_ids=[dev.index] if dev.type == "cuda" else None)
-    use_compile = cfg.compile if cfg.compile is not None else dev.type == "cuda"
+    # On Hopper the plane kernels run eagerly (torch.compile would trace the strided ones instead): an H100
+    # training step of paper_qwen05() at batch 8 took 539 ms that way, 965 ms compiled (benchmarks/RESULTS.md).
+    use_compile = cfg.compile if cfg.compile is not None else dev.type == "cuda" and not plane_convs_run_on(dev)
     forward = torch.compile(model) if use_compile else model
     out.mkdir(parents=True, exist_ok=True)
     log = (out / "train_log.jsonl").open("a") if world.is_main else None

@@ -28,10 +28,12 @@ with ``other`` / ``extra`` given as strided views in the output's logical coordi
 The weight gradient is its own kernel (split over positions when the GEMM is thin); the input
 gradient is this forward with flipped weights.
 
-``conv2d_plane`` is the inference conv on Hopper: its input lives in a ``PaddedPlane`` (zero
-spare rows and columns around each image), where the input of every tap is a plain shifted
-[rows, channels] tile, so each K step is one TMA load of the input and one of the weight, with
-no index arithmetic or masks (1.46x the strided kernel over the decoder's 40 convs at batch 1).
+``conv2d_plane`` is the conv on Hopper: its input lives in a ``PaddedPlane`` (zero spare rows
+and columns around each image), where the input of every tap is a plain shifted [rows, channels]
+tile, so each K step is one TMA load of the input and one of the weight, with no index arithmetic
+or masks (1.46x the strided kernel over the decoder's 40 convs at batch 1). Its input gradient is
+itself with flipped taps; ``conv2d_plane_wgrad`` is its weight gradient, a GEMM per tap row over
+the same shifted tiles of the input plane and the output gradient's plane.
 ``layer_norm_into`` writes the LayerNorm of a layer's input straight into two such planes.
 """
 import os
@@ -647,6 +649,117 @@ def _fastest(candidates, launch, reps=3):
         end.synchronize()
         return start.elapsed_time(end)
     return min(candidates, key=device_ms)
+
+
+# ---- the weight gradient on planes: what training runs on Hopper ---------------------------------
+def wgrad_plane_meta(KC8, COUT, dtype):
+    """Block shapes for ``conv2d_plane_wgrad``: M = a tap row's (j, channel) pairs (KS * C8), N = C_out."""
+    if _interpreted():
+        return {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 16, "num_warps": 1}
+    if _ieee(dtype):
+        return {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32, "num_warps": 4, "num_stages": 2}
+    bn = _block(COUT, 16, 256)
+    bm = 128 if KC8 > 64 else 64
+    return {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": 64, "num_warps": 8 if bm * bn >= 128 * 128 else 4,
+            "num_stages": 3}
+
+
+def wgrad_plane_candidates(KC8, COUT, dtype):
+    first = wgrad_plane_meta(KC8, COUT, dtype)
+    if _interpreted() or _ieee(dtype):
+        return [first]
+    out = [first]
+    for bm, bn, warps in [(128, 256, 8), (128, 128, 8), (128, 128, 4), (256, 128, 8), (64, 256, 4), (128, 64, 4),
+                          (64, 64, 4), (64, 32, 4), (128, 32, 4), (64, 16, 4), (128, 16, 4), (256, 16, 4)]:
+        if bn > 2 * _block(COUT, 16, 256) or bn < _block(COUT, 16, 256) // 4 or bm > 2 * _round_up(KC8, 64):
+            continue
+        meta = dict(first, BLOCK_M=bm, BLOCK_N=bn, num_warps=warps)
+        if meta not in out:
+            out.append(meta)
+    return out
+
+
+@triton.jit
+def _wgrad_plane_kernel(x_desc, g_desc, dw_ptr, P, Q, KC8, COUT, LEAD, IMAGES, STEPS,
+                        KS: tl.constexpr, IEEE: tl.constexpr, MASK: tl.constexpr,
+                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """dw[split, i, m, n] = sum over this split's positions r of x_window[r + shift(i), m] * g[r, n]:
+    x_desc views the input plane as overlapping rows of KS * C8 (a tap row's (j, channel) pairs, the
+    packed weight's row order), g_desc the output gradient's plane (same geometry, C_out channels).
+    K runs over the images' rows that tap row i reaches from inside (taps skipped as in the conv);
+    the gradient's spare cells are zero, so positions there add nothing. MASK: a K step may run past
+    the image's spare rows into the next image (BLOCK_K > pad * (Q + pad)), so those rows are zeroed."""
+    pad: tl.constexpr = (KS - 1) // 2
+    m0 = tl.program_id(0) * BLOCK_M
+    n0 = tl.program_id(1) * BLOCK_N
+    i = tl.program_id(2) % KS
+    split = tl.program_id(2) // KS
+    QP = Q + pad
+    p_lo = tl.maximum(pad - i, 0)
+    p_hi = tl.minimum(P, P + pad - i)
+    per_image = tl.cdiv((p_hi - p_lo) * QP, BLOCK_K)
+    s_lo = split * STEPS
+    s_hi = tl.minimum(s_lo + STEPS, IMAGES * per_image)
+    shift = (i - pad) * QP - pad
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for s in range(s_lo, s_hi):
+        b = s // per_image
+        r = p_lo * QP + (s - b * per_image) * BLOCK_K
+        row = LEAD + b * (P + pad) * QP + r
+        xa = x_desc.load([row + shift, m0])
+        g = g_desc.load([row, n0])
+        if MASK:
+            g = tl.where((r + tl.arange(0, BLOCK_K) < p_hi * QP)[:, None], g, 0.0)
+        acc = _mma(acc, tl.trans(xa), g, IEEE)
+    m = m0 + tl.arange(0, BLOCK_M)
+    n = n0 + tl.arange(0, BLOCK_N)
+    off = ((split * KS + i) * KC8 + m).to(tl.int64)[:, None] * COUT + n[None, :]
+    tl.store(dw_ptr + off, acc, mask=(m < KC8)[:, None] & (n < COUT)[None, :])
+
+
+def conv2d_plane_wgrad(x: PaddedPlane, grad: PaddedPlane, meta=None) -> torch.Tensor:
+    """The gradient of ``conv2d_plane(x, w, ...)`` with respect to the packed weight ``w``
+    ([k*k*C8, C_out] float32, ``pack_weight_plane``'s layout), given the output's gradient in a
+    plane of the same geometry (``grad.interior`` = d loss / d out, spare cells zero)."""
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    B, P, Q, C = x.shape
+    COUT = grad.shape[3]
+    if tuple(grad.shape[:3]) != (B, P, Q) or grad.ks != x.ks or grad.buf.dtype != x.buf.dtype:
+        raise ValueError(f"conv2d_plane_wgrad: the gradient's plane must match the input's (kernel {x.ks}, "
+                         f"[{B}, {P}, {Q}, *], {x.buf.dtype}), got kernel {grad.ks}, {list(grad.shape)}, "
+                         f"{grad.buf.dtype}")
+    ks, pad = x.ks, x.pad
+    c8 = _round_up(C, 8)
+    kc8 = ks * c8
+    rows = x.buf.shape[0]
+
+    def launch(meta):
+        meta = dict(meta)
+        bm, bn, bk = meta["BLOCK_M"], meta["BLOCK_N"], meta["BLOCK_K"]
+        base = triton.cdiv(kc8, bm) * triton.cdiv(COUT, bn) * ks
+        steps = B * triton.cdiv(P * (Q + pad), bk)  # the most any tap row has
+        splits = _wgrad_splits(steps * bk, base, bk, ks * kc8 * COUT)
+        per = triton.cdiv(steps, splits)
+        splits = triton.cdiv(steps, per)
+        part = torch.empty(splits, ks * kc8, COUT, device=x.buf.device, dtype=torch.float32)
+        x_desc = TensorDescriptor(x.buf, [rows - ks + 1, kc8], [c8, 1], [bk, bm])
+        g_desc = TensorDescriptor(grad.buf, list(grad.buf.shape), [grad.buf.shape[1], 1], [bk, bn])
+        _wgrad_plane_kernel[(triton.cdiv(kc8, bm), triton.cdiv(COUT, bn), ks * splits)](
+            x_desc, g_desc, part, P, Q, kc8, COUT, x.lead, B, per, KS=ks, IEEE=_ieee(x.buf.dtype),
+            MASK=bk > pad * (Q + pad), **meta)
+        return part[0] if splits == 1 else part.sum(0)
+
+    if meta is None:
+        key = ("wgrad", B, P, Q, C, COUT, ks, x.buf.dtype, x.buf.device)
+        meta = _TUNED.get(key)
+        if meta is None:
+            candidates = wgrad_plane_candidates(kc8, COUT, x.buf.dtype)
+            if TUNE and len(candidates) > 1 and x.buf.is_cuda and not torch.cuda.is_current_stream_capturing():
+                meta = _TUNED[key] = _fastest(candidates, launch)
+            else:
+                meta = candidates[0]
+    return launch(meta)
 
 
 @triton.jit

@@ -50,7 +50,13 @@ def test_bad_config_and_input():
 @pytest.mark.parametrize("device", TRITON_DEVICES)
 @pytest.mark.parametrize("name", list(CONFIGS))
 @pytest.mark.parametrize("batch", [1, 3])
-def test_triton_matches_reference_fp32(device, name, batch):
+@pytest.mark.parametrize("plane", [True, False], ids=["plane", "strided"])
+def test_triton_matches_reference_fp32(monkeypatch, device, name, batch, plane):
+    """Forward and every gradient, on the plane kernels (Hopper and the interpreter: forward, input and
+    weight gradients all plane convs) and on the strided kernel (custom ops with autograd)."""
+    from dnd_fast import decoder
+
+    monkeypatch.setattr(decoder, "PLANE_CONVS", plane)
     reseed()
     dec = HyperConvDecoder(CONFIGS[name]).to(device)
     x = torch.randn(batch, *CONFIGS[name].condition_shape, device=device)
@@ -86,6 +92,29 @@ def test_triton_bf16_autocast_matches_reference(name):
             out = dec(x, backend="triton")
     assert out.dtype == torch.bfloat16
     assert rel_err(out, exact) < 2e-2
+
+
+@pytest.mark.parametrize("name", ["k5", "k9"])
+def test_triton_training_bf16_autocast_matches_reference(name):
+    """A training step's gradients under bf16 autocast (the plane path on Hopper and the interpreter)
+    against the fp64 reference."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if "triton" not in dispatch.backends(device):
+        pytest.skip("Triton cannot run here")
+    reseed()
+    cfg = CONFIGS[name]
+    dec = HyperConvDecoder(cfg).to(device)
+    x = torch.randn(2, *cfg.condition_shape, device=device)
+    g = torch.randn(2, *cfg.output_shape, device=device)
+    exact = torch.autograd.grad(dec.double()(x.double(), backend="torch"), list(dec.parameters()), g.double())
+    dec.float()
+    with torch.autocast(device, dtype=torch.bfloat16):
+        out = dec(x, backend="triton")
+    grads = torch.autograd.grad(out, list(dec.parameters()), g)
+    rms = torch.cat([e.flatten() for e in exact]).square().mean().sqrt()
+    for (name_p, p), a, e in zip(dec.named_parameters(), grads, exact):
+        assert a.dtype == p.dtype
+        assert (a.double() - e).norm() <= 3e-2 * e.norm() + 1e-2 * rms * e.numel() ** 0.5, name_p
 
 
 @pytest.mark.parametrize("device", TRITON_DEVICES)

@@ -28,6 +28,9 @@ def meta(k_loop, device):
 # (batch, C_in, P, Q, C_out, k): thin and wide channels, an axis shorter than the kernel (taps
 # skipped), rows that straddle the tile edges, odd sizes everywhere.
 SHAPES = [(2, 5, 3, 21, 7, 5), (1, 19, 6, 9, 10, 3), (3, 10, 2, 17, 3, 9), (1, 37, 11, 4, 20, 5)]
+# On the GPU in bf16, with the default or every candidate tiling: the decoder's kinds of conv (wide,
+# thin, a long channel axis) at reduced size.
+BF16_SHAPES = [(1, 200, 10, 130, 300, 9), (2, 10, 25, 64, 10, 9), (1, 384, 20, 24, 200, 9), (3, 50, 7, 33, 25, 9)]
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -219,6 +222,56 @@ def test_plane_conv_epilogues(device, window, split):
     assert rel_err(residual, acc + other) < 1e-5
 
 
+def plane_of(x, k, dtype, transpose=False):
+    """x [b, c, p, q] in a PaddedPlane over (p, q), or (q, p)."""
+    from dnd_fast.kernels import hyperconv
+
+    b, c = x.shape[:2]
+    dims = (3, 2) if transpose else (2, 3)
+    plane = hyperconv.PaddedPlane(b, x.shape[dims[0]], x.shape[dims[1]], c, k, dtype, x.device)
+    plane.interior.copy_(x.permute(0, *dims, 1))
+    return plane
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("transpose", [False, True])
+@pytest.mark.parametrize("shape", SHAPES + [(3, 7, 5, 3, 5, 3), (2, 6, 3, 5, 4, 1)])
+def test_plane_weight_gradient_matches_autograd(device, transpose, shape):
+    """conv2d_plane_wgrad against autograd through F.conv2d, packed as pack_weight_plane packs the
+    weight: K steps that would run into the next image (short rows, kernel 1) and ones that cannot."""
+    from dnd_fast.kernels import hyperconv
+
+    reseed()
+    b, cin, p, q, cout, k = shape
+    x = torch.randn(b, cin, p, q, device=device)
+    weight = torch.randn(cout, cin, k, k, device=device, requires_grad=True)
+    gy = torch.randn(b, cout, p, q, device=device)
+    (ref,) = torch.autograd.grad(F.conv2d(x, weight, padding="same"), weight, gy)
+    dw = hyperconv.conv2d_plane_wgrad(plane_of(x, k, torch.float32, transpose), plane_of(gy, k, torch.float32, transpose))
+    assert dw.dtype == torch.float32
+    assert rel_err(dw, hyperconv.pack_weight_plane(ref, transpose=transpose)) < 1e-5
+    with pytest.raises(ValueError, match="must match the input's"):
+        hyperconv.conv2d_plane_wgrad(plane_of(x, k, torch.float32), plane_of(gy[:, :, :, 1:], k, torch.float32))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (bf16 tensor cores)")
+@pytest.mark.parametrize("shape", BF16_SHAPES)
+def test_plane_weight_gradient_bf16_every_tiling(shape):
+    from dnd_fast.kernels import hyperconv
+
+    reseed()
+    b, cin, p, q, cout, k = shape
+    x = torch.randn(b, cin, p, q, device="cuda").bfloat16()
+    gy = torch.randn(b, cout, p, q, device="cuda").bfloat16()
+    weight = torch.zeros(cout, cin, k, k, device="cuda", dtype=torch.float64, requires_grad=True)
+    (exact,) = torch.autograd.grad(F.conv2d(x.double(), weight, padding="same"), weight, gy.double())
+    xp, gp = plane_of(x, k, torch.bfloat16), plane_of(gy, k, torch.bfloat16)
+    candidates = hyperconv.wgrad_plane_candidates(k * ((cin + 7) // 8 * 8), cout, torch.bfloat16)
+    assert len(candidates) > 1
+    for meta in candidates:
+        assert rel_err(hyperconv.conv2d_plane_wgrad(xp, gp, meta), hyperconv.pack_weight_plane(exact)) < 1e-3, meta
+
+
 def test_plane_keeps_its_spare_cells_zero():
     from dnd_fast.kernels import hyperconv
 
@@ -240,8 +293,7 @@ def test_plane_conv_rejects_mismatched_inputs():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (bf16 tensor cores)")
-@pytest.mark.parametrize("shape", [(1, 200, 10, 130, 300, 9), (2, 10, 25, 64, 10, 9), (1, 384, 20, 24, 200, 9),
-                                   (3, 50, 7, 33, 25, 9)])
+@pytest.mark.parametrize("shape", BF16_SHAPES)
 def test_plane_bf16_with_the_default_blocks(shape):
     reseed()
     b, cin, p, q, cout, k = shape
