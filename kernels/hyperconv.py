@@ -383,12 +383,20 @@ class PaddedPlane:
         return self.buf[self.lead:].view(B, P + self.pad, Q + self.pad, -1)[:, :P, :Q, :C]
 
 
-def pack_weight_plane(weight: torch.Tensor, dtype: torch.dtype | None = None, transpose: bool = False):
+def pack_weight_plane(weight: torch.Tensor, dtype: torch.dtype | None = None, transpose: bool = False,
+                      out_major: bool = False):
     """Conv2d weight [C_out, C_in, k, k] -> [k*k*C8, C_out] (C8: C_in rounded up to 8, zero rows),
     a view of a buffer with rows padded to a multiple of 8. ``transpose``: the plane's rows run
-    along the weight's last axis (a conv over (q, p) is the conv over (p, q) with taps transposed)."""
+    along the weight's last axis (a conv over (q, p) is the conv over (p, q) with taps transposed).
+    ``out_major``: [C_out, k*k*C8] instead (W_LAYOUT 1), which the input gradient reads too (W_LAYOUT 2,
+    taps flipped in the kernel) and ``conv2d_plane_wgrad`` returns; from a contiguous weight it is a
+    transpose within each output channel's row only (what training packs every step)."""
     cout, cin, ks, _ = weight.shape
-    w = weight.to(dtype or weight.dtype).permute((3, 2, 1, 0) if transpose else (2, 3, 1, 0))
+    w = weight.to(dtype or weight.dtype)
+    if out_major:
+        w = F.pad(w.permute((0, 3, 2, 1) if transpose else (0, 2, 3, 1)), (0, _round_up(cin, 8) - cin))
+        return w.contiguous().view(cout, -1)
+    w = w.permute((3, 2, 1, 0) if transpose else (2, 3, 1, 0))
     w = F.pad(w, (0, _round_up(cout, 8) - cout, 0, _round_up(cin, 8) - cin))
     return w.reshape(ks * ks * _round_up(cin, 8), -1).narrow(1, 0, cout)
 
@@ -422,9 +430,13 @@ def _conv_plane_kernel(x_desc, w_desc, bias_ptr, other_ptr, extra_ptr, out_ptr, 
                        seb, sec, sep, seq,
                        KS: tl.constexpr, MODE: tl.constexpr, HAS_BIAS: tl.constexpr, IEEE: tl.constexpr,
                        WINDOW: tl.constexpr, GROUP_M: tl.constexpr, SPLIT_K: tl.constexpr, A_PTR: tl.constexpr,
+                       W_LAYOUT: tl.constexpr,
                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """A_PTR: ``x_desc`` is the plane's pointer and the input tiles are plain loads (see
-    ``_plane_tile``), not TMA loads."""
+    ``_plane_tile``), not TMA loads. W_LAYOUT: 0 the weight is [KS*KS*C8, COUT]; 1 [COUT, KS*KS*C8]
+    (tiles loaded [N, K] and transposed); 2 the input gradient of a conv whose out-major weight is
+    [C, KS*KS*COUT8] (tap t reads the forward's tap KS*KS-1-t; no WINDOW). K or N columns that run
+    past a tap's into the next tap's meet zero inputs or are dropped by the epilogue."""
     pad: tl.constexpr = (KS - 1) // 2
     # tiles in groups of GROUP_M along M, so the CTAs running together share weight columns and inputs
     pid, grid_m, grid_n = tl.program_id(0), tl.num_programs(0), tl.num_programs(1)
@@ -459,7 +471,10 @@ def _conv_plane_kernel(x_desc, w_desc, bias_ptr, other_ptr, extra_ptr, out_ptr, 
                 a = _plane_tile(x_desc, m0 + (i - pad) * QP - pad, k0, KS * C8, C8, X_ROWS, BLOCK_M, BLOCK_K)
             else:
                 a = x_desc.load([m0 + (i - pad) * QP - pad, k0])
-            w = w_desc.load([i * KS * C8 + k0, n0])
+            if W_LAYOUT == 1:
+                w = tl.trans(w_desc.load([n0, i * KS * C8 + k0]))
+            else:
+                w = w_desc.load([i * KS * C8 + k0, n0])
             acc = _mma(acc, a, w, IEEE)
     else:
         cblocks = tl.cdiv(C, BLOCK_K)
@@ -472,7 +487,12 @@ def _conv_plane_kernel(x_desc, w_desc, bias_ptr, other_ptr, extra_ptr, out_ptr, 
                 a = _plane_tile(x_desc, m0 + (i - pad) * QP + (j - pad), c0, C8, C8, X_ROWS, BLOCK_M, BLOCK_K)
             else:
                 a = x_desc.load([m0 + (i - pad) * QP + (j - pad), c0])
-            w = w_desc.load([(i * KS + j) * C8 + c0, n0])
+            if W_LAYOUT == 1:
+                w = tl.trans(w_desc.load([n0, (i * KS + j) * C8 + c0]))
+            elif W_LAYOUT == 2:
+                w = w_desc.load([c0, (KS * KS - 1 - i * KS - j) * ((COUT + 7) // 8 * 8) + n0])
+            else:
+                w = w_desc.load([(i * KS + j) * C8 + c0, n0])
             acc = _mma(acc, a, w, IEEE)
     r = r0 + tl.arange(0, BLOCK_M)
     n = n0 + tl.arange(0, BLOCK_N)
@@ -522,19 +542,26 @@ def _split_epilogue(part_ptr, bias_ptr, other_ptr, extra_ptr, out_ptr, P, Q, QP,
               sob, soc, sop, soq, srb, src, srp, srq, seb, sec, sep, seq, MODE, HAS_BIAS)
 
 
-def conv2d_plane(x: PaddedPlane, packed_weight, ks, out, bias=None, mode=0, other=None, extra=None, meta=None):
+def conv2d_plane(x: PaddedPlane, packed_weight, ks, out, bias=None, mode=0, other=None, extra=None, meta=None,
+                 w_layout=0):
     """The 'same' conv of ``x`` over its (P, Q) plane into ``out``, a [B, C_out, P, Q] view (any
     strides: e.g. the next conv's plane interior, permuted, so that conv reads it without a copy).
-    ``packed_weight``: ``pack_weight_plane``. Epilogue MODE, ``other``, ``extra``: as ``conv2d_same``."""
+    ``packed_weight``: ``pack_weight_plane`` (``w_layout`` 0), its ``out_major`` form (1), or (2) the
+    ``out_major`` weight of the conv whose input gradient this is (C_in and C_out swapped, taps flipped:
+    the backward reads the forward's weight). Epilogue MODE, ``other``, ``extra``: as ``conv2d_same``."""
     from triton.tools.tensor_descriptor import TensorDescriptor
 
     B, P, Q, C = x.shape
-    COUT = packed_weight.shape[1]
+    COUT = out.shape[1]
     c8 = _round_up(C, 8)
-    if x.ks != ks or packed_weight.shape[0] != ks * ks * c8 or packed_weight.stride(1) != 1:
-        raise ValueError(f"conv2d_plane: a {ks}x{ks} conv over {C} channels needs a plane made for kernel {ks} and a "
-                         f"[{ks * ks * c8}, C_out] weight with unit column stride (pack_weight_plane), got a plane for "
-                         f"kernel {x.ks} and {list(packed_weight.shape)} with strides {tuple(packed_weight.stride())}")
+    expected = {0: [ks * ks * c8, COUT], 1: [COUT, ks * ks * c8], 2: [C, ks * ks * _round_up(COUT, 8)]}[w_layout]
+    if w_layout == 2 and meta is not None and meta["WINDOW"]:
+        raise ValueError("conv2d_plane: W_LAYOUT 2 (an input gradient from the forward's weight) needs WINDOW False")
+    if x.ks != ks or list(packed_weight.shape) != expected or packed_weight.stride(1) != 1:
+        raise ValueError(f"conv2d_plane: a {ks}x{ks} conv from {C} to {COUT} channels needs a plane made for kernel "
+                         f"{ks} and a {expected} weight with unit column stride (pack_weight_plane, W_LAYOUT "
+                         f"{w_layout}), got a plane for kernel {x.ks} and {list(packed_weight.shape)} with strides "
+                         f"{tuple(packed_weight.stride())}")
     if tuple(out.shape) != (B, COUT, P, Q):
         raise ValueError(f"conv2d_plane: out must be [{B}, {COUT}, {P}, {Q}], got {list(out.shape)}")
     other = out if other is None else other
@@ -568,11 +595,12 @@ def conv2d_plane(x: PaddedPlane, packed_weight, ks, out, bias=None, mode=0, othe
         part = torch.empty(split_k, rows_all, COUT, device=out.device, dtype=torch.float32) if split_k > 1 else out
         for n_off, block_n, n_tiles in parts:
             w_desc = TensorDescriptor(packed_weight, list(packed_weight.shape), list(packed_weight.stride()),
-                                      [bk, block_n])
+                                      [block_n, bk] if w_layout == 1 else [bk, block_n])
             _conv_plane_kernel[(B * tiles, n_tiles, split_k)](
                 x_desc, w_desc, bias if bias is not None else out, other, extra, out, part,
                 P, Q, C, COUT, tiles, x.lead, n_off, x_rows, *out.stride(), *other.stride(), *extra.stride(),
-                KS=ks, MODE=mode, HAS_BIAS=bias is not None, IEEE=_ieee(x.buf.dtype), **dict(meta, BLOCK_N=block_n))
+                KS=ks, MODE=mode, HAS_BIAS=bias is not None, IEEE=_ieee(x.buf.dtype), W_LAYOUT=w_layout,
+                **dict(meta, BLOCK_N=block_n))
         if split_k > 1:
             _split_epilogue[(triton.cdiv(rows_all, 64), triton.cdiv(COUT, 64))](
                 part, bias if bias is not None else out, other, extra, out, P, Q, Q + x.pad, COUT, rows_all,
@@ -580,10 +608,12 @@ def conv2d_plane(x: PaddedPlane, packed_weight, ks, out, bias=None, mode=0, othe
                 SPLIT_K=split_k, BLOCK_M=64, BLOCK_N=64)
 
     if meta is None:
-        key = (B, P, Q, C, COUT, ks, mode, bias is not None, x.buf.dtype, x.buf.device)
+        key = (B, P, Q, C, COUT, ks, mode, bias is not None, x.buf.dtype, x.buf.device, w_layout)
         meta = _TUNED.get(key)
         if meta is None:
             candidates = plane_candidates(C, COUT, x.buf.dtype, B * P * (Q + x.pad))
+            if w_layout == 2:  # K runs over one tap's channels: the flipped taps are not one window
+                candidates = list({repr(m): m for m in (dict(m, WINDOW=False) for m in candidates)}.values())
             if TUNE and len(candidates) > 1 and x.buf.is_cuda and not torch.cuda.is_current_stream_capturing():
                 meta = _TUNED[key] = _fastest(candidates, launch)
             else:
@@ -683,12 +713,13 @@ def wgrad_plane_candidates(KC8, COUT, dtype):
 def _wgrad_plane_kernel(x_desc, g_desc, dw_ptr, P, Q, KC8, COUT, LEAD, IMAGES, STEPS,
                         KS: tl.constexpr, IEEE: tl.constexpr, MASK: tl.constexpr,
                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    """dw[split, i, m, n] = sum over this split's positions r of x_window[r + shift(i), m] * g[r, n]:
-    x_desc views the input plane as overlapping rows of KS * C8 (a tap row's (j, channel) pairs, the
-    packed weight's row order), g_desc the output gradient's plane (same geometry, C_out channels).
-    K runs over the images' rows that tap row i reaches from inside (taps skipped as in the conv);
-    the gradient's spare cells are zero, so positions there add nothing. MASK: a K step may run past
-    the image's spare rows into the next image (BLOCK_K > pad * (Q + pad)), so those rows are zeroed."""
+    """dw[split, n, i * KC8 + m] = sum over this split's positions r of g[r, n] * x_window[r + shift(i), m]:
+    x_desc views the input plane as overlapping rows of KS * C8 (a tap row's (j, channel) pairs),
+    g_desc the output gradient's plane (same geometry, C_out channels); dw is the out-major packed
+    weight's layout. K runs over the images' rows that tap row i reaches from inside (taps skipped as
+    in the conv); the gradient's spare cells are zero, so positions there add nothing. MASK: a K step
+    may run past the image's spare rows into the next image (BLOCK_K > pad * (Q + pad)), so those rows
+    are zeroed."""
     pad: tl.constexpr = (KS - 1) // 2
     m0 = tl.program_id(0) * BLOCK_M
     n0 = tl.program_id(1) * BLOCK_N
@@ -701,26 +732,26 @@ def _wgrad_plane_kernel(x_desc, g_desc, dw_ptr, P, Q, KC8, COUT, LEAD, IMAGES, S
     s_lo = split * STEPS
     s_hi = tl.minimum(s_lo + STEPS, IMAGES * per_image)
     shift = (i - pad) * QP - pad
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
     for s in range(s_lo, s_hi):
         b = s // per_image
         r = p_lo * QP + (s - b * per_image) * BLOCK_K
         row = LEAD + b * (P + pad) * QP + r
-        xa = x_desc.load([row + shift, m0])
         g = g_desc.load([row, n0])
         if MASK:
             g = tl.where((r + tl.arange(0, BLOCK_K) < p_hi * QP)[:, None], g, 0.0)
-        acc = _mma(acc, tl.trans(xa), g, IEEE)
+        xa = x_desc.load([row + shift, m0])
+        acc = _mma(acc, tl.trans(g), xa, IEEE)
     m = m0 + tl.arange(0, BLOCK_M)
     n = n0 + tl.arange(0, BLOCK_N)
-    off = ((split * KS + i) * KC8 + m).to(tl.int64)[:, None] * COUT + n[None, :]
-    tl.store(dw_ptr + off, acc, mask=(m < KC8)[:, None] & (n < COUT)[None, :])
+    off = (split * COUT + n).to(tl.int64)[:, None] * (KS * KC8) + (i * KC8 + m)[None, :]
+    tl.store(dw_ptr + off, acc, mask=(n < COUT)[:, None] & (m < KC8)[None, :])
 
 
 def conv2d_plane_wgrad(x: PaddedPlane, grad: PaddedPlane, meta=None) -> torch.Tensor:
-    """The gradient of ``conv2d_plane(x, w, ...)`` with respect to the packed weight ``w``
-    ([k*k*C8, C_out] float32, ``pack_weight_plane``'s layout), given the output's gradient in a
-    plane of the same geometry (``grad.interior`` = d loss / d out, spare cells zero)."""
+    """The gradient of ``conv2d_plane(x, w, ...)`` with respect to the packed weight ``w``, as float32
+    in ``pack_weight_plane(..., out_major=True)``'s layout [C_out, k*k*C8], given the output's
+    gradient in a plane of the same geometry (``grad.interior`` = d loss / d out, spare cells zero)."""
     from triton.tools.tensor_descriptor import TensorDescriptor
 
     B, P, Q, C = x.shape
@@ -742,7 +773,7 @@ def conv2d_plane_wgrad(x: PaddedPlane, grad: PaddedPlane, meta=None) -> torch.Te
         splits = _wgrad_splits(steps * bk, base, bk, ks * kc8 * COUT)
         per = triton.cdiv(steps, splits)
         splits = triton.cdiv(steps, per)
-        part = torch.empty(splits, ks * kc8, COUT, device=x.buf.device, dtype=torch.float32)
+        part = torch.empty(splits, COUT, ks * kc8, device=x.buf.device, dtype=torch.float32)
         x_desc = TensorDescriptor(x.buf, [rows - ks + 1, kc8], [c8, 1], [bk, bm])
         g_desc = TensorDescriptor(grad.buf, list(grad.buf.shape), [grad.buf.shape[1], 1], [bk, bn])
         _wgrad_plane_kernel[(triton.cdiv(kc8, bm), triton.cdiv(COUT, bn), ks * splits)](

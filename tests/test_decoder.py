@@ -13,6 +13,8 @@ CONFIGS = {
     "k3": DecoderConfig(((3, 7, 5), (3, 7, 5), (6, 4, 9)), 3),
     "k5": DecoderConfig(((4, 6, 11), (5, 9, 3)), 5),
     "k9": DecoderConfig(((2, 5, 6), (3, 10, 4), (3, 10, 4)), 9),
+    # 64 channels: the training backward reads the forward's weight for this channel conv's input gradient
+    "c64": DecoderConfig(((64, 3, 5), (64, 4, 3)), 3),
 }
 
 
@@ -94,7 +96,7 @@ def test_triton_bf16_autocast_matches_reference(name):
     assert rel_err(out, exact) < 2e-2
 
 
-@pytest.mark.parametrize("name", ["k5", "k9"])
+@pytest.mark.parametrize("name", ["k5", "k9", "c64"])
 def test_triton_training_bf16_autocast_matches_reference(name):
     """A training step's gradients under bf16 autocast (the plane path on Hopper and the interpreter)
     against the fp64 reference."""

@@ -170,20 +170,30 @@ def plane_meta(window, device, split_n=False, split_k=1, a_ptr=False):
             "A_PTR": a_ptr, "num_warps": 4, "num_stages": 2}
 
 
-def plane_conv(x, weight, bias, transpose, device, dtype, meta=None, **epilogue):
-    """conv2d_plane of x [b, c, p, q] through a plane in (p, q) order, or (q, p) with taps transposed."""
+def plane_of(x, k, dtype, transpose=False):
+    """x [b, c, p, q] in a PaddedPlane over (p, q), or (q, p)."""
     from dnd_fast.kernels import hyperconv
 
-    b, c, p, q = x.shape
-    k = weight.shape[-1]
+    b, c = x.shape[:2]
     dims = (3, 2) if transpose else (2, 3)
-    plane = hyperconv.PaddedPlane(b, x.shape[dims[0]], x.shape[dims[1]], c, k, dtype, device)
+    plane = hyperconv.PaddedPlane(b, x.shape[dims[0]], x.shape[dims[1]], c, k, dtype, x.device)
     plane.interior.copy_(x.permute(0, *dims, 1))
+    return plane
+
+
+def plane_conv(x, weight, bias, transpose, device, dtype, meta=None, out_major=False, **epilogue):
+    """conv2d_plane of x [b, c, p, q] through a plane in (p, q) order, or (q, p) with taps transposed;
+    ``out_major``: the weight packed [C_out, k*k*C8] (W_LAYOUT 1, how training packs it)."""
+    from dnd_fast.kernels import hyperconv
+
+    b, _, p, q = x.shape
+    k = weight.shape[-1]
+    plane = plane_of(x, k, dtype, transpose)
     out = torch.full((b, p, q, weight.shape[0]), float("nan"), device=device, dtype=dtype).permute(0, 3, 1, 2)
     view = out.transpose(2, 3) if transpose else out
     epilogue = {k: (v.transpose(2, 3) if transpose and torch.is_tensor(v) else v) for k, v in epilogue.items()}
-    hyperconv.conv2d_plane(plane, hyperconv.pack_weight_plane(weight, dtype, transpose), k, view, bias, meta=meta,
-                           **epilogue)
+    hyperconv.conv2d_plane(plane, hyperconv.pack_weight_plane(weight, dtype, transpose, out_major), k, view, bias,
+                           meta=meta, w_layout=int(out_major), **epilogue)
     return out
 
 
@@ -191,14 +201,41 @@ def plane_conv(x, weight, bias, transpose, device, dtype, meta=None, **epilogue)
 @pytest.mark.parametrize("window", [False, True])
 @pytest.mark.parametrize("a_ptr", [False, True], ids=["tma", "pointer"])
 @pytest.mark.parametrize("transpose", [False, True])
+@pytest.mark.parametrize("out_major", [False, True], ids=["k_major", "out_major"])
 @pytest.mark.parametrize("shape", SHAPES)
-def test_plane_conv_matches_conv2d(device, window, a_ptr, transpose, shape):
+def test_plane_conv_matches_conv2d(device, window, a_ptr, transpose, out_major, shape):
     reseed()
     b, cin, p, q, cout, k = shape
     x = torch.randn(b, cin, p, q, device=device)
     weight, bias = torch.randn(cout, cin, k, k, device=device), torch.randn(cout, device=device)
-    out = plane_conv(x, weight, bias, transpose, device, torch.float32, plane_meta(window, device, a_ptr=a_ptr))
+    out = plane_conv(x, weight, bias, transpose, device, torch.float32, plane_meta(window, device, a_ptr=a_ptr),
+                     out_major)
     assert rel_err(out, F.conv2d(x, weight, bias, padding="same")) < 1e-5
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("transpose", [False, True])
+@pytest.mark.parametrize("shape", SHAPES + [(2, 70, 4, 9, 20, 3)])
+def test_plane_input_gradient_reads_the_forward_weight(device, transpose, shape):
+    """W_LAYOUT 2: the input gradient as a plane conv of the output gradient, straight from the forward's
+    out-major weight (channels swapped, taps flipped), accumulated into ``other`` (MODE 2)."""
+    from dnd_fast.kernels import hyperconv
+
+    reseed()
+    b, cin, p, q, cout, k = shape
+    x = torch.randn(b, cin, p, q, device=device, requires_grad=True)
+    weight = torch.randn(cout, cin, k, k, device=device)
+    gy, acc = torch.randn(b, cout, p, q, device=device), torch.randn(b, cin, p, q, device=device)
+    (ref,) = torch.autograd.grad(F.conv2d(x, weight, padding="same"), x, gy)
+    gx = acc.clone()
+    view = gx.transpose(2, 3) if transpose else gx
+    hyperconv.conv2d_plane(plane_of(gy, k, torch.float32, transpose),
+                           hyperconv.pack_weight_plane(weight, torch.float32, transpose, out_major=True), k, view,
+                           mode=2, other=view, w_layout=2)
+    assert rel_err(gx, ref + acc) < 1e-5
+    with pytest.raises(ValueError, match="W_LAYOUT 2"):
+        hyperconv.conv2d_plane(plane_of(gy, k, torch.float32, transpose), hyperconv.pack_weight_plane(weight), k,
+                               view, w_layout=2)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -222,17 +259,6 @@ def test_plane_conv_epilogues(device, window, split):
     assert rel_err(residual, acc + other) < 1e-5
 
 
-def plane_of(x, k, dtype, transpose=False):
-    """x [b, c, p, q] in a PaddedPlane over (p, q), or (q, p)."""
-    from dnd_fast.kernels import hyperconv
-
-    b, c = x.shape[:2]
-    dims = (3, 2) if transpose else (2, 3)
-    plane = hyperconv.PaddedPlane(b, x.shape[dims[0]], x.shape[dims[1]], c, k, dtype, x.device)
-    plane.interior.copy_(x.permute(0, *dims, 1))
-    return plane
-
-
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("transpose", [False, True])
 @pytest.mark.parametrize("shape", SHAPES + [(3, 7, 5, 3, 5, 3), (2, 6, 3, 5, 4, 1)])
@@ -249,7 +275,7 @@ def test_plane_weight_gradient_matches_autograd(device, transpose, shape):
     (ref,) = torch.autograd.grad(F.conv2d(x, weight, padding="same"), weight, gy)
     dw = hyperconv.conv2d_plane_wgrad(plane_of(x, k, torch.float32, transpose), plane_of(gy, k, torch.float32, transpose))
     assert dw.dtype == torch.float32
-    assert rel_err(dw, hyperconv.pack_weight_plane(ref, transpose=transpose)) < 1e-5
+    assert rel_err(dw, hyperconv.pack_weight_plane(ref, transpose=transpose, out_major=True)) < 1e-5
     with pytest.raises(ValueError, match="must match the input's"):
         hyperconv.conv2d_plane_wgrad(plane_of(x, k, torch.float32), plane_of(gy[:, :, :, 1:], k, torch.float32))
 
@@ -269,7 +295,8 @@ def test_plane_weight_gradient_bf16_every_tiling(shape):
     candidates = hyperconv.wgrad_plane_candidates(k * ((cin + 7) // 8 * 8), cout, torch.bfloat16)
     assert len(candidates) > 1
     for meta in candidates:
-        assert rel_err(hyperconv.conv2d_plane_wgrad(xp, gp, meta), hyperconv.pack_weight_plane(exact)) < 1e-3, meta
+        assert rel_err(hyperconv.conv2d_plane_wgrad(xp, gp, meta), hyperconv.pack_weight_plane(exact, out_major=True)) \
+            < 1e-3, meta
 
 
 def test_plane_keeps_its_spare_cells_zero():
