@@ -40,7 +40,7 @@ def main():
         w_out = hyperconv.pack_weight_plane(w, dt, out_major=True)
         out = torch.empty(b, P, Q, cout, device="cuda", dtype=dt).permute(0, 3, 1, 2)
         gx = torch.empty(b, P, Q, cin, device="cuda", dtype=dt).permute(0, 3, 1, 2)
-        if (cout + 63) // 64 * 64 <= 1.05 * cout:  # as the decoder's backward chooses
+        if hyperconv.input_grad_reads_forward_weight(cout):  # as the decoder's backward chooses
             w_in, layout = w_out, 2
         else:
             w_in, layout = hyperconv.pack_weight_plane(w.flip(2, 3).transpose(0, 1), dt), 0

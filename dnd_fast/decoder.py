@@ -366,12 +366,11 @@ def _layer_plane_backward(layer: HyperConvLayer, x: torch.Tensor, residual: bool
     size, cdtype = saved["size"], saved["in_ch"][0].buf.dtype
     B = x.shape[0]
     grads = {}
+    plane = functools.partial(_plane, B, size, k, cdtype, x.device)
 
     def grad_plane(src, out_channel):
         """The gradient of the output of the conv reading ``src``: same (p, q), its output channels."""
-        _, (p, q, _), transposed = src
-        buf = hyperconv.PaddedPlane(B, size[p], size[q], size[out_channel], k, cdtype, x.device)
-        return buf, (p, q, out_channel), transposed
+        return plane(src[1][:2], out_channel)
 
     def backward(module, name, src, gplane, dest=None, dest_axes=None, mode=0, other=None):
         """The conv reading ``src``, given its output's gradient in ``gplane``: its weight gradient
@@ -382,7 +381,7 @@ def _layer_plane_backward(layer: HyperConvLayer, x: torch.Tensor, residual: bool
         grads[name] = dw.permute((0, 3, 2, 1) if transposed else (0, 3, 1, 2)).to(module.weight.dtype).contiguous()
         if dest is not None:
             view = (c_in, p, q)
-            if (cout + 63) // 64 * 64 <= 1.05 * cout:  # the forward's weight, taps flipped in the kernel
+            if hyperconv.input_grad_reads_forward_weight(cout):
                 w, layout = saved["packed"][module], 2
             else:  # a packed copy, so K can run over whole tap rows of a thin channel axis (WINDOW)
                 w, layout = hyperconv.pack_weight_plane(module.weight.flip(2, 3).transpose(0, 1), cdtype, transposed), 0
@@ -434,7 +433,6 @@ def _layer_plane_backward(layer: HyperConvLayer, x: torch.Tensor, residual: bool
         if residual:
             dx += grad
         dx = dx.to(x.dtype)
-    saved.clear()
     return dx, grads
 
 

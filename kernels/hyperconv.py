@@ -613,7 +613,8 @@ def conv2d_plane(x: PaddedPlane, packed_weight, ks, out, bias=None, mode=0, othe
         if meta is None:
             candidates = plane_candidates(C, COUT, x.buf.dtype, B * P * (Q + x.pad))
             if w_layout == 2:  # K runs over one tap's channels: the flipped taps are not one window
-                candidates = list({repr(m): m for m in (dict(m, WINDOW=False) for m in candidates)}.values())
+                windowless = [dict(m, WINDOW=False) for m in candidates]
+                candidates = [m for i, m in enumerate(windowless) if m not in windowless[:i]]
             if TUNE and len(candidates) > 1 and x.buf.is_cuda and not torch.cuda.is_current_stream_capturing():
                 meta = _TUNED[key] = _fastest(candidates, launch)
             else:
@@ -682,6 +683,13 @@ def _fastest(candidates, launch, reps=3):
 
 
 # ---- the weight gradient on planes: what training runs on Hopper ---------------------------------
+def input_grad_reads_forward_weight(cout):
+    """Whether the input gradient of a conv with ``cout`` output channels runs from the forward's out-major
+    weight (W_LAYOUT 2: no copy, but K rounds up once per tap, so only when ``cout`` is within 5% of a
+    multiple of 64), rather than from a packed flipped copy with the window K loop."""
+    return _round_up(cout, 64) <= 1.05 * cout
+
+
 def wgrad_plane_meta(KC8, COUT, dtype):
     """Block shapes for ``conv2d_plane_wgrad``: M = a tap row's (j, channel) pairs (KS * C8), N = C_out."""
     if _interpreted():
@@ -698,10 +706,10 @@ def wgrad_plane_candidates(KC8, COUT, dtype):
     first = wgrad_plane_meta(KC8, COUT, dtype)
     if _interpreted() or _ieee(dtype):
         return [first]
-    out = [first]
+    out, fit = [first], _block(COUT, 16, 256)
     for bm, bn, warps in [(128, 256, 8), (128, 128, 8), (128, 128, 4), (256, 128, 8), (64, 256, 4), (128, 64, 4),
                           (64, 64, 4), (64, 32, 4), (128, 32, 4), (64, 16, 4), (128, 16, 4), (256, 16, 4)]:
-        if bn > 2 * _block(COUT, 16, 256) or bn < _block(COUT, 16, 256) // 4 or bm > 2 * _round_up(KC8, 64):
+        if bn > 2 * fit or bn < fit // 4 or bm > 2 * _round_up(KC8, 64):
             continue
         meta = dict(first, BLOCK_M=bm, BLOCK_N=bn, num_warps=warps)
         if meta not in out:
@@ -766,7 +774,6 @@ def conv2d_plane_wgrad(x: PaddedPlane, grad: PaddedPlane, meta=None) -> torch.Te
     rows = x.buf.shape[0]
 
     def launch(meta):
-        meta = dict(meta)
         bm, bn, bk = meta["BLOCK_M"], meta["BLOCK_N"], meta["BLOCK_K"]
         base = triton.cdiv(kc8, bm) * triton.cdiv(COUT, bn) * ks
         steps = B * triton.cdiv(P * (Q + pad), bk)  # the most any tap row has
