@@ -224,10 +224,10 @@ def _cached(module: nn.Module, tag, tensor: torch.Tensor, dtype: torch.dtype, ma
     return cache[tag][1]
 
 
-def _packed(conv: nn.Module, dtype: torch.dtype, plane: Optional[bool] = None, cache: bool = True) -> torch.Tensor:
+def _packed(conv: nn.Module, dtype: torch.dtype, plane: Optional[bool] = None, out_major: bool = False) -> torch.Tensor:
     """The conv's weight packed for the strided kernel (``plane`` None: ``hyperconv.pack_weight``)
-    or the plane kernel (``pack_weight_plane``, ``plane`` = transpose) in ``dtype``; ``cache`` False:
-    packed afresh (training, where the optimizer changes the weight every step)."""
+    or the plane kernel (``pack_weight_plane``, ``plane`` = transpose, ``out_major`` its W_LAYOUT 1
+    form) in ``dtype``, cached while the weight is unchanged."""
     from dnd_fast.kernels import hyperconv
 
     w = conv.weight
@@ -236,8 +236,8 @@ def _packed(conv: nn.Module, dtype: torch.dtype, plane: Optional[bool] = None, c
             return hyperconv.pack_weight(w, dtype)
     else:
         def make():
-            return hyperconv.pack_weight_plane(w, dtype, transpose=plane)
-    return _cached(conv, plane, w, dtype, make) if cache else make()
+            return hyperconv.pack_weight_plane(w, dtype, transpose=plane, out_major=out_major)
+    return _cached(conv, (plane, out_major), w, dtype, make)
 
 
 def _cast(module: nn.Module, name: str, dtype: torch.dtype) -> torch.Tensor:
@@ -302,15 +302,16 @@ def _layer_plane(layer: HyperConvLayer, x: torch.Tensor, residual: bool, saved: 
     def conv(module, src, out_channel, dest, dest_axes, bias=None, mode=0, other=None, extra=None):
         buf, (p, q, _), transposed = src
         view = (out_channel, p, q)
+        args = (k, _axes(dest, dest_axes, view), bias, mode, None if other is None else _axes(other[0], other[1], view),
+                None if extra is None else _axes(extra[0], extra[1], view))
         if train:  # packed afresh (the optimizer moves the weights), out-major: the backward reads it too
+            layout = 1
             w = saved.setdefault("packed", {})[module] = hyperconv.pack_weight_plane(
                 module.weight, cdtype, transposed, out_major=True)
         else:
-            w = _packed(module, cdtype, transposed)
-        return hyperconv.conv2d_plane(
-            buf, w, k, _axes(dest, dest_axes, view), bias, mode,
-            None if other is None else _axes(other[0], other[1], view),
-            None if extra is None else _axes(extra[0], extra[1], view), w_layout=int(train))
+            layout = hyperconv.forward_weight_layout(module.out_channels)
+            w = _packed(module, cdtype, transposed, layout == 1)
+        return hyperconv.conv2d_plane(buf, w, *args, w_layout=layout)
 
     in_1w, in_2h = plane(("H", "C"), "W"), plane(("C", "W"), "H")
     hyperconv.layer_norm_into(x, hc.norm.weight, hc.norm.bias, hc.norm.eps,

@@ -36,6 +36,7 @@ itself with flipped taps; ``conv2d_plane_wgrad`` is its weight gradient, a GEMM 
 the same shifted tiles of the input plane and the output gradient's plane.
 ``layer_norm_into`` writes the LayerNorm of a layer's input straight into two such planes.
 """
+import contextlib
 import os
 
 import torch
@@ -423,20 +424,23 @@ def plane_meta(CIN, COUT, dtype):
 
 
 @triton.jit
-def _conv_plane_kernel(x_desc, w_desc, bias_ptr, other_ptr, extra_ptr, out_ptr, part_ptr,
-                       P, Q, C, COUT, TILES, LEAD, N_OFF, X_ROWS,
+def _conv_plane_kernel(x_desc, w_desc, w_desc2, w_desc3, bias_ptr, other_ptr, extra_ptr, out_ptr, part_ptr,
+                       P, Q, C, COUT, TILES, LEAD, N_OFF, N_STEP, X_ROWS,
                        sob, soc, sop, soq,
                        srb, src, srp, srq,
                        seb, sec, sep, seq,
                        KS: tl.constexpr, MODE: tl.constexpr, HAS_BIAS: tl.constexpr, IEEE: tl.constexpr,
                        WINDOW: tl.constexpr, GROUP_M: tl.constexpr, SPLIT_K: tl.constexpr, A_PTR: tl.constexpr,
-                       W_LAYOUT: tl.constexpr,
-                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                       W_LAYOUT: tl.constexpr, PARTS: tl.constexpr,
+                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_N2: tl.constexpr, BLOCK_N3: tl.constexpr,
+                       BLOCK_K: tl.constexpr):
     """A_PTR: ``x_desc`` is the plane's pointer and the input tiles are plain loads (see
     ``_plane_tile``), not TMA loads. W_LAYOUT: 0 the weight is [KS*KS*C8, COUT]; 1 [COUT, KS*KS*C8]
     (tiles loaded [N, K] and transposed); 2 the input gradient of a conv whose out-major weight is
     [C, KS*KS*COUT8] (tap t reads the forward's tap KS*KS-1-t; no WINDOW). K or N columns that run
-    past a tap's into the next tap's meet zero inputs or are dropped by the epilogue."""
+    past a tap's into the next tap's meet zero inputs or are dropped by the epilogue.
+    PARTS 2 or 3: a tile is BLOCK_N + BLOCK_N2 (+ BLOCK_N3) columns wide, one accumulator and weight
+    descriptor each, all multiplied by the same input tile (200 columns as 128 + 64 + 16, not 256)."""
     pad: tl.constexpr = (KS - 1) // 2
     # tiles in groups of GROUP_M along M, so the CTAs running together share weight columns and inputs
     pid, grid_m, grid_n = tl.program_id(0), tl.num_programs(0), tl.num_programs(1)
@@ -448,7 +452,7 @@ def _conv_plane_kernel(x_desc, w_desc, bias_ptr, other_ptr, extra_ptr, out_ptr, 
     pid_n = (lin % (GROUP_M * grid_n)) // size
     b = pid_m // TILES
     r0 = (pid_m - b * TILES) * BLOCK_M  # the tile's first output position, flat within image b
-    n0 = N_OFF + pid_n * BLOCK_N
+    n0 = N_OFF + pid_n * N_STEP
     QP = Q + pad
     C8 = (C + 7) // 8 * 8
     m0 = LEAD + b * (P + pad) * QP + r0
@@ -459,6 +463,8 @@ def _conv_plane_kernel(x_desc, w_desc, bias_ptr, other_ptr, extra_ptr, out_ptr, 
         i_lo = tl.minimum(i_lo + tl.program_id(2) * per, i_hi)
         i_hi = tl.minimum(i_lo + per, i_hi)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc2 = tl.zeros((BLOCK_M, BLOCK_N2), dtype=tl.float32)
+    acc3 = tl.zeros((BLOCK_M, BLOCK_N3), dtype=tl.float32)
     if WINDOW:
         # K runs over one tap row's (j, channel) pairs: the descriptor views the plane with rows
         # KS * C8 long and C8 apart, so a tap row's inputs are one tile, without per-tap rounding.
@@ -471,11 +477,8 @@ def _conv_plane_kernel(x_desc, w_desc, bias_ptr, other_ptr, extra_ptr, out_ptr, 
                 a = _plane_tile(x_desc, m0 + (i - pad) * QP - pad, k0, KS * C8, C8, X_ROWS, BLOCK_M, BLOCK_K)
             else:
                 a = x_desc.load([m0 + (i - pad) * QP - pad, k0])
-            if W_LAYOUT == 1:
-                w = tl.trans(w_desc.load([n0, i * KS * C8 + k0]))
-            else:
-                w = w_desc.load([i * KS * C8 + k0, n0])
-            acc = _mma(acc, a, w, IEEE)
+            acc, acc2, acc3 = _mma_parts(acc, acc2, acc3, a, w_desc, w_desc2, w_desc3, i * KS * C8 + k0, n0,
+                                         W_LAYOUT, PARTS, IEEE, BLOCK_N, BLOCK_N2)
     else:
         cblocks = tl.cdiv(C, BLOCK_K)
         for kk in range(0, (i_hi - i_lo) * KS * cblocks):
@@ -487,25 +490,63 @@ def _conv_plane_kernel(x_desc, w_desc, bias_ptr, other_ptr, extra_ptr, out_ptr, 
                 a = _plane_tile(x_desc, m0 + (i - pad) * QP + (j - pad), c0, C8, C8, X_ROWS, BLOCK_M, BLOCK_K)
             else:
                 a = x_desc.load([m0 + (i - pad) * QP + (j - pad), c0])
-            if W_LAYOUT == 1:
-                w = tl.trans(w_desc.load([n0, (i * KS + j) * C8 + c0]))
-            elif W_LAYOUT == 2:
-                w = w_desc.load([c0, (KS * KS - 1 - i * KS - j) * ((COUT + 7) // 8 * 8) + n0])
+            if W_LAYOUT == 2:
+                k, n = c0, (KS * KS - 1 - i * KS - j) * ((COUT + 7) // 8 * 8) + n0
             else:
-                w = w_desc.load([(i * KS + j) * C8 + c0, n0])
-            acc = _mma(acc, a, w, IEEE)
+                k, n = (i * KS + j) * C8 + c0, n0
+            acc, acc2, acc3 = _mma_parts(acc, acc2, acc3, a, w_desc, w_desc2, w_desc3, k, n, W_LAYOUT, PARTS, IEEE,
+                                         BLOCK_N, BLOCK_N2)
     r = r0 + tl.arange(0, BLOCK_M)
-    n = n0 + tl.arange(0, BLOCK_N)
-    if SPLIT_K > 1:  # fp32 partial sums [SPLIT_K, B * P * QP, COUT]; _split_epilogue adds them
+    _plane_store(acc, r, n0 + tl.arange(0, BLOCK_N), b, P, Q, QP, COUT, TILES, bias_ptr, other_ptr, extra_ptr,
+                 out_ptr, part_ptr, sob, soc, sop, soq, srb, src, srp, srq, seb, sec, sep, seq, MODE, HAS_BIAS,
+                 SPLIT_K)
+    if PARTS > 1:
+        _plane_store(acc2, r, n0 + BLOCK_N + tl.arange(0, BLOCK_N2), b, P, Q, QP, COUT, TILES, bias_ptr, other_ptr,
+                     extra_ptr, out_ptr, part_ptr, sob, soc, sop, soq, srb, src, srp, srq, seb, sec, sep, seq, MODE,
+                     HAS_BIAS, SPLIT_K)
+    if PARTS > 2:
+        _plane_store(acc3, r, n0 + BLOCK_N + BLOCK_N2 + tl.arange(0, BLOCK_N3), b, P, Q, QP, COUT, TILES, bias_ptr,
+                     other_ptr, extra_ptr, out_ptr, part_ptr, sob, soc, sop, soq, srb, src, srp, srq, seb, sec, sep,
+                     seq, MODE, HAS_BIAS, SPLIT_K)
+
+
+@triton.jit
+def _w_tile(w_desc, k, n, W_LAYOUT: tl.constexpr):
+    """The weight tile at K row ``k``, column ``n`` as [BLOCK_K, width] (W_LAYOUT 1: stored [width, BLOCK_K])."""
+    if W_LAYOUT == 1:
+        w = tl.trans(w_desc.load([n, k]))
+    else:
+        w = w_desc.load([k, n])
+    return w
+
+
+@triton.jit
+def _mma_parts(acc, acc2, acc3, a, w_desc, w_desc2, w_desc3, k, n, W_LAYOUT: tl.constexpr, PARTS: tl.constexpr,
+               IEEE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_N2: tl.constexpr):
+    acc = _mma(acc, a, _w_tile(w_desc, k, n, W_LAYOUT), IEEE)
+    if PARTS > 1:
+        acc2 = _mma(acc2, a, _w_tile(w_desc2, k, n + BLOCK_N, W_LAYOUT), IEEE)
+    if PARTS > 2:
+        acc3 = _mma(acc3, a, _w_tile(w_desc3, k, n + BLOCK_N + BLOCK_N2, W_LAYOUT), IEEE)
+    return acc, acc2, acc3
+
+
+@triton.jit
+def _plane_store(acc, r, n, b, P, Q, QP, COUT, TILES, bias_ptr, other_ptr, extra_ptr, out_ptr, part_ptr,
+                 sob, soc, sop, soq, srb, src, srp, srq, seb, sec, sep, seq,
+                 MODE: tl.constexpr, HAS_BIAS: tl.constexpr, SPLIT_K: tl.constexpr):
+    """Output rows r (flat within image b, rows of QP) x columns n of the plane conv: the epilogue, or
+    with SPLIT_K the fp32 partial sums [SPLIT_K, B * P * QP, COUT] that _split_epilogue adds."""
+    if SPLIT_K > 1:
         rows_all = tl.num_programs(0) // TILES * P * QP
         row = (tl.program_id(2) * rows_all + b * P * QP + r).to(tl.int64)
         tl.store(part_ptr + row[:, None] * COUT + n[None, :], acc, mask=(r < P * QP)[:, None] & (n < COUT)[None, :])
-        return
-    p = r // QP
-    q = r - p * QP
-    bb = tl.zeros((BLOCK_M,), dtype=tl.int32) + b
-    _epilogue(acc, bb, p, q, (p < P) & (q < Q), n, COUT, bias_ptr, other_ptr,
-              extra_ptr, out_ptr, sob, soc, sop, soq, srb, src, srp, srq, seb, sec, sep, seq, MODE, HAS_BIAS)
+    else:
+        p = r // QP
+        q = r - p * QP
+        bb = tl.zeros_like(r) + b
+        _epilogue(acc, bb, p, q, (p < P) & (q < Q), n, COUT, bias_ptr, other_ptr,
+                  extra_ptr, out_ptr, sob, soc, sop, soq, srb, src, srp, srq, seb, sec, sep, seq, MODE, HAS_BIAS)
 
 
 @triton.jit
@@ -575,6 +616,9 @@ def conv2d_plane(x: PaddedPlane, packed_weight, ks, out, bias=None, mode=0, othe
         split_k = meta.setdefault("SPLIT_K", 1)
         meta.setdefault("A_PTR", False)
         bm, bn, bk = meta["BLOCK_M"], meta["BLOCK_N"], meta["BLOCK_K"]
+        widths = [bn] + [w for w in (meta.pop("BLOCK_N2", 0), meta.pop("BLOCK_N3", 0)) if w]
+        if split_n and len(widths) > 1:
+            raise ValueError("conv2d_plane: SPLIT_N and BLOCK_N2/BLOCK_N3 do not combine")
         # window: overlapping rows of KS * C8; the last KS - 1 would run past the buffer (never needed)
         x_rows = rows - ks + 1 if meta["WINDOW"] else rows
         if meta["A_PTR"]:
@@ -586,21 +630,23 @@ def conv2d_plane(x: PaddedPlane, packed_weight, ks, out, bias=None, mode=0, othe
         tiles = triton.cdiv(P * (Q + x.pad), bm)
         # SPLIT_N: whole BLOCK_N tiles, then one narrower launch for the rest (300 = 256 + 64, not 2 x 256)
         n_main = COUT // bn * bn if split_n else 0
-        parts = [(0, bn, triton.cdiv(COUT, bn))] if n_main in (0, COUT) else \
-            [(0, bn, n_main // bn), (n_main, _block(COUT - n_main, 16, bn), 1)]
+        parts = [(0, widths, triton.cdiv(COUT, sum(widths)))] if n_main in (0, COUT) else \
+            [(0, widths, n_main // bn), (n_main, [_block(COUT - n_main, 16, bn)], 1)]
         if split_k > 1 and len(parts) > 1:
             raise ValueError("conv2d_plane: SPLIT_K and SPLIT_N do not combine")
         # SPLIT_K: the tap rows shared out over SPLIT_K programs per tile (more programs for a small grid)
         rows_all = B * P * (Q + x.pad)
         part = torch.empty(split_k, rows_all, COUT, device=out.device, dtype=torch.float32) if split_k > 1 else out
-        for n_off, block_n, n_tiles in parts:
-            w_desc = TensorDescriptor(packed_weight, list(packed_weight.shape), list(packed_weight.stride()),
-                                      [block_n, bk] if w_layout == 1 else [bk, block_n])
+        for n_off, block_ns, n_tiles in parts:
+            w_descs = [TensorDescriptor(packed_weight, list(packed_weight.shape), list(packed_weight.stride()),
+                                        [block_n, bk] if w_layout == 1 else [bk, block_n]) for block_n in block_ns]
+            w_descs += w_descs[:1] * (3 - len(w_descs))
             _conv_plane_kernel[(B * tiles, n_tiles, split_k)](
-                x_desc, w_desc, bias if bias is not None else out, other, extra, out, part,
-                P, Q, C, COUT, tiles, x.lead, n_off, x_rows, *out.stride(), *other.stride(), *extra.stride(),
-                KS=ks, MODE=mode, HAS_BIAS=bias is not None, IEEE=_ieee(x.buf.dtype), W_LAYOUT=w_layout,
-                **dict(meta, BLOCK_N=block_n))
+                x_desc, *w_descs, bias if bias is not None else out, other, extra, out, part,
+                P, Q, C, COUT, tiles, x.lead, n_off, sum(block_ns), x_rows, *out.stride(), *other.stride(),
+                *extra.stride(), KS=ks, MODE=mode, HAS_BIAS=bias is not None, IEEE=_ieee(x.buf.dtype),
+                W_LAYOUT=w_layout, PARTS=len(block_ns), **dict(meta, BLOCK_N=block_ns[0]),
+                BLOCK_N2=(block_ns + [16, 16])[1], BLOCK_N3=(block_ns + [16, 16])[2])
         if split_k > 1:
             _split_epilogue[(triton.cdiv(rows_all, 64), triton.cdiv(COUT, 64))](
                 part, bias if bias is not None else out, other, extra, out, P, Q, Q + x.pad, COUT, rows_all,
@@ -615,12 +661,37 @@ def conv2d_plane(x: PaddedPlane, packed_weight, ks, out, bias=None, mode=0, othe
             if w_layout == 2:  # K runs over one tap's channels: the flipped taps are not one window
                 windowless = [dict(m, WINDOW=False) for m in candidates]
                 candidates = [m for i, m in enumerate(windowless) if m not in windowless[:i]]
-            if TUNE and len(candidates) > 1 and x.buf.is_cuda and not torch.cuda.is_current_stream_capturing():
-                meta = _TUNED[key] = _fastest(candidates, launch)
+            if _tuning(x.buf) and len(candidates) > 1:
+                with _kept(other, out, mode):
+                    meta = _TUNED[key] = _fastest(candidates, launch)
             else:
                 meta = candidates[0]
     launch(meta)
     return out
+
+
+def forward_weight_layout(cout):
+    """The weight layout inference packs for a conv with ``cout`` output channels: 0 (``pack_weight_plane``)
+    where ``cout`` is a multiple of 256, else 1 (its ``out_major`` form, whose [N, 64] weight tiles are one
+    128-byte swizzle row each). On an H100 (RESULTS.md, session 9; every conv of the decoder at batch 8, each
+    layout with its own tiling choice) 1 ran 5-15% faster on most convs, 0 on those with 256-wide N tiles
+    (C_out 256, 512, 1024, 2048: 5-30%)."""
+    return 0 if cout % 256 == 0 else 1
+
+
+def _tuning(buf):
+    return TUNE and buf.is_cuda and not torch.cuda.is_current_stream_capturing()
+
+
+@contextlib.contextmanager
+def _kept(other, out, mode):
+    """Timing runs the conv many times: where the epilogue adds ``other`` and ``other`` is ``out``'s memory
+    (MODE 2 accumulating in place, as the decoder's backward does), ``other`` is put back afterwards."""
+    same = other is not None and other.untyped_storage().data_ptr() == out.untyped_storage().data_ptr()
+    kept = other.clone() if mode == 2 and same else None
+    yield
+    if kept is not None:
+        other.copy_(kept)
 
 
 # The first call of each conv shape times a few block shapes and keeps the fastest (never while a
@@ -646,6 +717,11 @@ def plane_candidates(CIN, COUT, dtype, positions=0):
         shapes = [(256, 128, 8, 3, False), (128, 256, 8, 3, False), (128, 128, 4, 4, False), (128, 128, 8, 4, False),
                   (64, 256, 4, 4, False)]
     out = [first]
+    widths = _n_parts(COUT)
+    if 64 < COUT <= 384 and len(widths) > 1 and sum(widths) < _round_up(COUT, 64):
+        # 128-row tiles, 8 warps, 4 stages: chosen on most such convs of the decoder at batch 8 on an H100
+        out.append(dict(first, BLOCK_M=128, BLOCK_N=widths[0], BLOCK_N2=widths[1], BLOCK_N3=(widths + [0])[2],
+                        num_warps=8, num_stages=4, A_PTR=False))
     for bm, bn, warps, stages, a_ptr in shapes:
         meta = dict(first, BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=stages, A_PTR=a_ptr)
         # SPLIT_K for the wide channel convs, whose grids are a wave or two of long tiles: on an H100
@@ -660,6 +736,16 @@ def plane_candidates(CIN, COUT, dtype, positions=0):
             if m not in out:
                 out.append(m)
     return out
+
+
+def _n_parts(cout):
+    """``cout`` rounded up to 16 as up to three power-of-two widths of 16 to 256, widest first (200 = 128 +
+    64 + 16 less 8): the N tile of BLOCK_N2 / BLOCK_N3 candidates, [] where three do not reach."""
+    rest, widths = _round_up(cout, 16), []
+    while rest and len(widths) < 3:
+        widths.append(min(256, 1 << (rest.bit_length() - 1)))
+        rest -= widths[-1]
+    return [] if rest else widths
 
 
 def _fastest(candidates, launch, reps=3):
@@ -793,7 +879,7 @@ def conv2d_plane_wgrad(x: PaddedPlane, grad: PaddedPlane, meta=None) -> torch.Te
         meta = _TUNED.get(key)
         if meta is None:
             candidates = wgrad_plane_candidates(kc8, COUT, x.buf.dtype)
-            if TUNE and len(candidates) > 1 and x.buf.is_cuda and not torch.cuda.is_current_stream_capturing():
+            if _tuning(x.buf) and len(candidates) > 1:
                 meta = _TUNED[key] = _fastest(candidates, launch)
             else:
                 meta = candidates[0]
@@ -808,33 +894,50 @@ def _ln_tile(xb, h, w, H, W, sxh, sxw):
 
 
 @triton.jit
-def _layer_norm_kernel(x_ptr, w_ptr, b_ptr, o1_ptr, o2_ptr, C, H, W, eps,
-                       sxb, sxc, sxh, sxw, s1b, s1c, s1h, s1w, s2b, s2c, s2h, s2w,
-                       TWO: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
-    """One (b, c) slice: statistics over its H x W values, then the normalised, scaled values
-    stored into one or two destinations (any strides; each store coalesced along its own layout)."""
-    pid = tl.program_id(0)
+def _ln_stats_kernel(x_ptr, part_ptr, C, H, W, ROWS, sxb, sxc, sxh, sxw,
+                     BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
+    """Sums of x - x[b, c, 0, 0] and of its squares over rows [s * ROWS, (s + 1) * ROWS) of slice
+    (b, c) = program (0), s = program (1), into part[b * C + c, s]. The shift keeps E[d^2] - E[d]^2
+    exact enough when |mean| >> std."""
+    pid, s = tl.program_id(0), tl.program_id(1)
     b = pid // C
-    c = pid - b * C
-    xb = x_ptr + b.to(tl.int64) * sxb + c.to(tl.int64) * sxc
+    xb = x_ptr + b.to(tl.int64) * sxb + (pid - b * C).to(tl.int64) * sxc
     hh = tl.arange(0, BLOCK_H)
     ww = tl.arange(0, BLOCK_W)
-    # sums of x - x[0, 0]: the shift keeps E[d^2] - E[d]^2 exact enough when |mean| >> std
     shift = tl.load(xb).to(tl.float32)
     s1 = tl.zeros((BLOCK_H, BLOCK_W), dtype=tl.float32)
     s2 = tl.zeros((BLOCK_H, BLOCK_W), dtype=tl.float32)
-    for h0 in range(0, H, BLOCK_H):
+    for h0 in range(s * ROWS, tl.minimum((s + 1) * ROWS, H), BLOCK_H):
         for w0 in range(0, W, BLOCK_W):
             h, w, mask, v = _ln_tile(xb, h0 + hh, w0 + ww, H, W, sxh, sxw)
             d = tl.where(mask, v - shift, 0.0)
             s1 += d
             s2 += d * d
+    out = part_ptr + (pid * tl.num_programs(1) + s) * 2
+    tl.store(out, tl.sum(tl.sum(s1, axis=1), axis=0))
+    tl.store(out + 1, tl.sum(tl.sum(s2, axis=1), axis=0))
+
+
+@triton.jit
+def _ln_apply_kernel(x_ptr, part_ptr, w_ptr, b_ptr, o1_ptr, o2_ptr, C, H, W, ROWS, eps,
+                     sxb, sxc, sxh, sxw, s1b, s1c, s1h, s1w, s2b, s2c, s2h, s2w,
+                     TWO: tl.constexpr, CHUNKS: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
+    """The statistics of slice (b, c) from its CHUNKS partial sums, then rows [s * ROWS, (s + 1) * ROWS)
+    normalised, scaled and stored into one or two destinations (any strides; each store coalesced
+    along its own layout)."""
+    pid, s = tl.program_id(0), tl.program_id(1)
+    b = pid // C
+    c = pid - b * C
+    xb = x_ptr + b.to(tl.int64) * sxb + c.to(tl.int64) * sxc
+    parts = part_ptr + pid * CHUNKS * 2 + tl.arange(0, CHUNKS) * 2
     n = H * W
-    mean_d = tl.sum(tl.sum(s1, axis=1), axis=0) / n
-    var = tl.maximum(tl.sum(tl.sum(s2, axis=1), axis=0) / n - mean_d * mean_d, 0.0)
+    mean_d = tl.sum(tl.load(parts), axis=0) / n
+    var = tl.maximum(tl.sum(tl.load(parts + 1), axis=0) / n - mean_d * mean_d, 0.0)
     rstd = 1.0 / tl.sqrt(var + eps)
-    mean = shift + mean_d
-    for h0 in range(0, H, BLOCK_H):
+    mean = tl.load(xb).to(tl.float32) + mean_d
+    hh = tl.arange(0, BLOCK_H)
+    ww = tl.arange(0, BLOCK_W)
+    for h0 in range(s * ROWS, tl.minimum((s + 1) * ROWS, H), BLOCK_H):
         for w0 in range(0, W, BLOCK_W):
             h, w, mask, v = _ln_tile(xb, h0 + hh, w0 + ww, H, W, sxh, sxw)
             hw = h[:, None] * W + w[None, :]
@@ -848,10 +951,39 @@ def _layer_norm_kernel(x_ptr, w_ptr, b_ptr, o1_ptr, o2_ptr, C, H, W, eps,
                 tl.store(o2, y.to(o2_ptr.dtype.element_ty), mask=mask)
 
 
-def layer_norm_into(x, weight, bias, eps, outs):
+@triton.jit
+def _ln_resident_kernel(x_ptr, w_ptr, b_ptr, o1_ptr, o2_ptr, C, H, W, eps,
+                        sxb, sxc, sxh, sxw, s1b, s1c, s1h, s1w, s2b, s2c, s2h, s2w,
+                        TWO: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
+    """One (b, c) slice small enough for one tile: read once, statistics from the registers."""
+    pid = tl.program_id(0)
+    b = pid // C
+    c = pid - b * C
+    xb = x_ptr + b.to(tl.int64) * sxb + c.to(tl.int64) * sxc
+    h, w, mask, v = _ln_tile(xb, tl.arange(0, BLOCK_H), tl.arange(0, BLOCK_W), H, W, sxh, sxw)
+    n = H * W
+    mean = tl.sum(tl.sum(v, axis=1), axis=0) / n
+    d = tl.where(mask, v - mean, 0.0)
+    rstd = 1.0 / tl.sqrt(tl.sum(tl.sum(d * d, axis=1), axis=0) / n + eps)
+    hw = h[:, None] * W + w[None, :]
+    g = tl.load(w_ptr + hw, mask=mask, other=0.0).to(tl.float32)
+    a = tl.load(b_ptr + hw, mask=mask, other=0.0).to(tl.float32)
+    y = d * rstd * g + a
+    o1 = o1_ptr + b.to(tl.int64) * s1b + c.to(tl.int64) * s1c + h[:, None] * s1h + w[None, :] * s1w
+    tl.store(o1, y.to(o1_ptr.dtype.element_ty), mask=mask)
+    if TWO:
+        o2 = o2_ptr + b.to(tl.int64) * s2b + c.to(tl.int64) * s2c + h[:, None] * s2h + w[None, :] * s2w
+        tl.store(o2, y.to(o2_ptr.dtype.element_ty), mask=mask)
+
+
+def layer_norm_into(x, weight, bias, eps, outs, chunks=None, tile=None):
     """F.layer_norm(x, (H, W), weight, bias, eps) of x [B, C, H, W], computed in fp32 and written
     into each of ``outs``: one or two [B, C, H, W] views of any strides and dtype (the decoder's
-    two padded planes), with no intermediate tensor."""
+    two padded planes), with no intermediate tensor. A (b, c) slice of up to 16K cells (padded to
+    powers of two) is one program's tile, read once; larger ones are split into ``chunks`` blocks
+    of rows (a power of two; by default enough for ~4 programs per SM) of ``tile`` (BLOCK_H,
+    BLOCK_W) steps, whose partial sums a first kernel writes and a second reads before it
+    normalises the same rows."""
     B, C, H, W = x.shape
     if not 1 <= len(outs) <= 2 or any(tuple(o.shape) != (B, C, H, W) for o in outs):
         raise ValueError(f"layer_norm_into: one or two outputs of shape {[B, C, H, W]}, got "
@@ -859,8 +991,23 @@ def layer_norm_into(x, weight, bias, eps, outs):
     if tuple(weight.shape) != (H, W) or not (weight.is_contiguous() and bias.is_contiguous()):
         raise ValueError(f"layer_norm_into: weight and bias must be contiguous [{H}, {W}], got {list(weight.shape)}")
     o1, o2 = outs[0], outs[-1]
-    _layer_norm_kernel[(B * C,)](x, weight, bias, o1, o2, C, H, W, eps, *x.stride(), *o1.stride(), *o2.stride(),
-                                 TWO=len(outs) == 2, BLOCK_H=32, BLOCK_W=64, num_warps=4)
+    strides = (*x.stride(), *o1.stride(), *o2.stride())
+    bh, bw = triton.next_power_of_2(H), triton.next_power_of_2(W)
+    if chunks is None and tile is None and bh * bw <= 16384:
+        _ln_resident_kernel[(B * C,)](x, weight, bias, o1, o2, C, H, W, eps, *strides, TWO=len(outs) == 2,
+                                      BLOCK_H=bh, BLOCK_W=bw, num_warps=4 if bh * bw <= 4096 else 8)
+        return
+    block_h, block_w = tile or ((8, 16) if _interpreted() else (32, 64))
+    if chunks is None:
+        sms = torch.cuda.get_device_properties(x.device).multi_processor_count if x.is_cuda else 4
+        chunks = min(triton.next_power_of_2(triton.cdiv(4 * sms, B * C)), triton.next_power_of_2(triton.cdiv(H, block_h)))
+    rows = _round_up(triton.cdiv(H, chunks), block_h)
+    part = torch.empty(B * C, chunks, 2, device=x.device, dtype=torch.float32)
+    _ln_stats_kernel[(B * C, chunks)](x, part, C, H, W, rows, *x.stride(), BLOCK_H=block_h, BLOCK_W=block_w,
+                                      num_warps=4)
+    _ln_apply_kernel[(B * C, chunks)](x, part, weight, bias, o1, o2, C, H, W, rows, eps, *strides,
+                                      TWO=len(outs) == 2, CHUNKS=chunks, BLOCK_H=block_h, BLOCK_W=block_w,
+                                      num_warps=4)
 
 
 def _wgrad_splits(M, base_ctas, block_k, weight_numel):

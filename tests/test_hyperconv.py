@@ -239,6 +239,36 @@ def test_plane_input_gradient_reads_the_forward_weight(device, transpose, shape)
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("w_layout", [0, 1, 2])
+@pytest.mark.parametrize("widths", [(2, 1), (2, 1, 1)], ids=["two_parts", "three_parts"])
+@pytest.mark.parametrize("split_k", [1, 3])
+def test_plane_conv_n_parts(device, w_layout, widths, split_k):
+    """N tiles of two or three accumulators of different widths (BLOCK_N2, BLOCK_N3) over 70 output
+    channels (tiles running past them), with a bias and a residual, or partial sums over tap rows; the
+    forward from either weight layout and the input gradient from the forward's weight."""
+    from dnd_fast.kernels import hyperconv
+
+    reseed()
+    b, cin, p, q, cout, k = 2, 12, 5, 7, 70, 5
+    unit = 16 if device == "cpu" else 32
+    meta = dict(plane_meta(w_layout != 2 and split_k == 1, device, split_k=split_k), BLOCK_N=widths[0] * unit,
+                BLOCK_N2=widths[1] * 16, BLOCK_N3=16 * (widths + (0,))[2])
+    bias, other = torch.randn(cout, device=device), torch.randn(b, cout, p, q, device=device)
+    if w_layout == 2:  # the input gradient of a conv from 70 to 12 channels
+        weight = torch.randn(cin, cout, k, k, device=device)
+        x, gy = torch.randn(b, cout, p, q, device=device, requires_grad=True), torch.randn(b, cin, p, q, device=device)
+        (ref,) = torch.autograd.grad(F.conv2d(x, weight, padding="same"), x, gy)
+        out = torch.empty(b, p, q, cout, device=device).permute(0, 3, 1, 2)
+        hyperconv.conv2d_plane(plane_of(gy, k, torch.float32), hyperconv.pack_weight_plane(weight, out_major=True), k,
+                               out, bias, mode=2, other=other, meta=meta, w_layout=2)
+        assert rel_err(out, ref + bias[:, None, None] + other) < 1e-5
+        return
+    x, weight = torch.randn(b, cin, p, q, device=device), torch.randn(cout, cin, k, k, device=device)
+    out = plane_conv(x, weight, bias, False, device, torch.float32, meta, w_layout == 1, mode=2, other=other)
+    assert rel_err(out, F.conv2d(x, weight, bias, padding="same") + other) < 1e-5
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("window", [False, True])
 @pytest.mark.parametrize("split", ["n", "k", "k9"])
 def test_plane_conv_epilogues(device, window, split):
@@ -333,18 +363,22 @@ def test_plane_bf16_with_the_default_blocks(shape):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_layer_norm_into_two_layouts(device, dtype):
-    """Far-from-zero means (the shifted sums must not cancel), odd sizes, two strided outputs."""
+@pytest.mark.parametrize("chunks", [None, 1, 4])
+@pytest.mark.parametrize("hw", [(37, 70), (130, 140)])
+def test_layer_norm_into_two_layouts(device, dtype, chunks, hw):
+    """Far-from-zero means (the shifted sums must not cancel), odd sizes, two strided outputs; a slice
+    in one tile (37 x 70, by default) or in blocks of rows (given, or by default for 130 x 140), with
+    partial sums (4 blocks of 37 rows: one of them empty)."""
     from dnd_fast.kernels import hyperconv
 
     reseed()
-    b, c, h, w = 2, 3, 37, 70
+    b, c, (h, w) = 2, 3, hw
     x = (torch.randn(b, c, h, w, device=device) * 0.5 + 30.0 * torch.randn(b, c, 1, 1, device=device)).to(dtype)
     weight, bias = torch.randn(h, w, device=device), torch.randn(h, w, device=device)
     ref = F.layer_norm(x.float(), (h, w), weight, bias, 1e-5)
     out1 = torch.empty(b, h, c, w, device=device, dtype=dtype).permute(0, 2, 1, 3)
     out2 = torch.empty(b, c, w, h, device=device, dtype=dtype).transpose(2, 3)
-    hyperconv.layer_norm_into(x, weight, bias, 1e-5, [out1, out2])
+    hyperconv.layer_norm_into(x, weight, bias, 1e-5, [out1, out2], chunks)
     tol = 1e-5 if dtype == torch.float32 else 1e-2  # bf16: the output rounding
     assert rel_err(out1, ref) < tol and torch.equal(out1, out2)
     with pytest.raises(ValueError, match="one or two outputs"):
@@ -383,3 +417,27 @@ def test_first_call_keeps_the_fastest_tiling(monkeypatch):
         assert rel_err(plane_conv(x, weight, None, False, "cuda", torch.bfloat16), exact) < 4e-3
     (chosen,) = hyperconv._TUNED.values()
     assert chosen in hyperconv.plane_candidates(cin, cout, torch.bfloat16)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_first_call_timing_keeps_an_in_place_accumulation(monkeypatch):
+    """MODE 2 adding into its own output (the decoder's backward): the tiling choice runs the conv many
+    times, and the result must still be the output's old contents plus one conv."""
+    from dnd_fast.kernels import hyperconv
+
+    reseed()
+    b, cin, p, q, cout, k = 2, 24, 10, 40, 48, 9
+    x = torch.randn(b, cin, p, q, device="cuda").bfloat16()
+    weight = torch.randn(cout, cin, k, k, device="cuda").bfloat16()
+    start = torch.randn(b, p, q, cout, device="cuda").permute(0, 3, 1, 2)
+    plane, packed = plane_of(x, k, torch.bfloat16), hyperconv.pack_weight_plane(weight, torch.bfloat16)
+    results = []
+    for tune in (False, True):
+        monkeypatch.setattr(hyperconv, "TUNE", tune)
+        monkeypatch.setattr(hyperconv, "_TUNED", {})
+        acc = start.clone()
+        hyperconv.conv2d_plane(plane, packed, k, acc, mode=2, other=acc)
+        results.append(acc)
+    assert len(hyperconv._TUNED) == 1  # the timing ran
+    exact = F.conv2d(x.double(), weight.double(), padding="same") + start.double()
+    assert rel_err(results[0], exact) < 4e-3 and rel_err(results[1], exact) < 4e-3
