@@ -5,6 +5,8 @@
 // dnd_fast/tokenizer.py):
 //   tokenize(flat[B,P], meta[T,5], h, w, stats?[T,2], eps) -> (tokens[B,T,h,w] f32, scales[B,T,2] f32)
 //   detokenize(tokens[B,T,h,w], scales[B,T,2], meta[T,5], num_params, dtype) -> flat[B,P]
+//   conv_plane_thin(plane[rows,C8], weight[k*k,N16,CK], k, out![B,C_out,P,Q]) -> ()  (CUDA only; the
+//     thin convs of the decoder, reference and packing in dnd_fast/thin_conv.py)
 //
 // meta row t = (src_offset, rows, cols, row_stride, col_stride): token t holds
 // flat[b, src + i*row_stride + j*col_stride] at (i, j) for i < rows, j < cols; every other
@@ -19,6 +21,7 @@
 
 #include <cmath>
 
+#include "conv_thin.h"
 #include "tokenize.h"
 
 namespace dnd_fast {
@@ -201,6 +204,38 @@ at::Tensor detokenize_cuda(const at::Tensor& tokens_in, const at::Tensor& scales
   TORCH_CHECK(err == nullptr, "detokenize (CUDA): the kernel launch failed: ", err);
   return flat;
 }
+
+// The input's channels as the kernel reads them: one, two or four k16 steps.
+static int64_t thin_channels(int64_t c8) { return c8 <= 16 ? 16 : (c8 <= 32 ? 32 : 64); }
+
+void conv_plane_thin_cuda(const at::Tensor& plane, const at::Tensor& weight, int64_t ks, at::Tensor out) {
+  const auto dt = plane.scalar_type();
+  TORCH_CHECK(dt == at::kBFloat16 || dt == at::kHalf, "conv_plane_thin: the plane must be bfloat16 or float16, got ", dt);
+  TORCH_CHECK(weight.scalar_type() == dt && out.scalar_type() == dt, "conv_plane_thin: plane, weight and out must share "
+              "one dtype, got ", dt, ", ", weight.scalar_type(), ", ", out.scalar_type());
+  TORCH_CHECK(weight.device() == plane.device() && out.device() == plane.device(),
+              "conv_plane_thin: plane, weight and out must be on one device");
+  TORCH_CHECK(ks >= 1 && ks <= 15 && ks % 2 == 1, "conv_plane_thin: kernel size must be odd, 1 to 15, got ", ks);
+  TORCH_CHECK(plane.dim() == 2 && plane.is_contiguous() && plane.size(1) % 8 == 0 && plane.size(1) <= 64,
+              "conv_plane_thin: plane must be a contiguous [rows, C8] buffer with C8 a multiple of 8, at most 64, got ",
+              plane.sizes());
+  TORCH_CHECK(out.dim() == 4 && out.size(1) >= 1 && out.size(1) <= 64,
+              "conv_plane_thin: out must be [B, C_out, P, Q] with 1 <= C_out <= 64, got ", out.sizes());
+  const int64_t B = out.size(0), cout = out.size(1), P = out.size(2), Q = out.size(3), pad = (ks - 1) / 2;
+  const int64_t lead = pad * (Q + pad) + pad, rows = lead + B * (P + pad) * (Q + pad);
+  TORCH_CHECK(plane.size(0) == rows, "conv_plane_thin: a padded plane of ", B, " x ", P, " x ", Q, " positions (kernel ",
+              ks, ") has ", rows, " rows, got ", plane.size(0));
+  const int64_t n16 = (cout + 15) / 16 * 16, ck = thin_channels(plane.size(1));
+  TORCH_CHECK(weight.dim() == 3 && weight.is_contiguous() && weight.size(0) == ks * ks && weight.size(1) == n16 &&
+                  weight.size(2) == ck,
+              "conv_plane_thin: weight must be contiguous [", ks * ks, ", ", n16, ", ", ck, "], got ", weight.sizes());
+  TORCH_CHECK(P <= 65535 && Q <= 65535 && rows < (int64_t{1} << 31),
+              "conv_plane_thin: plane too large for one launch (", B, " x ", P, " x ", Q, ")");
+  if (B == 0 || P == 0 || Q == 0) return;
+  const c10::DeviceGuard guard(plane.device());
+  const char* err = launch_conv_plane_thin(plane, weight, out, lead, ks);
+  TORCH_CHECK(err == nullptr, "conv_plane_thin (CUDA): the kernel launch failed: ", err);
+}
 #endif
 
 }  // namespace dnd_fast
@@ -208,6 +243,7 @@ at::Tensor detokenize_cuda(const at::Tensor& tokens_in, const at::Tensor& scales
 TORCH_LIBRARY(dnd_fast, m) {
   m.def("tokenize(Tensor flat, Tensor meta, int height, int width, Tensor? stats, float eps) -> (Tensor, Tensor)");
   m.def("detokenize(Tensor tokens, Tensor scales, Tensor meta, int num_params, ScalarType dtype) -> Tensor");
+  m.def("conv_plane_thin(Tensor plane, Tensor weight, int kernel_size, Tensor(a!) out) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(dnd_fast, CPU, m) {
@@ -219,6 +255,7 @@ TORCH_LIBRARY_IMPL(dnd_fast, CPU, m) {
 TORCH_LIBRARY_IMPL(dnd_fast, CUDA, m) {
   m.impl("tokenize", &dnd_fast::tokenize_cuda);
   m.impl("detokenize", &dnd_fast::detokenize_cuda);
+  m.impl("conv_plane_thin", &dnd_fast::conv_plane_thin_cuda);
 }
 
 // tokenize(flat, meta, h, w, stats or None, eps) on CUDA tensors, called from Python without the

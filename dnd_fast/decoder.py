@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dnd_fast import dispatch
+from dnd_fast import dispatch, thin_conv
 
 Feature = tuple[int, int, int]
 _PAPER_QWEN05 = ((128, 384, 384), (128, 200, 300), (128, 100, 256), (256, 50, 200), (512, 50, 200),
@@ -304,6 +304,11 @@ def _layer_plane(layer: HyperConvLayer, x: torch.Tensor, residual: bool, saved: 
         view = (out_channel, p, q)
         args = (k, _axes(dest, dest_axes, view), bias, mode, None if other is None else _axes(other[0], other[1], view),
                 None if extra is None else _axes(extra[0], extra[1], view))
+        if not train and mode == 0 and bias is None and thin_conv.usable(module.in_channels, module.out_channels,
+                                                                         cdtype, x.device):
+            w = _cached(module, ("thin", transposed), module.weight, cdtype,
+                        lambda: thin_conv.pack_weight(module.weight, cdtype, transposed))
+            return thin_conv.conv2d_plane_thin(buf, w, k, args[1])
         if train:  # packed afresh (the optimizer moves the weights), out-major: the backward reads it too
             layout = 1
             w = saved.setdefault("packed", {})[module] = hyperconv.pack_weight_plane(
@@ -351,7 +356,7 @@ def _plane(B, size, k, dtype, device, spatial, channel):
     from dnd_fast.kernels import hyperconv
 
     p, q = sorted(spatial, key=lambda a: size[a])
-    buf = hyperconv.PaddedPlane(B, size[p], size[q], size[channel], k, dtype, device)
+    buf = hyperconv.PaddedPlane(B, size[p], size[q], size[channel], k, dtype, device, zero_interior=False)
     return buf, (p, q, channel), (p, q) != tuple(spatial)
 
 

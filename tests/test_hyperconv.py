@@ -338,6 +338,24 @@ def test_plane_keeps_its_spare_cells_zero():
     assert plane.buf.count_nonzero() == 2 * 3 * 5 * 6
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("shape", [(2, 3, 5, 6, 5), (3, 7, 9, 16, 9), (1, 1, 2, 40, 3)])  # (B, P, Q, C, k)
+def test_zero_spare_zeroes_exactly_the_cells_outside_the_interior(device, shape):
+    """What an uninitialised plane (``zero_interior=False``) relies on, from a buffer of NaNs."""
+    from dnd_fast.kernels import hyperconv
+
+    b, p, q, c, k = shape
+    plane = hyperconv.PaddedPlane(b, p, q, c, k, torch.float32, device)
+    plane.buf.fill_(float("nan"))
+    hyperconv.zero_spare(plane)
+    interior = torch.zeros_like(plane.buf, dtype=torch.bool)
+    interior[plane.lead:].view(b, p + plane.pad, q + plane.pad, -1)[:, :p, :q, :c] = True
+    assert plane.buf[interior].isnan().all() and (plane.buf[~interior] == 0).all()
+    if device == "cuda":
+        fresh = hyperconv.PaddedPlane(b, p, q, c, k, torch.float32, device, zero_interior=False)
+        assert (fresh.buf[~interior] == 0).all()
+
+
 def test_plane_conv_rejects_mismatched_inputs():
     from dnd_fast.kernels import hyperconv
 
