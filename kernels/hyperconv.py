@@ -372,7 +372,7 @@ class PaddedPlane:
     position r is then position r + (i - pad) * (Q + pad) + (j - pad): a plain shifted tile, its
     'same' padding supplied by the spare cells. Producers write ``interior``; the rest is zero.
     ``zero_interior`` False (the caller writes all of the interior): on a GPU only the spare cells
-    and the channel padding are zeroed, by ``zero_spare`` (a tenth of the bytes for the decoder's planes)."""
+    and the channel padding are zeroed, by ``zero_spare`` (the decoder's planes: 3-30% of the bytes)."""
 
     def __init__(self, B, P, Q, C, ks, dtype, device, zero_interior=True):
         pad = (ks - 1) // 2
