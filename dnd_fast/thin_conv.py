@@ -13,6 +13,8 @@ import torch.nn.functional as F
 from dnd_fast import dispatch
 
 MAX_CHANNELS = 64
+# False with an extension built before this op existed (then the Triton kernel runs these convs too).
+HAS_OP = dispatch.EXT_HAS_CUDA and hasattr(torch.ops.dnd_fast, "conv_plane_thin")
 # Set False to run thin convs on the Triton plane kernel too (benchmarks compare the two).
 ENABLED = True
 
@@ -29,7 +31,7 @@ def kernel_channels(cin: int) -> int:
 
 def usable(cin: int, cout: int, dtype: torch.dtype, device: torch.device) -> bool:
     """Whether a conv of ``cin`` -> ``cout`` channels in ``dtype`` on ``device`` runs on this kernel."""
-    return (ENABLED and dispatch.EXT_HAS_CUDA and device.type == "cuda" and dtype in (torch.bfloat16, torch.float16)
+    return (ENABLED and HAS_OP and device.type == "cuda" and dtype in (torch.bfloat16, torch.float16)
             and cin <= MAX_CHANNELS and cout <= MAX_CHANNELS and torch.cuda.get_device_capability(device)[0] >= 8)
 
 
@@ -60,7 +62,7 @@ def reference(plane, weight: torch.Tensor, transpose: bool = False) -> torch.Ten
     return F.conv2d(x, w, padding=(weight.shape[2] - 1) // 2)
 
 
-if dispatch.EXT_HAS_CUDA:
+if HAS_OP:
     @torch.library.register_fake("dnd_fast::conv_plane_thin")
     def _(plane, weight, kernel_size, out):
         return None
