@@ -302,13 +302,14 @@ def _layer_plane(layer: HyperConvLayer, x: torch.Tensor, residual: bool, saved: 
     def conv(module, src, out_channel, dest, dest_axes, bias=None, mode=0, other=None, extra=None):
         buf, (p, q, _), transposed = src
         view = (out_channel, p, q)
-        args = (k, _axes(dest, dest_axes, view), bias, mode, None if other is None else _axes(other[0], other[1], view),
-                None if extra is None else _axes(extra[0], extra[1], view))
+        dest_view = _axes(dest, dest_axes, view)
         if not train and mode == 0 and bias is None and thin_conv.usable(module.in_channels, module.out_channels,
                                                                          cdtype, x.device):
             w = _cached(module, ("thin", transposed), module.weight, cdtype,
                         lambda: thin_conv.pack_weight(module.weight, cdtype, transposed))
-            return thin_conv.conv2d_plane_thin(buf, w, k, args[1])
+            return thin_conv.conv2d_plane_thin(buf, w, k, dest_view)
+        args = (k, dest_view, bias, mode, None if other is None else _axes(other[0], other[1], view),
+                None if extra is None else _axes(extra[0], extra[1], view))
         if train:  # packed afresh (the optimizer moves the weights), out-major: the backward reads it too
             layout = 1
             w = saved.setdefault("packed", {})[module] = hyperconv.pack_weight_plane(
