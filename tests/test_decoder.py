@@ -131,7 +131,9 @@ def test_training_steps_follow_the_reference(device):
     start = HyperConvDecoder(cfg).to(device)
     decs = [copy.deepcopy(start), copy.deepcopy(start)]
     x = torch.randn(2, *cfg.condition_shape, device=device)
-    target = torch.randn(2, *cfg.output_shape, device=device)
+    # twice the outputs' scale: with unit targets the first layer's weights moved by under 1e-2 for about
+    # one seed in ten (then fewer than 10 of the 18 parameters count as moved); at 2x, 14 in 61 seeds of 61
+    target = 2 * torch.randn(2, *cfg.output_shape, device=device)
     for dec, backend in zip(decs, ("torch", "triton")):
         opt = torch.optim.SGD(dec.parameters(), lr=0.5, momentum=0.9)
         for _ in range(4):
