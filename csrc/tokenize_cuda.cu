@@ -9,23 +9,34 @@
 //
 // Tokenize keeps all of a warp's loads in flight at once: a warp that waits on each load in turn
 // leaves the memory system idle (ncu: 83% of cycles stalled on loads; 48% of copy bandwidth at
-// batch 64). fp32 inputs go by cp.async straight into the tile; ptxas turned a register-staged
-// loop into load/store pairs, one load in flight. Offsets in the source and the tile advance by
-// fixed steps (Walk) instead of a division per element.
+// batch 64). Offsets in the source and the tile advance by fixed steps (Walk) instead of a
+// division per element.
+//
+// fp32 tokens whose real elements come in aligned runs of four along the source's unit-stride
+// axis (every token of the usual layouts: lora_A rows and transposed lora_B columns) take the
+// register path: one 16-byte load per four elements, the whole token held in registers (up to
+// kVec loads per lane), mean and std from the registers, and only the normalised values written
+// to the tile. Other fp32 tokens go by 4-byte cp.async straight into the tile (ptxas turned a
+// register-staged scalar loop into load/store pairs, one load in flight).
 #include <algorithm>
 #include <type_traits>
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
-#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAStream.h>
 
 #include "tokenize.h"
 
 namespace dnd_fast {
 namespace {
 
-constexpr int kMaxWarps = 8;  // tokens per block
+// Tokens (one per warp) per block. Tokenize's register path needs 71 registers a thread: four warps
+// a block keep seven blocks on an SM and the batch-1 grid (4296 tokens) within about one wave;
+// capping registers for more warps spilled and cost 40% (H100, both measured).
+constexpr int kTokenizeWarps = 4;
+constexpr int kDetokenizeWarps = 8;
 constexpr int kUnroll = 16;   // loads in flight per lane (16-bit inputs)
+constexpr int kVec = 8;       // 16-byte loads per lane on the register path: tokens of <= 1024 elements
 constexpr size_t kSmemBytes = kMaxTileFloats * sizeof(float);  // per block
 
 __device__ float warp_sum(float v) {
@@ -73,6 +84,95 @@ __device__ TokenMeta load_meta(const int64_t* meta, int t) {
 
 __host__ __device__ inline int tile_floats(int hw) { return (hw + 3) / 4 * 4; }  // float4-aligned slices
 
+// The register path's walk over a token's runs of four: run q (lane + 32 u) sits at (a, o) =
+// (q % nv, q / nv) along the unit-stride axis (in runs) and the other one.
+struct RunWalk {
+  int a, o, nv, da, dob;
+  __device__ RunWalk(int lane, int nv_) : a(lane % nv_), o(lane / nv_), nv(nv_), da(32 % nv_), dob(32 / nv_) {}
+  __device__ void next() {
+    a += da;
+    o += dob;
+    if (a >= nv) {
+      a -= nv;
+      ++o;
+    }
+  }
+};
+
+// True if token m of checkpoint row `src` can take the register path (warp-uniform).
+__device__ bool runs_of_four(const TokenMeta& m, const float* src) {
+  const bool row_major = m.cs == 1;
+  const int along = row_major ? m.cols : m.rows;
+  const int64_t across = row_major ? m.rs : m.cs;
+  return (m.cs == 1 || m.rs == 1) && along % 4 == 0 && across % 4 == 0 && m.rows * m.cols <= 128 * kVec &&
+         reinterpret_cast<uintptr_t>(src) % 16 == 0;
+}
+
+// Register path of tokenize (fp32): writes the token's normalised values into its zeroed tile and
+// returns (mean, std). `stats` given: those, else the token's own.
+__device__ float2 tokenize_runs(const TokenMeta& m, const float* __restrict__ src, float* tile, int w, int lane,
+                                const float* stats, int t, float eps) {
+  const bool row_major = m.cs == 1;
+  const int nv = (row_major ? m.cols : m.rows) / 4, runs = m.rows * m.cols / 4;
+  const int64_t across = row_major ? m.rs : m.cs;
+  const int tile_along = row_major ? 1 : w, tile_across = row_major ? w : 1;
+  float4 v[kVec];
+  RunWalk it(lane, nv);
+#pragma unroll
+  for (int u = 0; u < kVec; ++u) {
+    v[u] = make_float4(0.f, 0.f, 0.f, 0.f);
+    if (lane + 32 * u < runs) v[u] = __ldg(reinterpret_cast<const float4*>(src + 4 * it.a + it.o * across));
+    it.next();
+  }
+  const int n = 4 * runs;
+  float mean, stdev;
+  if (stats != nullptr) {
+    mean = stats[2 * t];
+    stdev = stats[2 * t + 1];
+  } else {
+    float acc = 0.f;
+#pragma unroll
+    for (int u = 0; u < kVec; ++u) acc += (v[u].x + v[u].y) + (v[u].z + v[u].w);
+    mean = warp_sum(acc) / n;
+    float sq = 0.f;
+#pragma unroll
+    for (int u = 0; u < kVec; ++u) {
+      if (lane + 32 * u < runs) {
+        const float dx = v[u].x - mean, dy = v[u].y - mean, dz = v[u].z - mean, dw = v[u].w - mean;
+        sq += (dx * dx + dy * dy) + (dz * dz + dw * dw);
+      }
+    }
+    stdev = fmaxf(sqrtf(warp_sum(sq) / n), eps);
+  }
+  const float inv = 1.f / stdev;
+  it = RunWalk(lane, nv);
+#pragma unroll
+  for (int u = 0; u < kVec; ++u) {
+    if (lane + 32 * u < runs) {
+      float* at = tile + 4 * it.a * tile_along + it.o * tile_across;
+      at[0] = (v[u].x - mean) * inv;
+      at[tile_along] = (v[u].y - mean) * inv;
+      at[2 * tile_along] = (v[u].z - mean) * inv;
+      at[3 * tile_along] = (v[u].w - mean) * inv;
+    }
+    it.next();
+  }
+  return make_float2(mean, stdev);
+}
+
+// The warp's tile, times `scale`, to the token's row of the output (16-byte stores when aligned).
+__device__ void store_token(const float4* tile4, const float* tile, float* out, int hw, int lane, float scale) {
+  if (hw % 4 == 0) {  // the token's row starts 16-byte aligned
+    float4* out4 = reinterpret_cast<float4*>(out);
+    for (int k = lane; k < hw / 4; k += 32) {
+      const float4 d = tile4[k];
+      out4[k] = make_float4(d.x * scale, d.y * scale, d.z * scale, d.w * scale);
+    }
+  } else {
+    for (int k = lane; k < hw; k += 32) out[k] = tile[k] * scale;
+  }
+}
+
 template <typename in_t>
 __global__ void tokenize_kernel(const in_t* __restrict__ x, const int64_t* __restrict__ meta,
                                 const float* __restrict__ stats, float* __restrict__ tokens,
@@ -91,6 +191,22 @@ __global__ void tokenize_kernel(const in_t* __restrict__ x, const int64_t* __res
 
   for (int k = lane; k < hw4; k += 32) tile4[k] = make_float4(0.f, 0.f, 0.f, 0.f);  // padding stays 0
   __syncwarp();
+  const int64_t bt = b * T + t;
+  float mean, stdev;
+  if constexpr (std::is_same_v<in_t, float>) {
+    if (runs_of_four(m, src)) {
+      const float2 ms = tokenize_runs(m, src, tile, w, lane, stats, t, eps);
+      mean = ms.x;
+      stdev = ms.y;
+      __syncwarp();
+      store_token(tile4, tile, tokens + bt * hw, hw, lane, 1.f);
+      if (lane == 0) {
+        scales[2 * bt] = mean;
+        scales[2 * bt + 1] = stdev;
+      }
+      return;
+    }
+  }
   const Walk start = m.walk(lane, w);
   Walk it = start;
   float acc = 0.f;
@@ -126,7 +242,6 @@ __global__ void tokenize_kernel(const in_t* __restrict__ x, const int64_t* __res
       }
     }
   }
-  float mean, stdev;
   if (stats != nullptr) {
     mean = stats[2 * t];
     stdev = stats[2 * t + 1];
@@ -144,18 +259,7 @@ __global__ void tokenize_kernel(const in_t* __restrict__ x, const int64_t* __res
   }
   if (stats == nullptr) stdev = fmaxf(sqrtf(warp_sum(sq) / n), eps);
   __syncwarp();  // the tile is read below in token order, i.e. across lanes
-  const int64_t bt = b * T + t;
-  const float inv = 1.f / stdev;
-  if (hw % 4 == 0) {  // the token's row starts 16-byte aligned
-    float4* out4 = reinterpret_cast<float4*>(tokens + bt * hw);
-    for (int k = lane; k < hw4; k += 32) {
-      const float4 d = tile4[k];
-      out4[k] = make_float4(d.x * inv, d.y * inv, d.z * inv, d.w * inv);
-    }
-  } else {
-    float* out = tokens + bt * hw;
-    for (int k = lane; k < hw; k += 32) out[k] = tile[k] * inv;
-  }
+  store_token(tile4, tile, tokens + bt * hw, hw, lane, 1.f / stdev);
   if (lane == 0) {
     scales[2 * bt] = mean;
     scales[2 * bt + 1] = stdev;
@@ -192,11 +296,11 @@ struct Launch {
   size_t smem;
 };
 
-// As many tokens per block (one per warp) as fit in 48 KiB of shared memory, up to kMaxWarps
+// As many tokens per block (one per warp) as fit in 48 KiB of shared memory, up to max_warps
 // (ops.cpp has checked that one token's tile fits: h * w <= kMaxTileFloats).
-Launch launch_shape(int64_t T, int64_t B, int64_t h, int64_t w) {
+Launch launch_shape(int64_t T, int64_t B, int64_t h, int64_t w, int64_t max_warps) {
   const size_t tile = static_cast<size_t>(tile_floats(static_cast<int>(h * w))) * sizeof(float);
-  const int64_t warps = std::min<int64_t>({kMaxWarps, static_cast<int64_t>(kSmemBytes / tile), T});
+  const int64_t warps = std::min<int64_t>({max_warps, static_cast<int64_t>(kSmemBytes / tile), T});
   return {dim3(static_cast<unsigned>((T + warps - 1) / warps), static_cast<unsigned>(B)),
           dim3(static_cast<unsigned>(32 * warps)), tile * warps};
 }
@@ -211,8 +315,8 @@ const char* launch_status() {
 const char* launch_tokenize(const at::Tensor& flat, const at::Tensor& meta, const at::Tensor& stats,
                             const at::Tensor& tokens, const at::Tensor& scales, double eps) {
   const int64_t B = flat.size(0), P = flat.size(1), T = meta.size(0), h = tokens.size(2), w = tokens.size(3);
-  const Launch l = launch_shape(T, B, h, w);
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const Launch l = launch_shape(T, B, h, w, kTokenizeWarps);
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, flat.scalar_type(), "tokenize_cuda", [&] {
     tokenize_kernel<scalar_t><<<l.grid, l.block, l.smem, stream>>>(
         flat.data_ptr<scalar_t>(), meta.data_ptr<int64_t>(), stats.defined() ? stats.data_ptr<float>() : nullptr,
@@ -225,8 +329,8 @@ const char* launch_tokenize(const at::Tensor& flat, const at::Tensor& meta, cons
 const char* launch_detokenize(const at::Tensor& tokens, const at::Tensor& scales, const at::Tensor& meta,
                               const at::Tensor& flat) {
   const int64_t B = tokens.size(0), T = tokens.size(1), h = tokens.size(2), w = tokens.size(3);
-  const Launch l = launch_shape(T, B, h, w);
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const Launch l = launch_shape(T, B, h, w, kDetokenizeWarps);
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, tokens.scalar_type(), "detokenize_cuda_in", [&] {
     using tok_t = scalar_t;
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, flat.scalar_type(), "detokenize_cuda_out", [&] {

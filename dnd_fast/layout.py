@@ -154,11 +154,11 @@ class LoRALayout:
     def keys(self) -> list[str]:
         return [k for k, _ in self.tensors]
 
-    def meta_on(self, device: torch.device) -> torch.Tensor:
-        device = torch.device(device)
-        if device not in self._on_device:
-            self._on_device[device] = self.meta.to(device)
-        return self._on_device[device]
+    def meta_on(self, device: torch.device | str) -> torch.Tensor:
+        meta = self._on_device.get(device)  # keyed as asked: no torch.device() on the latency path
+        if meta is None:
+            meta = self._on_device[device] = self.meta.to(torch.device(device))
+        return meta
 
     def mask(self, device="cpu") -> torch.Tensor:
         """[T, h, w] bool: True on the slots that hold a real LoRA value."""

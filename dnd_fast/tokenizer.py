@@ -20,6 +20,8 @@ from dnd_fast.layout import LoRALayout
 STD_FLOOR = 1e-8  # a constant token (e.g. a freshly initialised lora_B) keeps std = this
 # Measured on an H100 (benchmarks/RESULTS.md): the CUDA kernels win both ways at batch 1 and 64.
 _PREFERENCE = ("cuda", "triton", "cpp")
+# The CUDA tokenize kernel bound without the dispatcher's boxed call (None without CUDA kernels).
+_TOKENIZE_CUDA = getattr(dispatch.EXT, "tokenize_cuda", None)
 
 
 class TokenBatch(NamedTuple):
@@ -106,14 +108,16 @@ def tokenize_flat(flat: torch.Tensor, layout: LoRALayout, *, stats: torch.Tensor
         if tuple(stats.shape) != (layout.num_tokens, 2):
             raise ValueError(f"tokenize: stats must be [{layout.num_tokens}, 2], got {list(stats.shape)}")
         stats = stats.to(device=flat.device, dtype=torch.float32).contiguous()
-    name = dispatch.resolve(backend, flat.device, _PREFERENCE, "tokenize")
     h, w = layout.token_shape
+    if (backend is None or backend == "cuda") and flat.is_cuda and _TOKENIZE_CUDA is not None \
+            and type(flat) is torch.Tensor and not torch.compiler.is_compiling():
+        # What dispatch picks first on CUDA tensors, called directly: without the backend look-up and
+        # the dispatcher's boxed call, a batch-1 call's host time halves (benchmarks/RESULTS.md).
+        return _TOKENIZE_CUDA(flat, layout.meta_on(flat.device), h, w, stats, STD_FLOOR)
+    name = dispatch.resolve(backend, flat.device, _PREFERENCE, "tokenize")
     if name == "torch":
         return _tokenize_reference(flat, layout, stats, STD_FLOOR)
     meta = layout.meta_on(flat.device)
-    if name == "cuda" and type(flat) is torch.Tensor and not torch.compiler.is_compiling():
-        # The same kernel without the dispatcher's boxed call (half the host time of a batch-1 call).
-        return dispatch.EXT.tokenize_cuda(flat, meta, h, w, stats, STD_FLOOR)
     op = torch.ops.dnd_fast.tokenize if name in ("cpp", "cuda") else _tokenize_triton
     return op(flat, meta, h, w, stats, STD_FLOOR)
 

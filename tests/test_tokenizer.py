@@ -178,6 +178,29 @@ def test_direct_cuda_binding_equals_the_op():
         dispatch.EXT.tokenize_cuda(flat, meta.int(), h, w, None, STD_FLOOR)
 
 
+@pytest.mark.skipif(not (torch.cuda.is_available() and "cuda" in dnd_fast.backends("cuda")),
+                    reason="needs a CUDA GPU and the extension's CUDA kernels")
+@pytest.mark.parametrize("case", ["misaligned-buffer", "tokens-over-1024"])
+def test_cuda_tokenize_fallback_paths_match_reference(case):
+    """The CUDA kernel holds fp32 tokens of <= 1024 elements in registers when their runs of four are
+    16-byte aligned; a buffer starting 4 bytes off and tokens with more elements take the cp.async
+    path instead. Both must still equal the reference (the LAYOUTS cases cover the register path)."""
+    if case == "misaligned-buffer":
+        layout = LAYOUTS["qwen2-all-r8"]  # every token qualifies for the register path when aligned
+    else:  # r = 16 on a 16 x 100 tile: 16 x 88 elements in down_proj's and up/gate's tokens
+        layout = LoRALayout.from_config(tiny_config("llama"), lora_config(16), token_shape=(16, 100))
+        assert (layout.meta[:, 1] * layout.meta[:, 2]).max() > 1024
+    reseed()
+    buf = torch.randn(3 * layout.num_params + 1, device="cuda") * 0.1 + 0.3
+    flat = (buf[1:] if case == "misaligned-buffer" else buf[:-1]).view(3, layout.num_params)
+    assert (flat.data_ptr() % 16 != 0) == (case == "misaligned-buffer")
+    ref_t, ref_s = _tokenize_reference(flat, layout, None, dnd_fast.tokenizer.STD_FLOOR)
+    tok, sc = tokenize_flat(flat, layout, backend="cuda")
+    torch.testing.assert_close(sc, ref_s, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(tok, ref_t, rtol=1e-5, atol=1e-4)
+    assert torch.all(tok[:, ~layout.mask("cuda")] == 0)
+
+
 @pytest.mark.parametrize("device", [d for d in DEVICES if {"cpu": "cpp", "cuda": "cuda"}[d] in dnd_fast.backends(d)])
 def test_op_argument_errors_raise(device):
     """A failed check inside the extension is a RuntimeError naming the argument (it was a crash where
