@@ -7,6 +7,9 @@
 //   detokenize(tokens[B,T,h,w], scales[B,T,2], meta[T,5], num_params, dtype) -> flat[B,P]
 //   conv_plane_thin(plane[rows,C8], weight[k*k,N16,CK], k, out![B,C_out,P,Q]) -> ()  (CUDA only; the
 //     thin convs of the decoder, reference and packing in dnd_fast/thin_conv.py)
+//   layer_norm_planes(x[B,C,H,W], weight[H,W] f32, bias[H,W] f32, eps, outs![B,C,H,W] x 1 or 2) -> ()
+//     (CUDA only; F.layer_norm over (H, W) into the decoder's planes, dnd_fast/layer_norm.py)
+//   layer_norm_planes_smem(H, W, x_bytes, out_bytes) -> int: the shared memory one of its blocks needs
 //
 // meta row t = (src_offset, rows, cols, row_stride, col_stride): token t holds
 // flat[b, src + i*row_stride + j*col_stride] at (i, j) for i < rows, j < cols; every other
@@ -22,6 +25,7 @@
 #include <cmath>
 
 #include "conv_thin.h"
+#include "layer_norm.h"
 #include "tokenize.h"
 
 namespace dnd_fast {
@@ -236,6 +240,40 @@ void conv_plane_thin_cuda(const at::Tensor& plane, const at::Tensor& weight, int
   const char* err = launch_conv_plane_thin(plane, weight, out, lead, ks);
   TORCH_CHECK(err == nullptr, "conv_plane_thin (CUDA): the kernel launch failed: ", err);
 }
+
+bool is_float_type(at::ScalarType t) { return t == at::kFloat || t == at::kHalf || t == at::kBFloat16; }
+
+void layer_norm_planes_cuda(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, double eps,
+                            at::TensorList outs) {
+  TORCH_CHECK(x.dim() == 4, "layer_norm_planes: x must be [B, C, H, W], got ", x.sizes());
+  TORCH_CHECK(is_float_type(x.scalar_type()), "layer_norm_planes: x must be float32, float16 or bfloat16, got ",
+              x.scalar_type());
+  const int64_t H = x.size(2), W = x.size(3);
+  for (const auto* p : {&weight, &bias})
+    TORCH_CHECK(p->scalar_type() == at::kFloat && p->is_contiguous() && p->dim() == 2 && p->size(0) == H &&
+                    p->size(1) == W,
+                "layer_norm_planes: weight and bias must be contiguous float32 [", H, ", ", W, "], got ",
+                p->scalar_type(), p->sizes());
+  TORCH_CHECK(outs.size() == 1 || outs.size() == 2, "layer_norm_planes: one or two outputs, got ", outs.size());
+  for (const auto& o : outs) {
+    TORCH_CHECK(o.sizes() == x.sizes(), "layer_norm_planes: each output must be ", x.sizes(), ", got ", o.sizes());
+    TORCH_CHECK(o.scalar_type() == outs[0].scalar_type() && is_float_type(o.scalar_type()),
+                "layer_norm_planes: the outputs must share one of float32, float16, bfloat16, got ", o.scalar_type());
+    TORCH_CHECK(o.device() == x.device(), "layer_norm_planes: x and the outputs must be on one device");
+  }
+  TORCH_CHECK(weight.device() == x.device() && bias.device() == x.device(),
+              "layer_norm_planes: x, weight and bias must be on one device");
+  TORCH_CHECK(x.size(0) * x.size(1) < (int64_t{1} << 31) && H * W < (int64_t{1} << 30),
+              "layer_norm_planes: x too large for one launch (", x.sizes(), ")");
+  const c10::DeviceGuard guard(x.device());
+  const int64_t smem = layer_norm_smem_bytes(H, W, x.element_size(), outs[0].element_size());
+  const int64_t max_smem = layer_norm_max_smem_bytes();
+  TORCH_CHECK(smem <= max_smem, "layer_norm_planes: an ", H, " x ", W, " slice needs ", smem,
+              " bytes of shared memory, the device has ", max_smem, " per block");
+  if (x.numel() == 0) return;
+  const char* err = launch_layer_norm_planes(x, weight, bias, eps, outs[0], outs.back(), outs.size() == 2);
+  TORCH_CHECK(err == nullptr, "layer_norm_planes (CUDA): the kernel launch failed: ", err);
+}
 #endif
 
 }  // namespace dnd_fast
@@ -244,6 +282,11 @@ TORCH_LIBRARY(dnd_fast, m) {
   m.def("tokenize(Tensor flat, Tensor meta, int height, int width, Tensor? stats, float eps) -> (Tensor, Tensor)");
   m.def("detokenize(Tensor tokens, Tensor scales, Tensor meta, int num_params, ScalarType dtype) -> Tensor");
   m.def("conv_plane_thin(Tensor plane, Tensor weight, int kernel_size, Tensor(a!) out) -> ()");
+  m.def("layer_norm_planes(Tensor x, Tensor weight, Tensor bias, float eps, Tensor(a!)[] outs) -> ()");
+#if DND_FAST_WITH_CUDA
+  m.def("layer_norm_planes_smem(int height, int width, int x_bytes, int out_bytes) -> int",
+        &dnd_fast::layer_norm_smem_bytes);
+#endif
 }
 
 TORCH_LIBRARY_IMPL(dnd_fast, CPU, m) {
@@ -256,6 +299,7 @@ TORCH_LIBRARY_IMPL(dnd_fast, CUDA, m) {
   m.impl("tokenize", &dnd_fast::tokenize_cuda);
   m.impl("detokenize", &dnd_fast::detokenize_cuda);
   m.impl("conv_plane_thin", &dnd_fast::conv_plane_thin_cuda);
+  m.impl("layer_norm_planes", &dnd_fast::layer_norm_planes_cuda);
 }
 
 // tokenize(flat, meta, h, w, stats or None, eps) on CUDA tensors, called from Python without the

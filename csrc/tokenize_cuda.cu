@@ -15,7 +15,7 @@
 // fp32 tokens whose real elements come in aligned runs of four along the source's unit-stride
 // axis (every token of the usual layouts: lora_A rows and transposed lora_B columns) take the
 // register path: one 16-byte load per four elements, the whole token held in registers (up to
-// kVec loads per lane), mean and std from the registers, and only the normalised values written
+// kVec loads per lane), mean and std from the registers, and only the centred values written
 // to the tile. Other fp32 tokens go by 4-byte cp.async straight into the tile (ptxas turned a
 // register-staged scalar loop into load/store pairs, one load in flight).
 #include <algorithm>
@@ -99,114 +99,74 @@ struct RunWalk {
   }
 };
 
-// True if token m of checkpoint row `src` can take the register path (warp-uniform).
-__device__ bool runs_of_four(const TokenMeta& m, const float* src) {
-  const bool row_major = m.cs == 1;
-  const int along = row_major ? m.cols : m.rows;
-  const int64_t across = row_major ? m.rs : m.cs;
-  return (m.cs == 1 || m.rs == 1) && along % 4 == 0 && across % 4 == 0 && m.rows * m.cols <= 128 * kVec &&
-         reinterpret_cast<uintptr_t>(src) % 16 == 0;
-}
+// A token's real elements seen as runs of four along the source's unit-stride axis: `nv` runs per
+// line, lines `across` apart in the source; in the tile, elements of a run are `tile_along` apart and
+// lines `tile_across`.
+struct Runs {
+  int nv, runs, tile_along, tile_across;
+  int64_t across;
+  bool aligned;  // every run is a 16-byte-aligned float4
+  __device__ Runs(const TokenMeta& m, const float* src, int w) {
+    const bool row_major = m.cs == 1;
+    const int along = row_major ? m.cols : m.rows;
+    across = row_major ? m.rs : m.cs;
+    nv = along / 4;
+    runs = m.rows * m.cols / 4;
+    tile_along = row_major ? 1 : w;
+    tile_across = row_major ? w : 1;
+    aligned = (m.cs == 1 || m.rs == 1) && along % 4 == 0 && across % 4 == 0 &&
+              reinterpret_cast<uintptr_t>(src) % 16 == 0;
+  }
+  __device__ bool fit_registers() const { return aligned && runs <= 32 * kVec; }  // warp-uniform
+};
 
-// Register path of tokenize (fp32): writes the token's normalised values into its zeroed tile and
+// Register path of tokenize (fp32): writes the token's centred values into its zeroed tile and
 // returns (mean, std). `stats` given: those, else the token's own.
-__device__ float2 tokenize_runs(const TokenMeta& m, const float* __restrict__ src, float* tile, int w, int lane,
+__device__ float2 tokenize_runs(const Runs& r, const float* __restrict__ src, float* tile, int lane,
                                 const float* stats, int t, float eps) {
-  const bool row_major = m.cs == 1;
-  const int nv = (row_major ? m.cols : m.rows) / 4, runs = m.rows * m.cols / 4;
-  const int64_t across = row_major ? m.rs : m.cs;
-  const int tile_along = row_major ? 1 : w, tile_across = row_major ? w : 1;
   float4 v[kVec];
-  RunWalk it(lane, nv);
+  RunWalk it(lane, r.nv);
 #pragma unroll
   for (int u = 0; u < kVec; ++u) {
     v[u] = make_float4(0.f, 0.f, 0.f, 0.f);
-    if (lane + 32 * u < runs) v[u] = __ldg(reinterpret_cast<const float4*>(src + 4 * it.a + it.o * across));
+    if (lane + 32 * u < r.runs) v[u] = __ldg(reinterpret_cast<const float4*>(src + 4 * it.a + it.o * r.across));
     it.next();
   }
-  const int n = 4 * runs;
-  float mean, stdev;
+  const int n = 4 * r.runs;
+  float mean;
   if (stats != nullptr) {
     mean = stats[2 * t];
-    stdev = stats[2 * t + 1];
   } else {
     float acc = 0.f;
 #pragma unroll
     for (int u = 0; u < kVec; ++u) acc += (v[u].x + v[u].y) + (v[u].z + v[u].w);
     mean = warp_sum(acc) / n;
-    float sq = 0.f;
-#pragma unroll
-    for (int u = 0; u < kVec; ++u) {
-      if (lane + 32 * u < runs) {
-        const float dx = v[u].x - mean, dy = v[u].y - mean, dz = v[u].z - mean, dw = v[u].w - mean;
-        sq += (dx * dx + dy * dy) + (dz * dz + dw * dw);
-      }
-    }
-    stdev = fmaxf(sqrtf(warp_sum(sq) / n), eps);
   }
-  const float inv = 1.f / stdev;
-  it = RunWalk(lane, nv);
+  float sq = 0.f;
+  it = RunWalk(lane, r.nv);
 #pragma unroll
   for (int u = 0; u < kVec; ++u) {
-    if (lane + 32 * u < runs) {
-      float* at = tile + 4 * it.a * tile_along + it.o * tile_across;
-      at[0] = (v[u].x - mean) * inv;
-      at[tile_along] = (v[u].y - mean) * inv;
-      at[2 * tile_along] = (v[u].z - mean) * inv;
-      at[3 * tile_along] = (v[u].w - mean) * inv;
+    if (lane + 32 * u < r.runs) {
+      const float dx = v[u].x - mean, dy = v[u].y - mean, dz = v[u].z - mean, dw = v[u].w - mean;
+      sq += (dx * dx + dy * dy) + (dz * dz + dw * dw);
+      float* at = tile + 4 * it.a * r.tile_along + it.o * r.tile_across;
+      at[0] = dx;
+      at[r.tile_along] = dy;
+      at[2 * r.tile_along] = dz;
+      at[3 * r.tile_along] = dw;
     }
     it.next();
   }
+  const float stdev = stats != nullptr ? stats[2 * t + 1] : fmaxf(sqrtf(warp_sum(sq) / n), eps);
   return make_float2(mean, stdev);
 }
 
-// The warp's tile, times `scale`, to the token's row of the output (16-byte stores when aligned).
-__device__ void store_token(const float4* tile4, const float* tile, float* out, int hw, int lane, float scale) {
-  if (hw % 4 == 0) {  // the token's row starts 16-byte aligned
-    float4* out4 = reinterpret_cast<float4*>(out);
-    for (int k = lane; k < hw / 4; k += 32) {
-      const float4 d = tile4[k];
-      out4[k] = make_float4(d.x * scale, d.y * scale, d.z * scale, d.w * scale);
-    }
-  } else {
-    for (int k = lane; k < hw; k += 32) out[k] = tile[k] * scale;
-  }
-}
-
+// Cp.async / unrolled-load path of tokenize (any token, fp32 or 16-bit input): writes the token's
+// centred values into its zeroed tile and returns (mean, std), like tokenize_runs.
 template <typename in_t>
-__global__ void tokenize_kernel(const in_t* __restrict__ x, const int64_t* __restrict__ meta,
-                                const float* __restrict__ stats, float* __restrict__ tokens,
-                                float* __restrict__ scales, int64_t P, int T, int h, int w, float eps) {
-  extern __shared__ float4 smem[];
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int t = blockIdx.x * (blockDim.x >> 5) + warp;
-  if (t >= T) return;  // a whole warp; nothing below waits on other warps
-  const int64_t b = blockIdx.y;
-  const int hw = h * w, hw4 = tile_floats(hw) / 4;
-  float4* tile4 = smem + warp * hw4;
-  float* tile = reinterpret_cast<float*>(tile4);
-  const TokenMeta m = load_meta(meta, t);
+__device__ float2 tokenize_walk(const TokenMeta& m, const in_t* __restrict__ src, float* tile, int w, int lane,
+                                const float* stats, int t, float eps) {
   const int n = m.rows * m.cols;
-  const in_t* src = x + b * P + m.src;
-
-  for (int k = lane; k < hw4; k += 32) tile4[k] = make_float4(0.f, 0.f, 0.f, 0.f);  // padding stays 0
-  __syncwarp();
-  const int64_t bt = b * T + t;
-  float mean, stdev;
-  if constexpr (std::is_same_v<in_t, float>) {
-    if (runs_of_four(m, src)) {
-      const float2 ms = tokenize_runs(m, src, tile, w, lane, stats, t, eps);
-      mean = ms.x;
-      stdev = ms.y;
-      __syncwarp();
-      store_token(tile4, tile, tokens + bt * hw, hw, lane, 1.f);
-      if (lane == 0) {
-        scales[2 * bt] = mean;
-        scales[2 * bt + 1] = stdev;
-      }
-      return;
-    }
-  }
   const Walk start = m.walk(lane, w);
   Walk it = start;
   float acc = 0.f;
@@ -242,12 +202,7 @@ __global__ void tokenize_kernel(const in_t* __restrict__ x, const int64_t* __res
       }
     }
   }
-  if (stats != nullptr) {
-    mean = stats[2 * t];
-    stdev = stats[2 * t + 1];
-  } else {
-    mean = warp_sum(acc) / n;
-  }
+  const float mean = stats != nullptr ? stats[2 * t] : warp_sum(acc) / n;
   // Centre in place; each lane revisits the slots it wrote, so no sync is needed.
   float sq = 0.f;
   it = start;
@@ -257,12 +212,56 @@ __global__ void tokenize_kernel(const in_t* __restrict__ x, const int64_t* __res
     sq += d * d;
     it.next();
   }
-  if (stats == nullptr) stdev = fmaxf(sqrtf(warp_sum(sq) / n), eps);
+  const float stdev = stats != nullptr ? stats[2 * t + 1] : fmaxf(sqrtf(warp_sum(sq) / n), eps);
+  return make_float2(mean, stdev);
+}
+
+// The warp's tile, times `scale`, to the token's row of the output (16-byte stores when aligned).
+__device__ void store_token(const float4* tile4, const float* tile, float* out, int hw, int lane, float scale) {
+  if (hw % 4 == 0) {  // the token's row starts 16-byte aligned
+    float4* out4 = reinterpret_cast<float4*>(out);
+    for (int k = lane; k < hw / 4; k += 32) {
+      const float4 d = tile4[k];
+      out4[k] = make_float4(d.x * scale, d.y * scale, d.z * scale, d.w * scale);
+    }
+  } else {
+    for (int k = lane; k < hw; k += 32) out[k] = tile[k] * scale;
+  }
+}
+
+template <typename in_t>
+__global__ void tokenize_kernel(const in_t* __restrict__ x, const int64_t* __restrict__ meta,
+                                const float* __restrict__ stats, float* __restrict__ tokens,
+                                float* __restrict__ scales, int64_t P, int T, int h, int w, float eps) {
+  extern __shared__ float4 smem[];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int t = blockIdx.x * (blockDim.x >> 5) + warp;
+  if (t >= T) return;  // a whole warp; nothing below waits on other warps
+  const int64_t b = blockIdx.y;
+  const int hw = h * w, hw4 = tile_floats(hw) / 4;
+  float4* tile4 = smem + warp * hw4;
+  float* tile = reinterpret_cast<float*>(tile4);
+  const TokenMeta m = load_meta(meta, t);
+  const in_t* src = x + b * P + m.src;
+
+  for (int k = lane; k < hw4; k += 32) tile4[k] = make_float4(0.f, 0.f, 0.f, 0.f);  // padding stays 0
+  __syncwarp();
+  float2 ms;
+  bool done = false;
+  if constexpr (std::is_same_v<in_t, float>) {
+    const Runs r(m, src, w);
+    if (r.fit_registers()) {
+      ms = tokenize_runs(r, src, tile, lane, stats, t, eps);
+      done = true;
+    }
+  }
+  if (!done) ms = tokenize_walk(m, src, tile, w, lane, stats, t, eps);
   __syncwarp();  // the tile is read below in token order, i.e. across lanes
-  store_token(tile4, tile, tokens + bt * hw, hw, lane, 1.f / stdev);
+  const int64_t bt = b * T + t;
+  store_token(tile4, tile, tokens + bt * hw, hw, lane, 1.f / ms.y);
   if (lane == 0) {
-    scales[2 * bt] = mean;
-    scales[2 * bt + 1] = stdev;
+    scales[2 * bt] = ms.x;
+    scales[2 * bt + 1] = ms.y;
   }
 }
 

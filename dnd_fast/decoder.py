@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dnd_fast import dispatch, thin_conv
+from dnd_fast import dispatch, layer_norm, thin_conv
 
 Feature = tuple[int, int, int]
 _PAPER_QWEN05 = ((128, 384, 384), (128, 200, 300), (128, 100, 256), (256, 50, 200), (512, 50, 200),
@@ -320,8 +320,11 @@ def _layer_plane(layer: HyperConvLayer, x: torch.Tensor, residual: bool, saved: 
         return hyperconv.conv2d_plane(buf, w, *args, w_layout=layout)
 
     in_1w, in_2h = plane(("H", "C"), "W"), plane(("C", "W"), "H")
-    hyperconv.layer_norm_into(x, hc.norm.weight, hc.norm.bias, hc.norm.eps,
-                              [_axes(buf.interior, axes, "CHW") for buf, axes, _ in (in_1w, in_2h)])
+    norm_outs = [_axes(buf.interior, axes, "CHW") for buf, axes, _ in (in_1w, in_2h)]
+    if layer_norm.usable(x, norm_outs):
+        layer_norm.layer_norm_planes(x, hc.norm.weight, hc.norm.bias, hc.norm.eps, norm_outs)
+    else:
+        hyperconv.layer_norm_into(x, hc.norm.weight, hc.norm.bias, hc.norm.eps, norm_outs)
     # path 1: width as channels over (H, C), then height as channels over (C, W2)
     in_1h = plane(("C", "W2"), "H")
     conv(hc.conv1w, in_1w, "W2", in_1h[0].interior, in_1h[1])

@@ -34,7 +34,9 @@ tile, so each K step is one TMA load of the input and one of the weight, with no
 or masks (1.46x the strided kernel over the decoder's 40 convs at batch 1). Its input gradient is
 itself with flipped taps; ``conv2d_plane_wgrad`` is its weight gradient, a GEMM per tap row over
 the same shifted tiles of the input plane and the output gradient's plane.
-``layer_norm_into`` writes the LayerNorm of a layer's input straight into two such planes.
+``layer_norm_into`` writes the LayerNorm of a layer's input straight into two such planes (the decoder
+uses it where the extension's CUDA op, dnd_fast/layer_norm.py, does not apply: slices too large for a
+block's shared memory, such as layer 0 of paper_qwen05() in fp32, and builds without CUDA).
 """
 import contextlib
 import os
