@@ -60,7 +60,10 @@ def cmd_collect(args) -> int:
                         batch_size=args.batch_size, max_length=args.max_length, warmup_steps=args.steps,
                         keep=args.keep, every=args.every, seed=args.seed)
     tasks = load_tasks(args.tasks, args.task, seed=args.seed)
-    manifests = collect(tasks, args.base, args.out, cfg, device=args.device)
+    parallel = args.parallel
+    if parallel is None and (args.shards > 1 or args.device.type == "cuda"):
+        parallel = 16  # what fits an 80 GB GPU with SmolLM2-135M at batch 8 x 256 tokens
+    manifests = collect(tasks, args.base, args.out, cfg, device=args.device, parallel=parallel, shards=args.shards)
     if manifests:
         _table(f"dnd-fast collect -> {args.out}", ["task", "train items", "steps", "checkpoints", "last loss", "s"],
                [[m["task"], m["train_items"], m["total_steps"], len(m["checkpoints"]), m["checkpoints"][-1]["loss"],
@@ -104,12 +107,16 @@ def read_prompts(path: str) -> list[str]:
 def cmd_generate(args) -> int:
     import dnd_fast
 
+    from dnd_fast.generator import ADAPTER_FILES
+    from dnd_fast.io import check_output_dir
+
     prompts = read_prompts(args.prompts)
+    check_output_dir(args.out, ADAPTER_FILES, overwrite=args.overwrite, what="--out")  # before any long work
     gen = dnd_fast.load_generator(args.generator, device=args.device)
     t0 = time.perf_counter()
     adapter = dnd_fast.generate(prompts, gen, seed=args.seed)
     ms = (time.perf_counter() - t0) * 1e3
-    adapter.save_pretrained(args.out)
+    adapter.save_pretrained(args.out, overwrite=args.overwrite)
     print(f"dnd-fast generate: {len(prompts)} prompts -> LoRA for {adapter.base_model} ({adapter.layout.num_params:,} "
           f"params) in {ms:.1f} ms (first call, includes warm-up); saved to {args.out}")
     return 0
@@ -303,6 +310,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--alpha", type=int, default=16)
     c.add_argument("--target-modules", nargs="+", default=ALL_MODULES)
     c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--parallel", type=int, metavar="K",
+                   help="adapters trained together in one base-model pass (default: 16 on a GPU; on the CPU one "
+                        "plain PEFT run per task)")
+    c.add_argument("--shards", type=int, default=1,
+                   help="adapters per task, each on its own disjoint part of the train split (store entries TASK.sN)")
 
     t = common(sub.add_parser("train", help="train a generator on a checkpoint store"))
     t.add_argument("--store", required=True, help="checkpoint store made by dnd-fast collect")
@@ -331,6 +343,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--prompts", required=True, help=".txt (one per line), .json or .jsonl prompts")
     g.add_argument("--out", required=True, help="adapter directory (adapter_config.json + adapter_model.safetensors)")
     g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--overwrite", action="store_true",
+                   help="replace --out even if it is a file or holds files other than an earlier adapter's")
 
     e = common(sub.add_parser("eval", help="score the base model and adapters on task data"))
     e.add_argument("--base", help="base LLM (default: SmolLM2-135M-Instruct)")
@@ -375,7 +389,8 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore", category=FutureWarning)  # library deprecation notices
-    for name in ("batch", "reps", "steps", "keep", "every", "batch_size", "limit", "num_prompts", "max_length"):
+    for name in ("batch", "reps", "steps", "keep", "every", "batch_size", "limit", "num_prompts", "max_length",
+                 "parallel", "shards", "save_every", "grad_accum", "max_prompts", "train_steps"):
         value = getattr(args, name, None)
         if value is not None and value < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")

@@ -107,7 +107,7 @@ def collect_task(task: Task, base: str, store: Path, cfg: CollectConfig, device:
     from peft import get_peft_model, get_peft_model_state_dict
     from tqdm.auto import tqdm
 
-    from dnd_fast.models import load_base
+    from dnd_fast.models import load_base, resolve_base
 
     task_dir = store / task.name
     if (task_dir / MANIFEST).exists():
@@ -169,7 +169,7 @@ def collect_task(task: Task, base: str, store: Path, cfg: CollectConfig, device:
             keep_state(done)
             return {"complete": False, "step": done}
     elapsed = time.perf_counter() - t0
-    manifest = {"task": task.name, "base_model": str(base), "lora_config": lora_config_dict(cfg.lora_config()),
+    manifest = {"task": task.name, "base_model": str(resolve_base(base)), "lora_config": lora_config_dict(cfg.lora_config()),
                 "collect_config": asdict(cfg), "seed": seed, "split": task.split_note, "train_items": len(items),
                 "warmup_steps": warmup, "total_steps": total, "steps_this_run": total - start,
                 "seconds_this_run": round(elapsed, 2),
@@ -183,8 +183,16 @@ def collect_task(task: Task, base: str, store: Path, cfg: CollectConfig, device:
 
 
 def collect(tasks: dict[str, Task], base: str, store: str | Path, cfg: CollectConfig, *, device=None,
-            progress: bool = True) -> list[dict]:
-    """Collect every task (this rank's share under torchrun); returns all tasks' manifests on rank 0."""
+            progress: bool = True, parallel: int | None = None, shards: int = 1) -> list[dict]:
+    """Collect every task (this rank's share under torchrun); returns all tasks' manifests on rank 0.
+
+    ``parallel``: train that many adapters per base-model pass (:mod:`dnd_fast.collect_parallel`);
+    ``shards``: that many adapters per task, on disjoint parts of its train split (needs ``parallel``)."""
+    if parallel is not None or shards != 1:
+        from dnd_fast.collect_parallel import collect_parallel
+
+        return collect_parallel(tasks, base, store, cfg, parallel=parallel or 1, shards=shards, device=device,
+                                progress=progress)
     world = distributed.init(device)
     store = Path(store)
     names = sorted(tasks)

@@ -28,6 +28,7 @@ from dnd_fast.tokenizer import detokenize_flat
 
 FORMAT = "dnd_fast.generator"
 CONFIG_FILE, WEIGHTS_FILE = "generator.json", "generator.safetensors"
+ADAPTER_FILES = {"adapter_config.json", "adapter_model.safetensors", "README.md"}
 
 
 class Generator(nn.Module):
@@ -56,10 +57,11 @@ class Generator(nn.Module):
                 "encoder": {"name_or_path": self.encoder.name_or_path, "max_length": self.encoder.max_length,
                             "num_prompts": self.encoder.num_prompts}}
 
-    def save(self, directory: str | Path) -> None:
+    def save(self, directory: str | Path, *, overwrite: bool = False) -> None:
+        """Writes the directory atomically; refuses one holding files of its own unless ``overwrite``."""
         tensors = {f"decoder.{k}": v.float() for k, v in self.decoder.state_dict().items()}
         tensors["stats"] = self.stats
-        with io.atomic_dir(directory) as tmp:
+        with io.atomic_dir(directory, {CONFIG_FILE, WEIGHTS_FILE}, overwrite=overwrite, what="generator") as tmp:
             io.write_json(tmp / CONFIG_FILE, self.config_dict())
             io.save_tensors(tmp / WEIGHTS_FILE, tensors, {"format": FORMAT})
 
@@ -191,9 +193,10 @@ class GeneratedAdapter:
     def __repr__(self) -> str:
         return f"GeneratedAdapter(base_model={self.base_model!r}, {len(self._state_dict)} tensors, {self.layout!r})"
 
-    def save_pretrained(self, directory: str | Path) -> None:
-        """``adapter_config.json`` + ``adapter_model.safetensors``, written atomically."""
-        with io.atomic_dir(directory) as tmp:
+    def save_pretrained(self, directory: str | Path, *, overwrite: bool = False) -> None:
+        """``adapter_config.json`` + ``adapter_model.safetensors``, written atomically. An earlier adapter
+        there is replaced; a file, or a directory holding anything else, only with ``overwrite=True``."""
+        with io.atomic_dir(directory, ADAPTER_FILES, overwrite=overwrite, what="adapter directory") as tmp:
             self.peft_config.save_pretrained(str(tmp))
             io.save_tensors(tmp / "adapter_model.safetensors", self._state_dict, {"format": "pt"})
 

@@ -15,6 +15,7 @@ def _temp_beside(path: Path, suffix: str = "") -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     os.close(fd)
+    os.chmod(name, 0o644)  # mkstemp makes 0600; outputs get the usual modes
     return Path(name)
 
 
@@ -89,15 +90,50 @@ def save_figure(fig, path: str | Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
+class OutputExists(ValueError):
+    """An output path holds something this write would destroy (raised before anything is written)."""
+
+
+def check_output_dir(target: str | Path, owned: set[str], *, overwrite: bool = False, what: str = "output") -> Path:
+    """The resolved ``target``, after refusing to replace what the user did not ask to replace.
+
+    ``owned``: the names a previous output of this kind holds; a directory holding only those (or nothing)
+    is replaced freely. Anything else (a file, a directory with other entries) needs ``overwrite``. The
+    current directory and its parents are never replaced, ``overwrite`` or not.
+    """
+    target = Path(target).expanduser().resolve()
+    cwd = Path.cwd().resolve()
+    if target == cwd or target in cwd.parents or target.parent == target:
+        raise OutputExists(f"{what} {str(target)!r} is the current directory or one of its parents: choose a new "
+                           "directory for it")
+    if not target.exists() and not target.is_symlink():
+        return target
+    if not overwrite:
+        if not target.is_dir() or target.is_symlink():
+            raise OutputExists(f"{what} {str(target)!r} exists and is not a directory: pass --overwrite "
+                               "(overwrite=True) to replace it, or choose another path")
+        foreign = sorted(p.name for p in target.iterdir() if p.name not in owned)
+        if foreign:
+            raise OutputExists(f"{what} {str(target)!r} holds {foreign[0]!r}, which dnd_fast did not write: pass "
+                               "--overwrite (overwrite=True) to replace the whole directory, or choose another path")
+    return target
+
+
 @contextlib.contextmanager
-def atomic_dir(target: str | Path):
-    """Yields a fresh temporary directory beside ``target``; on success it replaces ``target``."""
-    target = Path(target)
+def atomic_dir(target: str | Path, owned: set[str] = frozenset(), *, overwrite: bool = False,
+               what: str = "output"):
+    """Yields a fresh temporary directory beside ``target``; on success it replaces ``target``.
+
+    The checks of :func:`check_output_dir` run first, so a refused write leaves nothing behind.
+    """
+    target = check_output_dir(target, owned, overwrite=overwrite, what=what)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         yield tmp
-        if target.exists():
+        for p in [tmp, *tmp.rglob("*")]:  # mkdtemp makes 0700; outputs get the usual modes
+            p.chmod(0o755 if p.is_dir() else 0o644)
+        if target.exists() or target.is_symlink():
             old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
             os.replace(target, old / "x")
             os.replace(tmp, target)

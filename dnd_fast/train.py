@@ -183,11 +183,11 @@ def train(store: str | Path, out: str | Path, cfg: TrainConfig, *, device=None, 
                          "accumulation steps")
     if resume and not (out / STATE_JSON).exists():
         raise FileNotFoundError(f"--resume: {out / STATE_JSON} does not exist")
-    all_tasks = list(load_store(store))
-    unknown = [t for t in cfg.hold_out if t not in all_tasks]
+    groups = {name: m.get("group", name) for name, m in load_store(store).items()}  # entry -> its task
+    unknown = [t for t in cfg.hold_out if t not in groups and t not in groups.values()]
     if unknown:
-        raise ValueError(f"--hold-out {unknown[0]!r}: not a task of the store ({', '.join(all_tasks)})")
-    tasks = [t for t in all_tasks if t not in cfg.hold_out]
+        raise ValueError(f"--hold-out {unknown[0]!r}: not a task of the store ({', '.join(sorted(set(groups.values())))})")
+    tasks = [t for t, g in groups.items() if t not in cfg.hold_out and g not in cfg.hold_out]
     if not tasks:
         raise ValueError("no training tasks left after --hold-out")
     encoder = PromptEncoder(cfg.encoder, max_length=cfg.max_length, num_prompts=cfg.num_prompts)
