@@ -11,10 +11,10 @@ from pathlib import Path
 
 from dnd_fast.collect import ALL_MODULES
 
-# ../shared/data/commonsense beside the checkout (or beside the working directory), when present
-_SHARED_TASKS = [Path.cwd().parent / "shared" / "data" / "commonsense",
-                 Path(__file__).resolve().parents[2] / "shared" / "data" / "commonsense"]
-DEFAULT_TASKS = next((p for p in _SHARED_TASKS if p.is_dir()), _SHARED_TASKS[0])
+# ../shared/data beside the checkout (or beside the working directory), when present
+_SHARED = next((p for p in (Path.cwd().parent / "shared" / "data", Path(__file__).resolve().parents[2] / "shared" /
+                            "data") if p.is_dir()), Path.cwd().parent / "shared" / "data")
+DEFAULT_TASKS = [_SHARED / "commonsense", _SHARED / "extra"]
 
 
 def _device(name):
@@ -60,6 +60,13 @@ def cmd_collect(args) -> int:
                         batch_size=args.batch_size, max_length=args.max_length, warmup_steps=args.steps,
                         keep=args.keep, every=args.every, seed=args.seed)
     tasks = load_tasks(args.tasks, args.task, seed=args.seed)
+    skipped = sorted(n for n, t in tasks.items() if t.placeholder_answers)
+    if skipped:
+        print(f"dnd-fast collect: skipping {', '.join(skipped)}: every answer in its files is the same "
+              "(placeholder labels teach a LoRA nothing but that answer)", flush=True)
+        tasks = {n: t for n, t in tasks.items() if n not in skipped}
+        if not tasks:
+            raise ValueError("no task with real answers left to collect")
     parallel = args.parallel
     if parallel is None and (args.shards > 1 or args.device.type == "cuda"):
         parallel = 16  # what fits an 80 GB GPU with SmolLM2-135M at batch 8 x 256 tokens
@@ -123,17 +130,31 @@ def cmd_generate(args) -> int:
 
 
 # ---- eval ---------------------------------------------------------------------------------
+def _check_writable(path: str | None, flag: str) -> None:
+    """Fail before long work, not after it, when an output file cannot be written."""
+    if path is None:
+        return
+    p = Path(path).expanduser().resolve()
+    if p.is_dir():
+        raise ValueError(f"{flag} {path!r} is a directory; give a file name")
+    parent = next((q for q in [p.parent, *p.parent.parents] if q.exists()), None)
+    import os
+
+    if parent is None or not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise ValueError(f"{flag} {path!r}: cannot write in {parent}")
+
+
 def cmd_eval(args) -> int:
     from peft import PeftConfig
 
     from dnd_fast import io
     from dnd_fast.data import load_tasks
-    from dnd_fast.evaluate import AdapterSlot, evaluate_items
-    from dnd_fast.layout import make_lora_config
+    from dnd_fast.evaluate import AdapterSlot, bootstrap, evaluate_items, token_nll
+    from dnd_fast.layout import LoRALayout, make_lora_config
     from dnd_fast.models import load_base
 
+    _check_writable(args.json, "--json")
     tasks = load_tasks(args.tasks, args.task)
-    model, tokenizer = load_base(args.base, device=args.device)
     adapters = {"base": None}
     config = None
     for path in args.adapter or []:
@@ -146,48 +167,106 @@ def cmd_eval(args) -> int:
                              "in separate runs")
         config = config or cfg
         adapters[Path(path).name or path] = io.load_tensors(Path(path) / "adapter_model.safetensors")
+    model, tokenizer = load_base(args.base, device=args.device)
+    if config is not None:
+        expected = LoRALayout.from_model(model, make_lora_config(config.to_dict()))
+        for name, sd in adapters.items():
+            if sd is not None and LoRALayout.from_state_dict(sd, expected.token_shape) != expected:
+                raise ValueError(f"adapter {name!r} does not fit base model {args.base or 'smollm2-135m-instruct'!r} "
+                                 f"(it has {LoRALayout.from_state_dict(sd)}, the base model takes {expected}): "
+                                 "pass the --base it was trained for")
     slot = AdapterSlot(model, make_lora_config(config.to_dict())) if config else None
     results, rows = {}, []
     for task_name, task in tasks.items():
         items = task.split(args.split)[:args.limit] if args.limit else task.split(args.split)
         for name, sd in adapters.items():
             scored = slot.load(sd) if slot else model
-            m = evaluate_items(scored, tokenizer, items, scorings=args.scoring, batch_size=args.batch_size)
+            m = {}
+            if "nll" in args.metric:
+                sums, counts = token_nll(scored, tokenizer, items, batch_size=args.batch_size)
+                m["nll"], m["nll_low"], m["nll_high"] = bootstrap(sums, counts)
+            if "acc" in args.metric:
+                m |= evaluate_items(scored, tokenizer, items, scorings=args.scoring, batch_size=args.batch_size)
+            m["n"] = len(items)
             results.setdefault(task_name, {})[name] = m
-            rows.append([task_name, name] + [m.get(k, "") for k in ("cloze_acc", "cloze_acc_norm", "letter_acc",
-                                                                       "exact")] + [m["n"]])
-    _table(f"dnd-fast eval ({args.split})", ["task", "model", "cloze acc", "cloze acc_norm", "letter acc", "exact", "n"],
-           rows)
+            nll = f"{m['nll']:.3f} [{m['nll_low']:.3f}, {m['nll_high']:.3f}]" if "nll" in m else ""
+            rows.append([task_name, name, nll] + [m.get(k, "") for k in ("cloze_acc", "cloze_acc_norm", "letter_acc",
+                                                                        "exact")] + [m["n"]])
+    _table(f"dnd-fast eval ({args.split}; NLL per gold token, 95% bootstrap interval)",
+           ["task", "model", "NLL", "cloze acc", "cloze acc_norm", "letter acc", "exact", "n"], rows)
     if args.json:
         io.write_json(args.json, results)
     return 0
 
 
 # ---- demo ---------------------------------------------------------------------------------
-def cmd_demo(args) -> int:
+def _overrides(pairs: list[str] | None, obj, flag: str):
+    """``KEY=VALUE`` pairs applied to a config dataclass; VALUE parsed as JSON where it parses."""
     import dataclasses
 
+    changes = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or key not in {f.name for f in dataclasses.fields(obj)}:
+            raise ValueError(f"{flag} {pair!r}: expected FIELD=VALUE with FIELD one of "
+                             f"{', '.join(f.name for f in dataclasses.fields(obj))}")
+        try:
+            changes[key] = json.loads(value)
+        except json.JSONDecodeError:
+            changes[key] = value
+    return dataclasses.replace(obj, **changes)
+
+
+def _run_workers(args, stage: str) -> None:
+    """One process per GPU for ``stage`` (CUDA_VISIBLE_DEVICES=i, --worker i), then wait for all."""
+    import os
+    import subprocess
+
+    procs = [subprocess.Popen([sys.executable, "-m", "dnd_fast.cli", *args.argv, "--stage", stage, "--worker",
+                               str(i), "--workers", str(args.gpus)],
+                              env={**os.environ, "CUDA_VISIBLE_DEVICES": str(i)}) for i in range(args.gpus)]
+    failed = [i for i, p in enumerate(procs) if p.wait() != 0]
+    if failed:
+        raise ValueError(f"demo --stage {stage}: worker {failed[0]} failed (its output is above); re-run to continue")
+
+
+def cmd_demo(args) -> int:
     from dnd_fast import experiment
 
-    tasks = Path(args.tasks) if args.tasks else DEFAULT_TASKS
-    if not tasks.is_dir():
-        raise FileNotFoundError(f"no task directory {str(tasks)!r}: pass --tasks DIR holding NAME_train.json / "
-                                "NAME_test.json files of {'prompt', 'response', 'system'} items (../shared/data)")
     name = args.preset or ("gpu" if args.device.type == "cuda" else "cpu")
+    tasks = args.tasks or [p for p in (DEFAULT_TASKS if name == "gpu" else DEFAULT_TASKS[:1]) if p.is_dir()]
+    missing = [t for t in tasks if not Path(t).is_dir()]
+    if not tasks or missing:
+        raise FileNotFoundError(f"no task directory {str(missing[0] if missing else DEFAULT_TASKS[0])!r}: pass "
+                                "--tasks DIR [DIR ...] holding NAME_train.json / NAME_test.json (or NAME.json) files "
+                                "of {'prompt', 'response', 'system'} items (../shared/data)")
     cfg = experiment.preset(name)
     if args.hold_out:
         cfg.hold_out = None if args.hold_out == ["all"] else args.hold_out
-    if args.limit:
-        cfg.eval_limit = args.limit
+    for field in ("limit", "parallel", "shards", "store"):
+        if getattr(args, field) is not None:
+            setattr(cfg, "eval_limit" if field == "limit" else field, getattr(args, field))
+    cfg.train = _overrides(args.train_set, cfg.train, "--train-set")
+    cfg.collect = _overrides(args.collect_set, cfg.collect, "--collect-set")
     if args.train_steps:
-        cfg.train = dataclasses.replace(cfg.train, steps=args.train_steps, save_every=args.train_steps)
+        cfg.train.steps = cfg.train.save_every = args.train_steps
     cfg.base = args.base
     cfg.train.encoder = args.encoder
-    print(f"dnd-fast demo ({name} preset) on {tasks} -> {args.out}", flush=True)
+    if args.gpus > 1 and args.stage == "all":
+        print(f"dnd-fast demo ({name} preset) on {args.gpus} GPUs -> {args.out}", flush=True)
+        for stage in ("collect", "holdout"):
+            _run_workers(args, stage)
+        args.stage = "report"
+    print(f"dnd-fast demo ({name} preset, stage {args.stage}) on {', '.join(map(str, tasks))} -> {args.out}",
+          flush=True)
     t0 = time.perf_counter()
-    results = experiment.run(tasks, args.out, cfg, device=args.device)
-    print(experiment.results_markdown(results))
-    print(f"dnd-fast demo: done in {time.perf_counter() - t0:.0f} s; tables, json and chart in {args.out}")
+    results = experiment.run(tasks, args.out, cfg, device=args.device, stage=args.stage, worker=args.worker,
+                             workers=args.workers)
+    if results is not None:
+        from dnd_fast.report import results_markdown
+
+        print(results_markdown(results))
+        print(f"dnd-fast demo: done in {time.perf_counter() - t0:.0f} s; tables, json and chart in {args.out}")
     return 0
 
 
@@ -296,7 +375,8 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     c = common(sub.add_parser("collect", help="fine-tune a LoRA per task and keep its last checkpoints"))
-    c.add_argument("--tasks", required=True, help="directory of NAME_train.json / NAME_test.json task files")
+    c.add_argument("--tasks", required=True, nargs="+",
+                   help="directories of NAME_train.json / NAME_test.json (or NAME.json) task files")
     c.add_argument("--task", nargs="+", help="only these tasks (default: all in --tasks)")
     c.add_argument("--base", help="base LLM: a .gguf file or HF directory (default: SmolLM2-135M-Instruct)")
     c.add_argument("--out", required=True, help="checkpoint store directory")
@@ -349,21 +429,35 @@ def build_parser() -> argparse.ArgumentParser:
     e = common(sub.add_parser("eval", help="score the base model and adapters on task data"))
     e.add_argument("--base", help="base LLM (default: SmolLM2-135M-Instruct)")
     e.add_argument("--adapter", nargs="+", help="PEFT adapter directories")
-    e.add_argument("--tasks", required=True, help="task directory")
+    e.add_argument("--tasks", required=True, nargs="+", help="task directories")
     e.add_argument("--task", nargs="+", help="only these tasks")
     e.add_argument("--split", default="test")
     e.add_argument("--limit", type=int, help="first N items per task")
+    e.add_argument("--metric", nargs="+", default=["nll", "acc"], choices=["nll", "acc"],
+                   help="nll: mean NLL per gold-response token (teacher-forced, the collect chat template) with a "
+                        "95%% bootstrap interval; acc: choice accuracies and exact match (default: both)")
     e.add_argument("--scoring", nargs="+", default=["cloze", "letter"], choices=["cloze", "letter"])
     e.add_argument("--batch-size", type=int, default=32)
     e.add_argument("--json", help="write the scores here")
 
-    d = common(sub.add_parser("demo", help="the zero-shot experiment: collect, train, generate, eval"))
-    d.add_argument("--tasks", help=f"task directory (default: {DEFAULT_TASKS})")
+    d = common(sub.add_parser("demo", help="the zero-shot experiment: collect, train, generate, score"))
+    d.add_argument("--tasks", nargs="+", help=f"task directories (default: {DEFAULT_TASKS[0]}; with the gpu preset "
+                                              f"also {DEFAULT_TASKS[1]})")
     d.add_argument("--out", default="out/demo", help="output directory (default out/demo)")
     d.add_argument("--preset", choices=["cpu", "gpu"], help="size (default: gpu on CUDA, else cpu)")
     d.add_argument("--hold-out", nargs="+", help="held-out tasks, or 'all' (default: preset's)")
     d.add_argument("--limit", type=int, help="test items per held-out task (default: preset's)")
     d.add_argument("--train-steps", type=int, help="generator training steps (default: preset's)")
+    d.add_argument("--train-set", nargs="+", metavar="FIELD=VALUE",
+                   help="generator training settings, e.g. decoder=large noise_condition=0.01 (TrainConfig fields)")
+    d.add_argument("--collect-set", nargs="+", metavar="FIELD=VALUE", help="LoRA collection settings (CollectConfig)")
+    d.add_argument("--parallel", type=int, help="LoRAs per base-model pass while collecting (default: preset's)")
+    d.add_argument("--shards", type=int, help="LoRAs per task, on disjoint train shards (default: preset's)")
+    d.add_argument("--store", help="checkpoint store (default OUT/store; share one between generator variants)")
+    d.add_argument("--stage", choices=["all", "collect", "holdout", "report"], default="all")
+    d.add_argument("--gpus", type=int, default=1, help="GPUs: one worker process each for collect and held-out tasks")
+    d.add_argument("--worker", type=int, default=0, help=argparse.SUPPRESS)
+    d.add_argument("--workers", type=int, default=1, help=argparse.SUPPRESS)
     d.add_argument("--base", help="base LLM (default: SmolLM2-135M-Instruct)")
     d.add_argument("--encoder", help="prompt encoder (default: all-MiniLM-L6-v2)")
 
@@ -388,13 +482,18 @@ COMMANDS = {"collect": cmd_collect, "train": cmd_train, "generate": cmd_generate
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     warnings.filterwarnings("ignore", category=FutureWarning)  # library deprecation notices
     for name in ("batch", "reps", "steps", "keep", "every", "batch_size", "limit", "num_prompts", "max_length",
-                 "parallel", "shards", "save_every", "grad_accum", "max_prompts", "train_steps"):
+                 "parallel", "shards", "save_every", "grad_accum", "max_prompts", "train_steps", "gpus", "workers"):
         value = getattr(args, name, None)
         if value is not None and value < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
     args.device = _device(args.device)
+    import torch
+
+    if args.device.type == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: no CUDA GPU is visible to PyTorch here (use --device cpu)")
     if args.command == "bench" and args.decoder is None:
         args.decoder = "paper" if args.device.type == "cuda" else "small"
     try:

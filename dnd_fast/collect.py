@@ -183,16 +183,20 @@ def collect_task(task: Task, base: str, store: Path, cfg: CollectConfig, device:
 
 
 def collect(tasks: dict[str, Task], base: str, store: str | Path, cfg: CollectConfig, *, device=None,
-            progress: bool = True, parallel: int | None = None, shards: int = 1) -> list[dict]:
+            progress: bool = True, parallel: int | None = None, shards: int = 1,
+            part: tuple[int, int] | None = None) -> list[dict]:
     """Collect every task (this rank's share under torchrun); returns all tasks' manifests on rank 0.
 
     ``parallel``: train that many adapters per base-model pass (:mod:`dnd_fast.collect_parallel`);
-    ``shards``: that many adapters per task, on disjoint parts of its train split (needs ``parallel``)."""
+    ``shards``: that many adapters per task, on disjoint parts of its train split; ``part=(i, n)``:
+    only adapters i, i + n, ... (one worker of n, outside torchrun)."""
     if parallel is not None or shards != 1:
         from dnd_fast.collect_parallel import collect_parallel
 
         return collect_parallel(tasks, base, store, cfg, parallel=parallel or 1, shards=shards, device=device,
-                                progress=progress)
+                                progress=progress, part=part)
+    if part:
+        tasks = {n: tasks[n] for n in sorted(tasks)[part[0]::part[1]]}
     world = distributed.init(device)
     store = Path(store)
     names = sorted(tasks)

@@ -183,15 +183,21 @@ def collect_group(jobs: list[Job], base, store: Path, cfg: CollectConfig, device
 
 
 def collect_parallel(tasks: dict[str, Task], base, store: str | Path, cfg: CollectConfig, *, parallel: int,
-                     shards: int = 1, device=None, progress: bool = True) -> list[dict]:
-    """Every job not yet complete (this rank's share under torchrun), ``parallel`` at a time; returns all
-    entries' manifests on rank 0."""
+                     shards: int = 1, device=None, progress: bool = True,
+                     part: tuple[int, int] | None = None) -> list[dict]:
+    """Every job not yet complete (this rank's share under torchrun, or jobs i, i + n, ... for
+    ``part=(i, n)``), ``parallel`` at a time; returns the manifests of this share's entries (all
+    entries on rank 0 under torchrun)."""
     if parallel < 1:
         raise ValueError(f"--parallel must be >= 1, got {parallel}")
     world = distributed.init(device)
     store = Path(store)
     jobs = plan_jobs(tasks, cfg, shards)
-    todo = [j for j in jobs[world.rank::world.size] if not _complete(store, j)]
+    rank, size = part or (world.rank, world.size)
+    if part:
+        jobs = jobs[rank::size]
+        rank, size = 0, 1
+    todo = [j for j in jobs[rank::size] if not _complete(store, j)]
     todo.sort(key=lambda j: -j.total)  # a group runs as long as its longest job: keep similar ones together
     for g in range(0, len(todo), parallel):
         collect_group(todo[g:g + parallel], base, store, cfg, world.device, progress=progress, rank=world.rank)

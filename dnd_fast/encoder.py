@@ -131,6 +131,13 @@ class PromptEncoder(nn.Module):
         return torch.cat(out)
 
     @torch.no_grad()
+    def task_vector(self, texts: list[str]) -> torch.Tensor:
+        """[C] unit vector: the mean over prompts of each prompt's mean token embedding (for nearest-task lookup)."""
+        emb = self.embed(texts).float()
+        counts = (emb.abs().sum(-1) > 0).sum(1, keepdim=True).clamp_min(1)
+        return F.normalize((emb.sum(1) / counts).mean(0), dim=0)
+
+    @torch.no_grad()
     def forward(self, prompts, *, seed: int = 0) -> torch.Tensor:
         """A list of prompts -> [1, N, L, C]; a list of prompt lists -> [B, N, L, C]."""
         sets, _ = check_prompt_sets(prompts)

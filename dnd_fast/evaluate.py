@@ -8,6 +8,9 @@
   rest of the sentence is scored, as lm-eval does.
 - ``exact``: for free-text answers (GSM8K-style), greedy decoding and exact match of the final
   number (or of the whole answer when it has none).
+- ``nll`` (:func:`token_nll`): teacher-forced negative log-likelihood of the gold response (and EOS)
+  after the chat prompt, exactly the tokens and template collect trains on; per task the mean per
+  gold token, with a bootstrap interval over items (:func:`bootstrap`).
 
 Batches are left-padded (explicit position ids), so each continuation sits at the end of its row and
 only its logits are computed (``logits_to_keep``). Deterministic: no sampling, eval mode.
@@ -102,17 +105,23 @@ def _final_answer(text: str) -> str:
 @torch.no_grad()
 def exact_match(model, tokenizer, items: list[dict], *, batch_size: int = 16, max_new_tokens: int = 256) -> float:
     """Greedy decoding; share of items whose final answer equals the reference's."""
+    return sum(exact_hits(model, tokenizer, items, batch_size=batch_size, max_new_tokens=max_new_tokens)) / \
+        max(1, len(items))
+
+
+@torch.no_grad()
+def exact_hits(model, tokenizer, items: list[dict], *, batch_size: int = 16, max_new_tokens: int = 256) -> list[int]:
+    """Per item, 1 where greedy decoding's final answer equals the reference's."""
     device = next(model.parameters()).device
     side, tokenizer.padding_side = tokenizer.padding_side, "left"  # generation continues at the row's end
     try:
-        hits = _greedy_hits(model, tokenizer, items, batch_size, max_new_tokens, device)
+        return _greedy_hits(model, tokenizer, items, batch_size, max_new_tokens, device)
     finally:
         tokenizer.padding_side = side
-    return hits / max(1, len(items))
 
 
-def _greedy_hits(model, tokenizer, items, batch_size, max_new_tokens, device) -> int:
-    hits = 0
+def _greedy_hits(model, tokenizer, items, batch_size, max_new_tokens, device) -> list[int]:
+    hits = []
     for b in range(0, len(items), batch_size):
         chunk = items[b:b + batch_size]
         enc = tokenizer([chat_prompt(tokenizer, it) for it in chunk], return_tensors="pt", padding=True,
@@ -121,38 +130,86 @@ def _greedy_hits(model, tokenizer, items, batch_size, max_new_tokens, device) ->
                              max_new_tokens=max_new_tokens, do_sample=False,
                              pad_token_id=tokenizer.pad_token_id)
         texts = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
-        hits += sum(_final_answer(t) == _final_answer(it["response"]) for t, it in zip(texts, chunk))
+        hits += [int(_final_answer(t) == _final_answer(it["response"])) for t, it in zip(texts, chunk)]
     return hits
+
+
+def choice_hits(model, tokenizer, items: list[dict], scoring: str, *, batch_size: int = 32
+                ) -> tuple[list[int], list[int]]:
+    """Per multiple-choice item (items that are not are skipped): (hit, hit by per-byte score), 1 or 0."""
+    if scoring not in SCORINGS:
+        raise ValueError(f"unknown scoring {scoring!r}; choose from {SCORINGS}")
+    built = [b for it in items if (b := item_requests(it, tokenizer, scoring)) is not None]
+    flat = [r for reqs, _, _ in built for r in reqs]
+    if not flat:
+        return [], []
+    lls = loglikelihoods(model, tokenizer, flat, batch_size=batch_size)
+    hits, hits_norm, pos = [], [], 0
+    for reqs, gold, nbytes in built:
+        scores = lls[pos:pos + len(reqs)]
+        pos += len(reqs)
+        hits.append(int(max(range(len(scores)), key=scores.__getitem__) == gold))
+        hits_norm.append(int(max(range(len(scores)), key=lambda k: scores[k] / max(1, nbytes[k])) == gold))
+    return hits, hits_norm
 
 
 def evaluate_items(model, tokenizer, items: list[dict], *, scorings=SCORINGS, batch_size: int = 32,
                    free_text: bool = True) -> dict[str, float]:
     """Metrics of ``model`` on ``items``: ``{scoring}_acc``, ``cloze_acc_norm``, ``exact`` and ``n``."""
     metrics: dict[str, float] = {}
-    choice_items = [it for it in items if parse_choices(it) is not None]
     free_items = [it for it in items if parse_choices(it) is None]
     for scoring in scorings:
-        if scoring not in SCORINGS:
-            raise ValueError(f"unknown scoring {scoring!r}; choose from {SCORINGS}")
-        built = [item_requests(it, tokenizer, scoring) for it in choice_items]
-        flat = [r for reqs, _, _ in built for r in reqs]
-        if not flat:
+        hits, hits_norm = choice_hits(model, tokenizer, items, scoring, batch_size=batch_size)
+        if not hits:
             continue
-        lls = loglikelihoods(model, tokenizer, flat, batch_size=batch_size)
-        acc = acc_norm = 0
-        pos = 0
-        for reqs, gold, nbytes in built:
-            scores = lls[pos:pos + len(reqs)]
-            pos += len(reqs)
-            acc += max(range(len(scores)), key=scores.__getitem__) == gold
-            acc_norm += max(range(len(scores)), key=lambda k: scores[k] / max(1, nbytes[k])) == gold
-        metrics[f"{scoring}_acc"] = acc / len(built)
+        metrics[f"{scoring}_acc"] = sum(hits) / len(hits)
         if scoring == "cloze":
-            metrics["cloze_acc_norm"] = acc_norm / len(built)
+            metrics["cloze_acc_norm"] = sum(hits_norm) / len(hits_norm)
     if free_items and free_text:
         metrics["exact"] = exact_match(model, tokenizer, free_items)
     metrics["n"] = len(items)
     return metrics
+
+
+@torch.no_grad()
+def token_nll(model, tokenizer, items: list[dict], *, batch_size: int = 32,
+              max_length: int = 256) -> tuple[list[float], list[int]]:
+    """Per item: (summed NLL in nats, token count) of its gold response + EOS, as collect encodes it."""
+    from dnd_fast.collect import encode_example, pad_batch
+
+    device = next(model.parameters()).device
+    encoded = [encode_example(tokenizer, it, max_length) for it in items]
+    order = sorted(range(len(items)), key=lambda i: -len(encoded[i][0]))  # similar lengths per batch
+    sums, counts = [0.0] * len(items), [0] * len(items)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    for b in range(0, len(order), batch_size):
+        idx = order[b:b + batch_size]
+        batch = pad_batch([encoded[i] for i in idx], pad, device)
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+        targets = batch["labels"][:, 1:]
+        where = targets != -100
+        token = torch.nn.functional.cross_entropy(logits[where].float(), targets[where], reduction="none")
+        row = where.nonzero()[:, 0]
+        per_row = torch.zeros(len(idx), device=device, dtype=torch.float64).index_add_(0, row, token.double())
+        for j, i in enumerate(idx):
+            sums[i], counts[i] = float(per_row[j]), int(where[j].sum())
+    return sums, counts
+
+
+def bootstrap(values: list[float] | torch.Tensor, weights: list[float] | torch.Tensor | None = None, *,
+              reps: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    """(estimate, low, high): sum(values) / sum(weights) (the mean when ``weights`` is None) and its 95%
+    percentile interval over ``reps`` resamples of the items. Values that are differences of two
+    models on the same items give the paired interval of the difference."""
+    v = torch.as_tensor(values, dtype=torch.float64)
+    w = torch.ones_like(v) if weights is None else torch.as_tensor(weights, dtype=torch.float64)
+    if v.numel() == 0 or v.shape != w.shape:
+        raise ValueError(f"bootstrap needs matching non-empty values and weights, got {v.shape} and {w.shape}")
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randint(v.numel(), (reps, v.numel()), generator=g)
+    stats = v[idx].sum(1) / w[idx].sum(1)
+    lo, hi = torch.quantile(stats, torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
+    return float(v.sum() / w.sum()), lo, hi
 
 
 class AdapterSlot:
