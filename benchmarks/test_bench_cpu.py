@@ -3,7 +3,7 @@
 Tokenize / detokenize at the published Qwen2.5-0.5B layout (4296 tokens), batch 1, for the
 torch reference and the C++ op; a small decoder forward for the reference; generate() end to
 end with the real MiniLM encoder and a small decoder for that layout. GPU figures come from the
-gpu_*.py scripts beside this file (benchmarks/RESULTS.md).
+gpu_*.py scripts beside this file (today: benchmarks/RESULTS.md).
 """
 import sys
 from pathlib import Path

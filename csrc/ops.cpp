@@ -304,7 +304,7 @@ TORCH_LIBRARY_IMPL(dnd_fast, CUDA, m) {
 
 // tokenize(flat, meta, h, w, stats or None, eps) on CUDA tensors, called from Python without the
 // dispatcher's boxed call: 2.3 us of host time instead of 4.6 on the lent H100's host, where the
-// batch-1 call takes ~24 us in all (benchmarks/RESULTS.md). torch.compile and every other caller
+// batch-1 call takes ~24 us in all (benchmarks/gpu_tokenizer.py --breakdown). torch.compile and every other caller
 // go through torch.ops.dnd_fast.tokenize.
 static PyObject* tokenize_cuda_py(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   if (nargs != 6 || !THPVariable_Check(args[0]) || !THPVariable_Check(args[1]) ||

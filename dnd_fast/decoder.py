@@ -532,7 +532,7 @@ class HyperConvDecoder(nn.Module):
             raise ValueError(f"HyperConvDecoder: condition must be [B, {', '.join(map(str, self.config.condition_shape))}]"
                              f", got {list(condition.shape)}")
         backend = backend or self.backend
-        # Training too (benchmarks/RESULTS.md, H100, batch 8): the plane path's step is 3.13x the eager
+        # Training too (benchmarks/gpu_decoder.py, H100, batch 8): the plane path's step is 3.13x the eager
         # cuDNN reference, the strided one 1.45x (1.50x compiled), compiling the reference gains 1.01x.
         name = dispatch.resolve(backend, condition.device, ("triton",), "HyperConvDecoder")
         layer_fn = _layer_triton if name == "triton" else _layer_reference

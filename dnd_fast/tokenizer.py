@@ -18,7 +18,7 @@ from dnd_fast import dispatch
 from dnd_fast.layout import LoRALayout
 
 STD_FLOOR = 1e-8  # a constant token (e.g. a freshly initialised lora_B) keeps std = this
-# Measured on an H100 (benchmarks/RESULTS.md): the CUDA kernels win both ways at batch 1 and 64.
+# Measured on an H100 (benchmarks/gpu_tokenizer.py): the CUDA kernels win both ways at batch 1 and 64.
 _PREFERENCE = ("cuda", "triton", "cpp")
 # The CUDA tokenize kernel bound without the dispatcher's boxed call (None without CUDA kernels).
 _TOKENIZE_CUDA = getattr(dispatch.EXT, "tokenize_cuda", None)
@@ -112,7 +112,7 @@ def tokenize_flat(flat: torch.Tensor, layout: LoRALayout, *, stats: torch.Tensor
     if (backend is None or backend == "cuda") and flat.is_cuda and _TOKENIZE_CUDA is not None \
             and type(flat) is torch.Tensor and not torch.compiler.is_compiling():
         # What dispatch picks first on CUDA tensors, called directly: without the backend look-up and
-        # the dispatcher's boxed call, a batch-1 call's host time halves (benchmarks/RESULTS.md).
+        # the dispatcher's boxed call, a batch-1 call's host time halves (benchmarks/gpu_tokenizer.py --breakdown).
         return _TOKENIZE_CUDA(flat, layout.meta_on(flat.device), h, w, stats, STD_FLOOR)
     name = dispatch.resolve(backend, flat.device, _PREFERENCE, "tokenize")
     if name == "torch":

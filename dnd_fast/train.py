@@ -202,7 +202,7 @@ def train(store: str | Path, out: str | Path, cfg: TrainConfig, *, device=None, 
     if world.size > 1:
         model = torch.nn.parallel.DistributedDataParallel(decoder, device_ids=[dev.index] if dev.type == "cuda" else None)
     # On Hopper the plane kernels run eagerly (torch.compile would trace the strided ones instead): an H100
-    # training step of paper_qwen05() at batch 8 took 463 ms that way, 965 ms compiled (benchmarks/RESULTS.md).
+    # training step of paper_qwen05() at batch 8 took 463 ms that way, 965 ms compiled (benchmarks/gpu_decoder.py --train-backends).
     use_compile = cfg.compile if cfg.compile is not None else dev.type == "cuda" and not plane_convs_run_on(dev)
     forward = torch.compile(model) if use_compile else model
     out.mkdir(parents=True, exist_ok=True)

@@ -589,7 +589,7 @@ def _plane_tile(x_ptr, row, k0, WIDTH, C8, X_ROWS, BLOCK_M: tl.constexpr, BLOCK_
     """The [BLOCK_M, BLOCK_K] tile at (row, k0) of the plane viewed as X_ROWS rows WIDTH long and C8
     apart (WIDTH = KS * C8: the overlapping window rows), zero past WIDTH and the last row, by plain
     loads (cp.async when pipelined) instead of TMA: on the thin convs (C_in <= 128, C_out <= 64)
-    of the decoder 5-25% faster on an H100 (benchmarks/RESULTS.md, session 7)."""
+    of the decoder 5-25% faster on an H100 (benchmarks/gpu_plane.py; docs/journal.md)."""
     rows = row + tl.arange(0, BLOCK_M)
     cols = k0 + tl.arange(0, BLOCK_K)
     off = rows.to(tl.int64)[:, None] * C8 + cols[None, :]
@@ -708,7 +708,7 @@ def conv2d_plane(x: PaddedPlane, packed_weight, ks, out, bias=None, mode=0, othe
 def forward_weight_layout(cout):
     """The weight layout inference packs for a conv with ``cout`` output channels: 0 (``pack_weight_plane``)
     where ``cout`` is a multiple of 256, else 1 (its ``out_major`` form, whose [N, 64] weight tiles are one
-    128-byte swizzle row each). On an H100 (RESULTS.md, session 9; every conv of the decoder at batch 8, each
+    128-byte swizzle row each). On an H100 (benchmarks/gpu_plane.py, docs/journal.md; every conv of the decoder at batch 8, each
     layout with its own tiling choice) 1 ran 5-15% faster on most convs, 0 on those with 256-wide N tiles
     (C_out 256, 512, 1024, 2048: 5-30%)."""
     return 0 if cout % 256 == 0 else 1
