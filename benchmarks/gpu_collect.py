@@ -80,7 +80,7 @@ def multi(k, store):
 
 
 gpu = torch.cuda.get_device_name()
-commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip() or "?"  # the device copy may carry a stale .git: check it
 rows = []
 torch.cuda.reset_peak_memory_stats()
 ref = peft_loop()
