@@ -70,6 +70,8 @@ def cmd_collect(args) -> int:
     parallel = args.parallel
     if parallel is None and (args.shards > 1 or args.device.type == "cuda"):
         parallel = 16  # what fits an 80 GB GPU with SmolLM2-135M at batch 8 x 256 tokens
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise ValueError(f"--out {args.out!r} is a file: give a directory for the checkpoint store")
     manifests = collect(tasks, args.base, args.out, cfg, device=args.device, parallel=parallel, shards=args.shards)
     if manifests:
         _table(f"dnd-fast collect -> {args.out}", ["task", "train items", "steps", "checkpoints", "last loss", "s"],
@@ -86,9 +88,11 @@ def cmd_train(args) -> int:
                       max_length=args.max_length, max_prompts=args.max_prompts, decoder=args.decoder, steps=args.steps,
                       batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr, warmup=args.warmup,
                       seed=args.seed, save_every=args.save_every, compile=args.compile)
-    summary = train(args.store, args.out, cfg, device=args.device, resume=args.resume, tensorboard=args.tensorboard)
+    summary = train(args.store, args.out, cfg, device=args.device, resume=args.resume or None, restart=args.restart,
+                    keep_state=args.keep_state, tensorboard=args.tensorboard)
     if summary.get("final_loss") is not None:
-        print(f"dnd-fast train: loss {summary['first_loss']:.4f} -> {summary['final_loss']:.4f} in "
+        print(f"dnd-fast train: loss {summary['first_loss']:.4f} -> {summary['final_loss']:.4f} over "
+              f"{summary['steps_done']} steps in "
               f"{summary['seconds']} s; generator saved to {summary['generator']}")
     return 0
 
@@ -99,13 +103,25 @@ def read_prompts(path: str) -> list[str]:
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"prompt file {path!r} does not exist")
-    text = p.read_text(encoding="utf-8")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"prompt file {path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     if p.suffix == ".txt":
         return [line for line in text.splitlines() if line.strip()]
-    try:
-        items = json.loads(text) if p.suffix == ".json" else [json.loads(x) for x in text.splitlines() if x.strip()]
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid {p.suffix[1:]} ({exc})") from None
+    if p.suffix == ".json":
+        try:
+            items = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"prompt file {path}: line {exc.lineno}: not valid JSON ({exc.msg})") from None
+    else:
+        items = []
+        for number, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    items.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    raise ValueError(f"prompt file {path}: line {number}: not valid JSON ({exc.msg})") from None
     if not isinstance(items, list):
         raise ValueError(f"{path}: expected a list of prompts")
     return [it["prompt"] if isinstance(it, dict) and "prompt" in it else it for it in items]
@@ -234,13 +250,22 @@ def cmd_demo(args) -> int:
     from dnd_fast import experiment
 
     name = args.preset or ("gpu" if args.device.type == "cuda" else "cpu")
+    cfg = experiment.preset(name)
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise ValueError(f"--out {args.out!r} is a file: give a directory for the experiment's outputs")
     tasks = args.tasks or [p for p in (DEFAULT_TASKS if name == "gpu" else DEFAULT_TASKS[:1]) if p.is_dir()]
     missing = [t for t in tasks if not Path(t).is_dir()]
-    if not tasks or missing:
-        raise FileNotFoundError(f"no task directory {str(missing[0] if missing else DEFAULT_TASKS[0])!r}: pass "
-                                "--tasks DIR [DIR ...] holding NAME_train.json / NAME_test.json (or NAME.json) files "
-                                "of {'prompt', 'response', 'system'} items (../shared/data)")
-    cfg = experiment.preset(name)
+    if missing:
+        raise FileNotFoundError(f"no task directory {str(missing[0])!r}: pass --tasks DIR [DIR ...] holding "
+                                "NAME_train.json / NAME_test.json (or NAME.json) files of {'prompt', 'response', "
+                                "'system'} items")
+    if not tasks:  # nothing beside the checkout: the project's own tasks (dnd_fast/builtin_tasks.py)
+        from dnd_fast.builtin_tasks import write_builtin_tasks
+
+        tasks = [write_builtin_tasks(Path(args.out) / "builtin_tasks")]
+        cfg.hold_out = ["count"]
+        print(f"dnd-fast demo: no task data found at {DEFAULT_TASKS[0]}; using the built-in tasks written to "
+              f"{tasks[0]} (--tasks DIR runs real benchmarks)", flush=True)
     if args.hold_out:
         cfg.hold_out = None if args.hold_out == ["all"] else args.hold_out
     for field in ("limit", "parallel", "shards", "store"):
@@ -412,7 +437,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--warmup", type=int, default=50)
     t.add_argument("--save-every", type=int, default=200)
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--resume", action="store_true", help="continue the run saved in --out")
+    t.add_argument("--resume", action="store_true",
+                   help="insist on continuing the run saved in --out (a saved run is continued anyway)")
+    t.add_argument("--restart", action="store_true", help="discard a saved or finished run in --out and start over")
+    t.add_argument("--keep-state", action="store_true",
+                   help="keep the resume state (parameters and optimizer moments) after the last step")
     t.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="torch.compile the decoder (default: on CUDA GPUs before Hopper; on Hopper the plane "
                         "kernels run eagerly)")

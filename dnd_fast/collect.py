@@ -127,52 +127,58 @@ def collect_task(task: Task, base: str, store: Path, cfg: CollectConfig, device:
     if cfg.max_warmup_steps is not None:
         warmup = min(warmup, cfg.max_warmup_steps)
     total = warmup + cfg.keep * cfg.every
-    start, losses = 0, []
+    start, losses, seconds_before = 0, [], 0.0
     if (task_dir / STATE_JSON).exists():
         meta = load_state(task_dir / STATE_TENSORS, task_dir / STATE_JSON, params, opt)
-        start, losses = meta["step"], meta["losses"]
+        start, losses, seconds_before = meta["step"], meta["losses"], meta.get("seconds", 0.0)
     encoded: dict[int, tuple[list[int], list[int]]] = {}
 
     def keep_state(step: int) -> None:
-        save_state(task_dir / STATE_TENSORS, task_dir / STATE_JSON, params, opt, {"step": step, "losses": losses})
+        save_state(task_dir / STATE_TENSORS, task_dir / STATE_JSON, params, opt,
+                   {"step": step, "losses": losses, "seconds": seconds_before + time.perf_counter() - t0})
 
     model.train()
-    t0 = time.perf_counter()
+    t0, done = time.perf_counter(), start
     bar = tqdm(range(start, total), initial=start, total=total, desc=f"collect {task.name}", disable=not progress,
                dynamic_ncols=True)
-    for step in bar:
-        idx = batch_indices(step, len(items), cfg.batch_size, seed)
-        for i in idx:
-            if i not in encoded:
-                encoded[i] = encode_example(tokenizer, items[i], cfg.max_length)
-        batch = pad_batch([encoded[i] for i in idx], tokenizer.pad_token_id, device)
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, total, cfg.lr)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            loss = model(**batch).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params.values(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        done = step + 1
-        kept = done - warmup
-        if kept > 0 and kept % cfg.every == 0:
-            k = kept // cfg.every - 1
-            lora = get_peft_model_state_dict(model, save_embedding_layers=False)
-            io.save_tensors(task_dir / f"ckpt_{k:04d}.safetensors", lora, {"step": str(done)})
-            losses.append([done, loss.item()])
-            keep_state(done)
-        elif done % cfg.state_every == 0:
-            keep_state(done)
-        bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
-        if stop_after is not None and done - start >= stop_after and done < total:
-            keep_state(done)
-            return {"complete": False, "step": done}
+    try:
+        for step in bar:
+            idx = batch_indices(step, len(items), cfg.batch_size, seed)
+            for i in idx:
+                if i not in encoded:
+                    encoded[i] = encode_example(tokenizer, items[i], cfg.max_length)
+            batch = pad_batch([encoded[i] for i in idx], tokenizer.pad_token_id, device)
+            for group in opt.param_groups:
+                group["lr"] = lr_at(step, total, cfg.lr)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                loss = model(**batch).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params.values(), 1.0)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            done = step + 1
+            kept = done - warmup
+            if kept > 0 and kept % cfg.every == 0:
+                k = kept // cfg.every - 1
+                lora = get_peft_model_state_dict(model, save_embedding_layers=False)
+                io.save_tensors(task_dir / f"ckpt_{k:04d}.safetensors", lora, {"step": str(done)})
+                losses.append([done, loss.item()])
+                keep_state(done)
+            elif done % cfg.state_every == 0:
+                keep_state(done)
+            bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+            if stop_after is not None and done - start >= stop_after and done < total:
+                keep_state(done)
+                return {"complete": False, "step": done}
+    except KeyboardInterrupt:
+        if done > start:
+            keep_state(done)  # warm-up steps before the first checkpoint are kept too
+        raise
     elapsed = time.perf_counter() - t0
     manifest = {"task": task.name, "base_model": str(resolve_base(base)), "lora_config": lora_config_dict(cfg.lora_config()),
                 "collect_config": asdict(cfg), "seed": seed, "split": task.split_note, "train_items": len(items),
                 "warmup_steps": warmup, "total_steps": total, "steps_this_run": total - start,
-                "seconds_this_run": round(elapsed, 2),
+                "seconds_this_run": round(elapsed, 2), "seconds": round(seconds_before + elapsed, 2),
                 "checkpoints": [{"file": f"ckpt_{k:04d}.safetensors", "step": s, "loss": round(l, 5)}
                                 for k, (s, l) in enumerate(losses)],
                 "collected_on_rank": rank, "complete": True}

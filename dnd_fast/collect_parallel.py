@@ -76,6 +76,8 @@ class _Group:
         self.multi = MultiLoRA(model, cfg.lora_config(), len(jobs))
         self.opt = MultiAdamW(self.multi.flat, max_norm=1.0)
         self.steps = [0] * len(jobs)
+        self.seconds_before = [0.0] * len(jobs)
+        self.t0 = time.perf_counter()
         self.losses: list[list] = [[] for _ in jobs]
         self.encoded: list[dict[int, tuple[list[int], list[int]]]] = [{} for _ in jobs]
         for k, job in enumerate(jobs):
@@ -89,6 +91,7 @@ class _Group:
                     self.multi.flat[k].copy_(state["flat"])
                 self.opt.load_rows(k, state)
                 self.steps[k], self.losses[k] = int(meta["step"]), meta["losses"]
+                self.seconds_before[k] = float(meta.get("seconds", 0.0))
             else:
                 self.multi.init_adapter(k, job.seed)
 
@@ -114,7 +117,8 @@ class _Group:
     def save_state(self, k: int) -> None:
         d = self.store / self.jobs[k].name
         io.save_tensors(d / STATE_TENSORS, {"flat": self.multi.flat.detach()[k], **self.opt.state_rows(k)})
-        io.write_json(d / STATE_JSON, {"step": self.steps[k], "losses": self.losses[k]})
+        io.write_json(d / STATE_JSON, {"step": self.steps[k], "losses": self.losses[k],
+                                       "seconds": self.seconds_before[k] + time.perf_counter() - self.t0})
 
     def finish(self, k: int, seconds: float, steps_this_run: int, rank: int) -> dict:
         job, cfg = self.jobs[k], self.cfg
@@ -124,7 +128,8 @@ class _Group:
                     "base_model": str(resolve_base(self.base)), "lora_config": lora_config_dict(cfg.lora_config()),
                     "collect_config": asdict(cfg), "seed": job.seed, "split": job.split_note, "train_items": len(job.items),
                     "warmup_steps": job.warmup, "total_steps": job.total, "steps_this_run": steps_this_run,
-                    "seconds_this_run": round(seconds, 2), "parallel": len(self.jobs),
+                    "seconds_this_run": round(seconds, 2), "seconds": round(self.seconds_before[k] + seconds, 2),
+                    "parallel": len(self.jobs),
                     "checkpoints": [{"file": f"ckpt_{i:04d}.safetensors", "step": s, "loss": round(v, 5)}
                                     for i, (s, v) in enumerate(self.losses[k])],
                     "collected_on_rank": rank, "complete": True}
@@ -146,38 +151,44 @@ def collect_group(jobs: list[Job], base, store: Path, cfg: CollectConfig, device
     remaining = max(j.total - s for j, s in zip(jobs, group.steps))
     bar = tqdm(total=sum(j.total for j in jobs), initial=sum(group.steps), disable=not progress, dynamic_ncols=True,
                desc=f"collect {len(jobs)} LoRAs at once", unit="LoRA-step")
-    for it in range(remaining):
-        active = torch.tensor([s < j.total for j, s in zip(jobs, group.steps)])
-        lr = torch.tensor([lr_at(min(s, j.total - 1), j.total, cfg.lr) for j, s in zip(jobs, group.steps)])
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            losses = group.multi.losses(**group.batch())
-        (losses * active.to(losses.device)).sum().backward()
-        group.opt.step(lr, active)
-        group.multi.flat.grad = None
-        values = losses.detach().cpu().tolist()  # one host sync per step
-        for k, job in enumerate(jobs):
-            if not active[k]:
-                continue
-            group.steps[k] += 1
-            done = group.steps[k]
-            kept = done - job.warmup
-            if kept > 0 and kept % cfg.every == 0:
-                io.save_tensors(store / job.name / f"ckpt_{kept // cfg.every - 1:04d}.safetensors",
-                                group.multi.adapter_state_dict(k), {"step": str(done)})
-                group.losses[k].append([done, values[k]])
-                if done < job.total:
-                    group.save_state(k)
-            elif done % cfg.state_every == 0:
-                group.save_state(k)
-            if done == job.total:
-                finished.append(group.finish(k, time.perf_counter() - t0, done - starts[k], rank))
-        bar.update(int(active.sum()))
-        bar.set_postfix(loss=f"{sum(values) / len(values):.3f}", refresh=False)
-        if stop_after is not None and it + 1 >= stop_after and it + 1 < remaining:
+    try:
+        for it in range(remaining):
+            active = torch.tensor([s < j.total for j, s in zip(jobs, group.steps)])
+            lr = torch.tensor([lr_at(min(s, j.total - 1), j.total, cfg.lr) for j, s in zip(jobs, group.steps)])
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                losses = group.multi.losses(**group.batch())
+            (losses * active.to(losses.device)).sum().backward()
+            group.opt.step(lr, active)
+            group.multi.flat.grad = None
+            values = losses.detach().cpu().tolist()  # one host sync per step
             for k, job in enumerate(jobs):
-                if group.steps[k] < job.total:
+                if not active[k]:
+                    continue
+                group.steps[k] += 1
+                done = group.steps[k]
+                kept = done - job.warmup
+                if kept > 0 and kept % cfg.every == 0:
+                    io.save_tensors(store / job.name / f"ckpt_{kept // cfg.every - 1:04d}.safetensors",
+                                    group.multi.adapter_state_dict(k), {"step": str(done)})
+                    group.losses[k].append([done, values[k]])
+                    if done < job.total:
+                        group.save_state(k)
+                elif done % cfg.state_every == 0:
                     group.save_state(k)
-            break
+                if done == job.total:
+                    finished.append(group.finish(k, time.perf_counter() - t0, done - starts[k], rank))
+            bar.update(int(active.sum()))
+            bar.set_postfix(loss=f"{sum(values) / len(values):.3f}", refresh=False)
+            if stop_after is not None and it + 1 >= stop_after and it + 1 < remaining:
+                for k, job in enumerate(jobs):
+                    if group.steps[k] < job.total:
+                        group.save_state(k)
+                break
+    except KeyboardInterrupt:  # keep every unfinished job's steps so far (warm-up included)
+        for k, job in enumerate(jobs):
+            if starts[k] < group.steps[k] < job.total:
+                group.save_state(k)
+        raise
     bar.close()
     return finished
 

@@ -21,8 +21,13 @@ try:
 except Exception as exc:  # ImportError, or OSError from a library built against another torch
     _ext = None
     EXT_ERROR = exc
+    import importlib.util
+
+    # Python calls a missing submodule of a package being imported "partially initialized (circular import)"
+    reason = ("it is not built: no dnd_fast/_C*.so" if importlib.util.find_spec("dnd_fast._C") is None
+              else str(exc))
     warnings.warn(
-        f"dnd_fast: the C++/CUDA extension did not load ({exc}); ops run on the PyTorch "
+        f"dnd_fast: the C++/CUDA extension did not load ({reason}); ops run on the PyTorch "
         "reference and Triton where usable. Rebuild with `pip install --no-build-isolation -e .`.",
         RuntimeWarning, stacklevel=2)
 

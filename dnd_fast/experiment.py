@@ -147,7 +147,7 @@ def _train_generator(held, out, store, cfg, device, progress) -> dict:
     summary_file = gen_dir / "train_summary.json"
     if summary_file.exists() and io.read_json(summary_file)["steps"] == train_cfg.steps:
         return io.read_json(summary_file)
-    return train(store, gen_dir, train_cfg, device=device, progress=progress, resume=(gen_dir / STATE_JSON).exists())
+    return train(store, gen_dir, train_cfg, device=device, progress=progress, restart=not (gen_dir / STATE_JSON).exists())
 
 
 def _holdout(held, tasks, groups, out, store, cfg, device, slot, tokenizer, progress, log) -> dict:
@@ -180,7 +180,7 @@ def _holdout(held, tasks, groups, out, store, cfg, device, slot, tokenizer, prog
                                      expensive=name not in cheap)
         log(f"[{held}] {name}: NLL {sum(scores[name]['nll_sums']) / sum(scores[name]['nll_counts']):.4f}"
             f" ({time.perf_counter() - t0:.1f} s)")
-    finetune_s = statistics.mean(m["seconds_this_run"] / max(1, m.get("parallel", 1)) for m in groups[held])
+    finetune_s = statistics.mean(m.get("seconds", m["seconds_this_run"]) / max(1, m.get("parallel", 1)) for m in groups[held])
     generate_ms = statistics.median(times) * 1e3
     return {"scores": scores, "nearest": {"task": nearest, "cosine": similarity}, "train": summary,
             "train_seconds": summary.get("seconds"), "generate_ms": round(generate_ms, 2),

@@ -1,6 +1,9 @@
-"""Resume state of a training loop: parameters and AdamW moments (safetensors) plus a json of metadata."""
+"""Resume state of a training loop: parameters and AdamW moments (safetensors) plus a json of metadata, and the
+json-lines log that survives a kill (one flushed line per step, cut back to the resumed step)."""
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 
 import torch
@@ -34,3 +37,26 @@ def load_state(tensors_path: Path, json_path: Path, params: dict[str, torch.Tens
                                 "exp_avg": tensors[f"exp_avg.{n}"].to(p.device),
                                 "exp_avg_sq": tensors[f"exp_avg_sq.{n}"].to(p.device)}
     return meta
+
+
+def read_log(path: Path) -> list[dict]:
+    """The log's records (a torn last line, from a kill mid-write, is skipped)."""
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
+def open_log(path: Path, start: int):
+    """The log opened for appending at step ``start``: records past it (written after the last saved state,
+    about to be redone) are dropped, so each step appears once across every segment of a run."""
+    kept = [r for r in read_log(path) if r.get("step", 0) <= start] if start else []
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    os.replace(tmp, path)
+    return path.open("a")

@@ -33,7 +33,7 @@ from dnd_fast.decoder import DecoderConfig, HyperConvDecoder, plane_convs_run_on
 from dnd_fast.encoder import PromptEncoder
 from dnd_fast.generator import Generator
 from dnd_fast.layout import LoRALayout
-from dnd_fast.resume import load_state, save_state
+from dnd_fast.resume import load_state, open_log, read_log, save_state
 from dnd_fast.tokenizer import STD_FLOOR, tokenize_flat
 
 # (num_layers, kernel_size, max_channels) of DecoderConfig.for_layout; "paper" is the published cascade
@@ -158,6 +158,7 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 
 
 STATE_TENSORS, STATE_JSON = "train_state.safetensors", "train_state.json"
+LOG, SUMMARY = "train_log.jsonl", "train_summary.json"
 
 
 def _tensorboard_writer(logdir):
@@ -168,11 +169,15 @@ def _tensorboard_writer(logdir):
     return SummaryWriter(str(logdir))
 
 
-def train(store: str | Path, out: str | Path, cfg: TrainConfig, *, device=None, resume: bool = False,
-          progress: bool = True, stop_after: int | None = None, tensorboard: str | Path | None = None) -> dict:
+def train(store: str | Path, out: str | Path, cfg: TrainConfig, *, device=None, resume: bool | None = None,
+          restart: bool = False, keep_state: bool = False, progress: bool = True, stop_after: int | None = None,
+          tensorboard: str | Path | None = None) -> dict:
     """Train a generator on the store's tasks minus ``cfg.hold_out``; saves it to ``out``. Returns a summary.
-    ``tensorboard``: a log directory for TensorBoard scalars (loss, lr, step time, samples/s), besides
-    the json-lines log that is always written."""
+
+    A run directory with a saved state resumes from it (``resume=True`` insists on one; ``restart`` discards
+    it); a finished run is not trained over unless ``restart``. The resume state is dropped at the end unless
+    ``keep_state``. ``tensorboard``: a log directory for TensorBoard scalars (loss, lr, step time,
+    samples/s), besides the json-lines log that is always written."""
     from tqdm.auto import tqdm
 
     world = distributed.init(device)
@@ -181,8 +186,15 @@ def train(store: str | Path, out: str | Path, cfg: TrainConfig, *, device=None, 
     if cfg.batch_size % (world.size * cfg.grad_accum):
         raise ValueError(f"batch size {cfg.batch_size} must divide into {world.size} rank(s) x {cfg.grad_accum} "
                          "accumulation steps")
-    if resume and not (out / STATE_JSON).exists():
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {str(out)!r} is a file: give a directory")
+    saved = (out / STATE_JSON).exists()
+    if resume and not saved:
         raise FileNotFoundError(f"--resume: {out / STATE_JSON} does not exist")
+    if not saved and not restart and (out / SUMMARY).exists():
+        raise ValueError(f"{out} holds a finished training run: pass --restart to train it again (replacing it), "
+                         "or choose another --out")
+    resume = saved and not restart
     groups = {name: m.get("group", name) for name, m in load_store(store).items()}  # entry -> its task
     unknown = [t for t in cfg.hold_out if t not in groups and t not in groups.values()]
     if unknown:
@@ -197,7 +209,8 @@ def train(store: str | Path, out: str | Path, cfg: TrainConfig, *, device=None, 
     decoder = HyperConvDecoder(cfg.decoder_config(data.layout, encoder.hidden_size)).to(dev)
     opt = torch.optim.AdamW(decoder.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=dev.type == "cuda")
     params = dict(decoder.named_parameters())
-    start = int(load_state(out / STATE_TENSORS, out / STATE_JSON, params, opt)["step"]) if resume else 0
+    meta = load_state(out / STATE_TENSORS, out / STATE_JSON, params, opt) if resume else {}
+    start, seconds_before = int(meta.get("step", 0)), float(meta.get("seconds", 0.0))
     model = decoder
     if world.size > 1:
         model = torch.nn.parallel.DistributedDataParallel(decoder, device_ids=[dev.index] if dev.type == "cuda" else None)
@@ -206,7 +219,7 @@ def train(store: str | Path, out: str | Path, cfg: TrainConfig, *, device=None, 
     use_compile = cfg.compile if cfg.compile is not None else dev.type == "cuda" and not plane_convs_run_on(dev)
     forward = torch.compile(model) if use_compile else model
     out.mkdir(parents=True, exist_ok=True)
-    log = (out / "train_log.jsonl").open("a") if world.is_main else None
+    log = open_log(out / LOG, start) if world.is_main else None
     board = _tensorboard_writer(tensorboard) if tensorboard is not None and world.is_main else None
     micro = cfg.batch_size // (world.size * cfg.grad_accum)
     num_params = sum(p.numel() for p in decoder.parameters())
@@ -219,69 +232,78 @@ def train(store: str | Path, out: str | Path, cfg: TrainConfig, *, device=None, 
         if world.is_main:
             gen = Generator(encoder, decoder, data.layout, data.stats, data.base_model, data.lora_config)
             gen.save(out / "generator")
-            save_state(out / STATE_TENSORS, out / STATE_JSON, params, opt, {"step": step, "config": asdict(cfg)})
+            save_state(out / STATE_TENSORS, out / STATE_JSON, params, opt,
+                       {"step": step, "config": asdict(cfg), "seconds": seconds_before + time.perf_counter() - t_start})
 
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="train", dynamic_ncols=True,
                disable=not (progress and world.is_main))
-    losses, t_start = [], time.perf_counter()
-    for step in bar:
-        t0 = time.perf_counter()
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, cfg)
-        condition, rows = data.sample(step, cfg.batch_size, cfg.num_prompts, cfg.seed)
-        noise = torch.Generator(device=dev).manual_seed(cfg.seed * 1_000_003 + step)
-        # noise for the whole global batch on every rank, so any split of it sees the same numbers
-        cond_noise = cfg.noise_condition * torch.randn(condition.shape, generator=noise, device=dev)
-        target_noise = cfg.noise_target * torch.randn((cfg.batch_size, *data.mask.shape), generator=noise, device=dev)
-        total = torch.zeros((), device=dev)
-        for a in range(cfg.grad_accum):
-            lo = (world.rank * cfg.grad_accum + a) * micro
-            cond = condition[lo:lo + micro].float() + cond_noise[lo:lo + micro]
-            target, _ = tokenize_flat(data.flat[rows[lo:lo + micro]], data.layout, stats=data.stats)
-            target = target + target_noise[lo:lo + micro] * data.mask
-            sync = a == cfg.grad_accum - 1 or world.size == 1
-            ctx = model.no_sync() if not sync else contextlib.nullcontext()
-            with ctx, torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
-                loss = weighted_masked_mse(forward(cond), target, data.mask, data.token_weight) / cfg.grad_accum
-            loss.backward()
-            total += loss.detach()
-        torch.nn.utils.clip_grad_norm_(decoder.parameters(), cfg.clip)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        done = step + 1
-        if done % cfg.log_every == 0 or done == cfg.steps:
-            if world.size > 1:
-                torch.distributed.all_reduce(total)
-                total /= world.size
-            value = float(total)  # a host sync, once per logged step
-            dt = time.perf_counter() - t0
-            losses.append((done, value))
-            bar.set_postfix(loss=f"{value:.4f}", step_ms=f"{dt * 1e3:.0f}", samples_s=f"{cfg.batch_size / dt:.1f}",
-                            refresh=False)
-            record = {"loss": value, "lr": lr_at(step, cfg), "step_s": dt, "samples_per_s": cfg.batch_size / dt}
-            if log:
-                log.write(json.dumps({"step": done, **record}) + "\n")
-            if board:
-                for name, v in record.items():
-                    board.add_scalar(f"train/{name}", v, done)
-        if done % cfg.save_every == 0 or done == cfg.steps:
-            save(done)
-        if stop_after is not None and done - start >= stop_after and done < cfg.steps:
-            save(done)
-            break
-    elapsed = time.perf_counter() - t_start
+    t_start, done = time.perf_counter(), start
+    try:
+        for step in bar:
+            t0 = time.perf_counter()
+            for group in opt.param_groups:
+                group["lr"] = lr_at(step, cfg)
+            condition, rows = data.sample(step, cfg.batch_size, cfg.num_prompts, cfg.seed)
+            noise = torch.Generator(device=dev).manual_seed(cfg.seed * 1_000_003 + step)
+            # noise for the whole global batch on every rank, so any split of it sees the same numbers
+            cond_noise = cfg.noise_condition * torch.randn(condition.shape, generator=noise, device=dev)
+            target_noise = cfg.noise_target * torch.randn((cfg.batch_size, *data.mask.shape), generator=noise, device=dev)
+            total = torch.zeros((), device=dev)
+            for a in range(cfg.grad_accum):
+                lo = (world.rank * cfg.grad_accum + a) * micro
+                cond = condition[lo:lo + micro].float() + cond_noise[lo:lo + micro]
+                target, _ = tokenize_flat(data.flat[rows[lo:lo + micro]], data.layout, stats=data.stats)
+                target = target + target_noise[lo:lo + micro] * data.mask
+                sync = a == cfg.grad_accum - 1 or world.size == 1
+                ctx = model.no_sync() if not sync else contextlib.nullcontext()
+                with ctx, torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+                    loss = weighted_masked_mse(forward(cond), target, data.mask, data.token_weight) / cfg.grad_accum
+                loss.backward()
+                total += loss.detach()
+            torch.nn.utils.clip_grad_norm_(decoder.parameters(), cfg.clip)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            done = step + 1
+            if done % cfg.log_every == 0 or done == cfg.steps:
+                if world.size > 1:
+                    torch.distributed.all_reduce(total)
+                    total /= world.size
+                value = float(total)  # a host sync, once per logged step
+                dt = time.perf_counter() - t0
+                bar.set_postfix(loss=f"{value:.4f}", step_ms=f"{dt * 1e3:.0f}", samples_s=f"{cfg.batch_size / dt:.1f}",
+                                refresh=False)
+                record = {"loss": value, "lr": lr_at(step, cfg), "step_s": dt, "samples_per_s": cfg.batch_size / dt}
+                if log:
+                    log.write(json.dumps({"step": done, **record}) + "\n")
+                    log.flush()
+                if board:
+                    for name, v in record.items():
+                        board.add_scalar(f"train/{name}", v, done)
+            if done % cfg.save_every == 0 or done == cfg.steps:
+                save(done)
+            if stop_after is not None and done - start >= stop_after and done < cfg.steps:
+                save(done)
+                break
+    except KeyboardInterrupt:
+        save(done)  # the steps done so far are kept: the next call resumes from them
+        raise
+    elapsed = seconds_before + time.perf_counter() - t_start
     if log:
         log.close()
     if board:
         board.close()
     world.barrier()
+    losses = [r["loss"] for r in read_log(out / LOG)] if world.is_main else []  # every segment of the run
     summary = {"tasks": tasks, "hold_out": cfg.hold_out, "checkpoints": int(data.flat.shape[0]),
-               "decoder_params": num_params, "steps": cfg.steps, "seconds": round(elapsed, 2),
-               "final_loss": losses[-1][1] if losses else None, "first_loss": losses[0][1] if losses else None,
+               "decoder_params": num_params, "steps": cfg.steps, "steps_done": done, "seconds": round(elapsed, 2),
+               "final_loss": losses[-1] if losses else None, "first_loss": losses[0] if losses else None,
                "generator": str(out / "generator")}
     if world.is_main:
-        io.write_json(out / "train_summary.json", summary)
-        _plot_losses(out / "loss.png", out / "train_log.jsonl")
+        io.write_json(out / SUMMARY, summary)
+        _plot_losses(out / "loss.png", out / LOG)
+        if done == cfg.steps and not keep_state:  # the generator is saved; the state (optimizer moments) is not needed
+            for name in (STATE_TENSORS, STATE_JSON):
+                (out / name).unlink(missing_ok=True)
     return summary
 
 
@@ -289,7 +311,7 @@ def _plot_losses(png: Path, log: Path) -> None:
     plt = io.pyplot()
     if plt is None:
         return
-    rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    rows = read_log(log)
     if not rows:
         return
     fig, ax = plt.subplots(figsize=(6, 3.5))

@@ -66,6 +66,32 @@ def test_resume_after_a_kill_equals_an_uninterrupted_run(tiny_base, tiny_tasks, 
     assert again == resumed
 
 
+def test_ctrl_c_during_warm_up_keeps_the_steps_done(tiny_base, tiny_tasks, tmp_path, monkeypatch):
+    import dnd_fast.collect as collect_module
+
+    task = load_tasks(tiny_tasks, ["colors"])["colors"]
+    cfg = CollectConfig(**{**CFG, "warmup_steps": 4})
+    full = collect_task(task, str(tiny_base), tmp_path / "a", cfg, torch.device("cpu"), progress=False)
+    real = collect_module.lr_at
+
+    def interrupted_at_step_2(step, total, peak):
+        if step == 2:
+            raise KeyboardInterrupt
+        return real(step, total, peak)
+
+    monkeypatch.setattr(collect_module, "lr_at", interrupted_at_step_2)
+    with pytest.raises(KeyboardInterrupt):
+        collect_task(task, str(tiny_base), tmp_path / "b", cfg, torch.device("cpu"), progress=False)
+    state = json.loads((tmp_path / "b" / "colors" / "state.json").read_text())
+    assert state["step"] == 2 and state["seconds"] > 0  # before the first checkpoint (step 5)
+    monkeypatch.setattr(collect_module, "lr_at", real)
+    resumed = collect_task(task, str(tiny_base), tmp_path / "b", cfg, torch.device("cpu"), progress=False)
+    assert resumed["steps_this_run"] == resumed["total_steps"] - 2 and resumed["seconds"] >= resumed["seconds_this_run"]
+    for sa, sb in zip(load_checkpoints(tmp_path / "a", full), load_checkpoints(tmp_path / "b", resumed)):
+        for k in sa:
+            torch.testing.assert_close(sa[k], sb[k], rtol=1e-5, atol=1e-7)
+
+
 def test_single_file_tasks_are_split_seeded_and_recorded(tmp_path):
     items = [{"prompt": f"q{i}\nA: x\nB: y", "response": "[A]"} for i in range(10)]
     (tmp_path / "solo_validation.json").write_text(json.dumps(items))

@@ -68,6 +68,29 @@ def test_resume_equals_an_uninterrupted_run(store, tiny_encoder, tmp_path):
         assert torch.equal(a[k], b[k]), k
 
 
+def test_a_saved_run_resumes_by_default_and_its_log_counts_each_step_once(store, tiny_encoder, tmp_path):
+    cfg = config(tiny_encoder)  # state saved every 4 steps
+    run = tmp_path / "run"
+    train(store, run, cfg, device="cpu", progress=False, stop_after=6)  # saved at 6; steps 1-6 logged
+    with (run / "train_log.jsonl").open("a") as f:  # steps done after the last save, then a kill mid-line
+        f.write(json.dumps({"step": 7, "loss": 9.9}) + "\n" + '{"step": 8, "lo')
+    seconds = json.loads((run / "train_state.json").read_text())["seconds"]
+    summary = train(store, run, cfg, device="cpu", progress=False)  # no flag: continues from step 6
+    steps = [json.loads(line)["step"] for line in (run / "train_log.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 13)) and summary["steps_done"] == 12
+    assert summary["seconds"] >= seconds > 0
+    first = json.loads((run / "train_log.jsonl").read_text().splitlines()[0])["loss"]
+    assert summary["first_loss"] == first  # the summary covers every segment
+    assert not (run / "train_state.json").exists() and not (run / "train_state.safetensors").exists()
+    with pytest.raises(ValueError, match="finished training run"):
+        train(store, run, cfg, device="cpu", progress=False)
+    assert train(store, run, cfg, device="cpu", progress=False, restart=True, keep_state=True)["steps_done"] == 12
+    assert (run / "train_state.json").exists()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="is a file"):
+        train(store, tmp_path / "file", cfg, device="cpu", progress=False)
+
+
 def test_hold_out_and_bad_arguments(store, tiny_encoder, tmp_path):
     summary = train(store, tmp_path / "h", config(tiny_encoder, steps=2, hold_out=["colors"]), device="cpu",
                     progress=False)
