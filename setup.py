@@ -8,6 +8,7 @@ torch must already be installed: build with `pip install --no-build-isolation -e
 (see install.sh); an isolated build would fetch a second, multi-GB torch.
 """
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -62,7 +63,7 @@ else:
 
 setup(
     name="dnd_fast",
-    version="0.1.0",
+    version=re.search(r'__version__ = "([^"]+)"', (ROOT / "dnd_fast" / "__init__.py").read_text())[1],
     description="Drag-and-Drop LLMs, fast: prompts in, a PEFT LoRA adapter out",
     python_requires=">=3.10",
     packages=["dnd_fast", "dnd_fast.kernels"],

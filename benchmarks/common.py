@@ -3,20 +3,15 @@ import time
 
 import torch
 
-ALL_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-
-
 def qwen05_lora():
     """(LoRALayout, LoraConfig) of Qwen2.5-0.5B with r=8 on all seven modules: the published 4296 tokens."""
     from peft import LoraConfig
-    from transformers import Qwen2Config
 
     from dnd_fast import LoRALayout
+    from dnd_fast.layout import ALL_MODULES, qwen05_model_config
 
-    cfg = Qwen2Config(vocab_size=1024, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
-                      num_attention_heads=14, num_key_value_heads=2)
     lora = LoraConfig(r=8, lora_alpha=16, target_modules=ALL_MODULES)
-    return LoRALayout.from_config(cfg, lora), lora
+    return LoRALayout.from_config(qwen05_model_config(), lora), lora
 
 
 def median_ms(fn, warmup=3, rep=20):

@@ -16,8 +16,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from common import cuda_graph, device_name, median_ms, print_table  # noqa: E402
 
-from dnd_fast import decoder  # noqa: E402
+from dnd_fast import paths  # noqa: E402
 from dnd_fast.decoder import DecoderConfig, HyperConvDecoder  # noqa: E402
+from dnd_fast.paths import Paths  # noqa: E402
 
 
 def main():
@@ -40,10 +41,9 @@ def main():
         x = torch.randn(batch, *cfg.condition_shape, device="cuda")
         ref_ms = None
         for backend in ("torch", "triton", "triton, strided", "torch, cuda graph", "triton, cuda graph"):
-            def fwd(b=backend.split(",")[0]):
+            def fwd(b=backend.split(",")[0], kernel_paths=Paths(plane_convs=backend != "triton, strided")):
                 with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
-                    return dec(x, backend=b)
-            decoder.PLANE_CONVS = backend != "triton, strided"
+                    return dec(x, backend=b, kernel_paths=kernel_paths)
             if backend.endswith("graph"):  # as generate() runs it: warm-up (tiling choice), then replays
                 fwd()
                 ms = median_ms(cuda_graph(fwd), warmup=2, rep=10)
@@ -54,7 +54,6 @@ def main():
                          f"{cfg.flops(batch) / ms / 1e9:.0f}", f"{ref_ms / ms:.2f}x"])
             print(rows[-1], flush=True)
             torch.cuda.empty_cache()  # the graph pools
-        decoder.PLANE_CONVS = True
     if not args.skip_train:
         batch = 8
         x = torch.randn(batch, *cfg.condition_shape, device="cuda")
@@ -65,8 +64,7 @@ def main():
         grads = {}
         for backend in args.train_backends.split(","):
             def step(b=backend, keep=False):
-                decoder.PLANE_CONVS = b != "triton-strided"
-                with torch.autocast("cuda", dtype=torch.bfloat16):
+                with torch.autocast("cuda", dtype=torch.bfloat16), paths.use(plane_convs=b != "triton-strided"):
                     if b.startswith("compile"):  # compile = the reference module, compile-triton = ours
                         out = compiled(x, backend="triton" if b == "compile-triton" else "torch")
                     else:
@@ -94,7 +92,6 @@ def main():
             err = ((grads["triton"] - grads["torch"]).norm() / grads["torch"].norm()).item()
             print(f"train step gradients, triton vs torch (bf16 autocast both): rel. err {err:.2e}", flush=True)
             del grads
-        decoder.PLANE_CONVS = True
         if args.profile_train:
             from torch.profiler import ProfilerActivity, profile
 

@@ -6,14 +6,10 @@ ncu --clock-control none -k regex:_conv_kernel --launch-skip 1 -c 1 python bench
 """
 import argparse
 import json
-import sys
-from pathlib import Path
-
 import torch
 from triton.testing import do_bench
 
-sys.path.insert(0, str(Path(__file__).parents[1] / "kernels"))  # runs without building the package
-import hyperconv  # noqa: E402
+from dnd_fast.kernels import hyperconv
 
 
 def main():

@@ -1,4 +1,4 @@
-// CUDA kernel of dnd_fast::conv_plane_thin and its launcher (the op's argument checks are in ops.cpp).
+// CUDA kernel of dnd_fast::conv_plane_thin and its launcher (the op's argument checks are in ops_cuda.cpp).
 //
 // The decoder's thin convolutions (at most 64 input and 64 output channels, e.g. the height convs of
 // the late layers: 50 -> 50, 25 -> 10, 10 -> 10 channels over 200 x 1024 positions, 9 x 9 taps) move

@@ -1,5 +1,5 @@
 // CUDA kernel of dnd_fast::layer_norm_planes and its launcher (the op's argument checks are in
-// ops.cpp).
+// ops_cuda.cpp).
 //
 // The decoder normalises each layer's input x [B, C, H, W] over (H, W) and writes the result into
 // two padded planes whose unit strides lie along different axes: W (the width-channel plane) and H

@@ -16,7 +16,7 @@ constexpr int64_t kMaxTileFloats = 48 * 1024 / 4;
 
 #if DND_FAST_WITH_CUDA
 // Launchers (tokenize_cuda.cu): enqueue on the current stream into outputs the caller allocated, on
-// arguments ops.cpp has checked (one place for both devices' checks); they return nullptr, or the
+// arguments checks.cpp and ops_cuda.cpp have checked; they return nullptr, or the
 // CUDA error. tokenize_cuda is the CUDA op, also bound directly as dnd_fast._C.tokenize_cuda.
 const char* launch_tokenize(const at::Tensor& flat, const at::Tensor& meta, const at::Tensor& stats,
                             const at::Tensor& tokens, const at::Tensor& scales, double eps);

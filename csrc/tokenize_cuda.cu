@@ -1,5 +1,5 @@
 // CUDA kernels of dnd_fast::tokenize / dnd_fast::detokenize and their launchers (the ops, their
-// argument checks and allocations are in ops.cpp).
+// argument checks and allocations are in checks.cpp and ops_cuda.cpp).
 //
 // One warp per (token, checkpoint), up to eight tokens per block. The token's real elements are
 // read (tokenize) or written (detokenize) in the source buffer's own order, so those accesses are
@@ -296,7 +296,7 @@ struct Launch {
 };
 
 // As many tokens per block (one per warp) as fit in 48 KiB of shared memory, up to max_warps
-// (ops.cpp has checked that one token's tile fits: h * w <= kMaxTileFloats).
+// (ops_cuda.cpp has checked that one token's tile fits: h * w <= kMaxTileFloats).
 Launch launch_shape(int64_t T, int64_t B, int64_t h, int64_t w, int64_t max_warps) {
   const size_t tile = static_cast<size_t>(tile_floats(static_cast<int>(h * w))) * sizeof(float);
   const int64_t warps = std::min<int64_t>({max_warps, static_cast<int64_t>(kSmemBytes / tile), T});

@@ -6,7 +6,7 @@ from dnd_fast.generator import GeneratedAdapter, Generator, generate, load_gener
 from dnd_fast.layout import LoRALayout
 from dnd_fast.tokenizer import TokenBatch, detokenize, detokenize_flat, tokenize, tokenize_flat
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 __all__ = ["DecoderConfig", "GeneratedAdapter", "Generator", "HyperConvDecoder", "LoRALayout", "PromptEncoder",
            "TokenBatch", "backends", "detokenize", "detokenize_flat", "generate", "load_generator", "tokenize",

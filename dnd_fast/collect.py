@@ -26,10 +26,9 @@ import torch
 
 from dnd_fast import distributed, io
 from dnd_fast.data import Task, chat_prompt
-from dnd_fast.layout import lora_config_dict
+from dnd_fast.layout import ALL_MODULES, lora_config_dict
 from dnd_fast.resume import load_state, save_state
 
-ALL_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 MANIFEST = "manifest.json"
 STATE_TENSORS, STATE_JSON = "state.safetensors", "state.json"
 PROMPTS = "prompts.json"  # the train prompts (no answers): what the generator is conditioned on

@@ -21,8 +21,6 @@ try:
 except Exception as exc:  # ImportError, or OSError from a library built against another torch
     _ext = None
     EXT_ERROR = exc
-    import importlib.util
-
     # Python calls a missing submodule of a package being imported "partially initialized (circular import)"
     reason = ("it is not built: no dnd_fast/_C*.so" if importlib.util.find_spec("dnd_fast._C") is None
               else str(exc))

@@ -13,12 +13,10 @@ import functools
 
 import torch
 
-from dnd_fast import dispatch
+from dnd_fast import dispatch, paths
 
 # False with an extension built before this op existed (then the Triton kernels normalise every layer).
 HAS_OP = dispatch.EXT_HAS_CUDA and hasattr(torch.ops.dnd_fast, "layer_norm_planes")
-# Set False to normalise on the Triton kernels everywhere (benchmarks compare the two).
-ENABLED = True
 
 
 @functools.cache
@@ -34,7 +32,7 @@ def _max_smem_bytes(device: torch.device) -> int:
 def usable(x: torch.Tensor, outs: list[torch.Tensor]) -> bool:
     """Whether ``layer_norm_planes(x, ..., outs)`` runs on the CUDA kernel: the extension has it, x is on a
     GPU, and one (b, c) slice (staged with its normalised values) fits in a block's shared memory."""
-    if not (ENABLED and HAS_OP and x.is_cuda and x.dim() == 4 and outs):
+    if not (paths.current().cuda_layer_norm and HAS_OP and x.is_cuda and x.dim() == 4 and outs):
         return False
     need = _smem_bytes(x.shape[2], x.shape[3], x.element_size(), outs[0].element_size())
     return need <= _max_smem_bytes(x.device)

@@ -73,7 +73,8 @@ def results_markdown(results: dict) -> str:
         f"{s[h]['oracle_gain_recovered']:.0%}" if s[h]["oracle_gain_recovered"] is not None else "" for h in held)
         + " |")
     for diff in ("generated - training LoRAs (mean)", "generated - nearest task"):
-        lines.append(f"| {diff} (paired) | " + " | ".join(_cell(s[h][diff]) for h in held) + " |")
+        lines.append(f"| {diff} (paired; = : within noise) | " + " | ".join(
+            _cell(s[h][diff]) + (" =" if s[h][diff][1] <= 0 <= s[h][diff][2] else "") for h in held) + " |")
     lines.append("| nearest task chosen (cosine) | " + " | ".join(
         f"{s[h]['nearest']['task']} ({s[h]['nearest']['cosine']:.2f})" for h in held) + " |")
     for metric, title in (("letter", "letter accuracy (choice tasks; the LoRAs' answer format)"),
@@ -98,7 +99,7 @@ def results_markdown(results: dict) -> str:
 def goals(summary: dict) -> list[str]:
     held = list(summary)
     n = len(held)
-    beats = [h for h in held if summary[h]["generated - training LoRAs (mean)"][0] < 0]
+    beats = [h for h in held if summary[h]["generated - training LoRAs (mean)"][2] < 0]  # the paired interval
     clear = [h for h in held if summary[h]["rows"]["generated (DnD)"]["nll"][2]
              < summary[h]["rows"]["training LoRAs (mean)"]["nll"][1]]
     recovered = [summary[h]["oracle_gain_recovered"] for h in held if summary[h]["oracle_gain_recovered"] is not None]
@@ -107,8 +108,9 @@ def goals(summary: dict) -> list[str]:
     acc_ok = [h for h in choice if summary[h]["rows"]["generated (DnD)"]["letter"][0]
               >= summary[h]["rows"]["training LoRAs (mean)"]["letter"][0]]
     return [
-        f"generated beats the training-LoRA mean on NLL for {len(beats)} of {n} held-out tasks "
-        f"({', '.join(beats) or 'none'}); intervals apart on {len(clear)} ({', '.join(clear) or 'none'})",
+        f"generated beats the training-LoRA mean on NLL for {len(beats)} of {n} held-out tasks, the paired interval "
+        f"below zero ({', '.join(beats) or 'none'}; elsewhere worse or within noise); the two rows' own intervals "
+        f"apart on {len(clear)} ({', '.join(clear) or 'none'})",
         f"oracle gain recovered, mean over {len(recovered)} tasks: "
         f"{statistics.mean(recovered):.0%}" if recovered else "oracle gain recovered: undefined (oracle = base)",
         f"average NLL over the tasks: generated {avg['generated (DnD)']:.4f}, nearest task {avg['nearest task']:.4f}, "
@@ -119,12 +121,14 @@ def goals(summary: dict) -> list[str]:
     ]
 
 
-def write_report(out: Path, hold_outs: list[str], cfg, device) -> dict:
+def write_report(out: Path, hold_outs: list[str], cfg, device, device_name: str | None = None) -> dict:
+    """results.json / .md / .png from the finished holdout files in ``out`` (``device_name``: where they ran,
+    when the report is rebuilt elsewhere)."""
     found = {h: io.read_json(out / f"holdout-{h}.json") for h in hold_outs if (out / f"holdout-{h}.json").exists()}
     if not found:
         raise ValueError(f"no held-out task is finished in {out}: run the holdout stage first")
     summary = {h: summarise(e, h) for h, e in found.items()}
-    results = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+    results = {"device": device_name or (torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"),
                "config": dataclasses.asdict(cfg), "missing": [h for h in hold_outs if h not in found],
                "hold_out": {h: {k: v for k, v in e.items() if k != "scores"} for h, e in found.items()},
                "summary": summary, "goals": goals(summary)}

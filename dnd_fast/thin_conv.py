@@ -10,13 +10,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from dnd_fast import dispatch
+from dnd_fast import dispatch, paths
 
 MAX_CHANNELS = 64
 # False with an extension built before this op existed (then the Triton kernel runs these convs too).
 HAS_OP = dispatch.EXT_HAS_CUDA and hasattr(torch.ops.dnd_fast, "conv_plane_thin")
-# Set False to run thin convs on the Triton plane kernel too (benchmarks compare the two).
-ENABLED = True
 
 
 def _round_up(n: int, m: int) -> int:
@@ -31,7 +29,7 @@ def kernel_channels(cin: int) -> int:
 
 def usable(cin: int, cout: int, dtype: torch.dtype, device: torch.device) -> bool:
     """Whether a conv of ``cin`` -> ``cout`` channels in ``dtype`` on ``device`` runs on this kernel."""
-    return (ENABLED and HAS_OP and device.type == "cuda" and dtype in (torch.bfloat16, torch.float16)
+    return (paths.current().thin_conv and HAS_OP and device.type == "cuda" and dtype in (torch.bfloat16, torch.float16)
             and cin <= MAX_CHANNELS and cout <= MAX_CHANNELS and torch.cuda.get_device_capability(device)[0] >= 8)
 
 

@@ -14,7 +14,7 @@ torch.backends.cuda.matmul.allow_tf32 = False
 from peft import LoraConfig  # noqa: E402
 from transformers import LlamaConfig, Qwen2Config  # noqa: E402
 
-ALL_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+from dnd_fast.layout import ALL_MODULES, qwen05_model_config  # noqa: E402
 
 
 def tiny_config(family: str):
@@ -41,9 +41,7 @@ def lora_config(r=8, modules=ALL_MODULES):
 
 
 def qwen05_config():
-    """Qwen2.5-0.5B's shapes (24 layers, hidden 896, intermediate 4864, kv 128): the published layout."""
-    return Qwen2Config(vocab_size=1024, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
-                       num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=512)
+    return qwen05_model_config()
 
 
 def random_lora_state_dict(layout, seed=0, dtype=torch.float32, device="cpu"):
@@ -158,4 +156,4 @@ def _heuristic_plane_tiles(monkeypatch):
     every candidate tiling of every test shape. test_hyperconv checks the timing path itself."""
     from dnd_fast.kernels import hyperconv
 
-    monkeypatch.setattr(hyperconv, "TUNE", False)
+    monkeypatch.setattr(hyperconv.tuning, "TUNE", False)

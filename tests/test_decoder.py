@@ -3,7 +3,9 @@ import torch
 from conftest import needs_cuda, reseed
 
 from dnd_fast import dispatch
+from dnd_fast import paths
 from dnd_fast.decoder import DecoderConfig, HyperConvDecoder, num_parameters
+from dnd_fast.paths import Paths
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 TRITON_DEVICES = [d for d in DEVICES if "triton" in dispatch.backends(d)]
@@ -53,14 +55,11 @@ def test_bad_config_and_input():
 @pytest.mark.parametrize("name", list(CONFIGS))
 @pytest.mark.parametrize("batch", [1, 3])
 @pytest.mark.parametrize("plane", [True, False], ids=["plane", "strided"])
-def test_triton_matches_reference_fp32(monkeypatch, device, name, batch, plane):
+def test_triton_matches_reference_fp32(device, name, batch, plane):
     """Forward and every gradient, on the plane kernels (Hopper and the interpreter: forward, input and
     weight gradients all plane convs) and on the strided kernel (custom ops with autograd)."""
-    from dnd_fast import decoder
-
-    monkeypatch.setattr(decoder, "PLANE_CONVS", plane)
     reseed()
-    dec = HyperConvDecoder(CONFIGS[name]).to(device)
+    dec = HyperConvDecoder(CONFIGS[name], kernel_paths=Paths(plane_convs=plane)).to(device)
     x = torch.randn(batch, *CONFIGS[name].condition_shape, device=device)
     x.requires_grad_(True)
     ref = dec(x, backend="torch")
@@ -175,17 +174,15 @@ def test_paper_decoder_runs_on_gpu_in_bf16():
 def test_inference_on_the_plane_or_the_strided_kernel(monkeypatch, device, plane):
     """Inference runs the padded-plane kernel (Hopper, or the interpreter) unless switched off, the
     strided kernel otherwise; both compute the reference's function, with and without a residual."""
-    from dnd_fast import decoder
     from dnd_fast.kernels import hyperconv
 
-    monkeypatch.setattr(decoder, "PLANE_CONVS", plane)
     calls, real = [], hyperconv.conv2d_plane
     monkeypatch.setattr(hyperconv, "conv2d_plane", lambda *a, **k: calls.append(1) or real(*a, **k))
     reseed()
     cfg = CONFIGS["k9"]
     dec = HyperConvDecoder(cfg).to(device)
     x = torch.randn(2, *cfg.condition_shape, device=device)
-    with torch.no_grad():
+    with torch.no_grad(), paths.use(plane_convs=plane):
         ref = dec(x, backend="torch")
         out = dec(x, backend="triton")
     assert rel_err(out, ref) < 1e-5

@@ -111,7 +111,7 @@ def test_weight_gradient_matches_autograd(device, shape):
 def test_cudnn_weight_gradient_matches_autograd_in_the_promised_layout():
     """The backward's cuDNN weight gradient (used on CUDA for thin convs) returns what the op's
     fake kernel promises torch.compile: a contiguous [k*k, C_in, C_out] float32 tensor."""
-    from dnd_fast.decoder import _wgrad_cudnn
+    from dnd_fast.decoder_strided import _wgrad_cudnn
     from dnd_fast.kernels import hyperconv
 
     reseed()
@@ -128,9 +128,9 @@ def test_thin_weight_gradients_split_the_positions():
     from dnd_fast.kernels import hyperconv
 
     # 1 x 1 channel tiles over 81 taps and 3.3 M positions (the decoder's last layer at batch 8)
-    assert hyperconv._wgrad_splits(3_276_800, 81, 64, 81 * 10 * 10) == 12
+    assert hyperconv.wgrad_splits(3_276_800, 81, 64, 81 * 10 * 10) == 12
     # the 712 M-parameter channel conv: no partial buffers
-    assert hyperconv._wgrad_splits(10_400, 16 * 34 * 81, 64, 81 * 2048 * 4296) == 1
+    assert hyperconv.wgrad_splits(10_400, 16 * 34 * 81, 64, 81 * 2048 * 4296) == 1
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (bf16 tensor cores)")
@@ -424,8 +424,8 @@ def test_plane_tilings_give_identical_results(shape):
 def test_first_call_keeps_the_fastest_tiling(monkeypatch):
     from dnd_fast.kernels import hyperconv
 
-    monkeypatch.setattr(hyperconv, "TUNE", True)
-    monkeypatch.setattr(hyperconv, "_TUNED", {})
+    monkeypatch.setattr(hyperconv.tuning, "TUNE", True)
+    monkeypatch.setattr(hyperconv.tuning, "CHOSEN", {})
     reseed()
     b, cin, p, q, cout, k = 2, 64, 10, 40, 130, 9
     x = torch.randn(b, cin, p, q, device="cuda").bfloat16()
@@ -433,7 +433,7 @@ def test_first_call_keeps_the_fastest_tiling(monkeypatch):
     exact = F.conv2d(x.double(), weight.double(), padding="same")
     for _ in range(2):  # timed on the first call, looked up on the second
         assert rel_err(plane_conv(x, weight, None, False, "cuda", torch.bfloat16), exact) < 4e-3
-    (chosen,) = hyperconv._TUNED.values()
+    (chosen,) = hyperconv.tuning.CHOSEN.values()
     assert chosen in hyperconv.plane_candidates(cin, cout, torch.bfloat16)
 
 
@@ -451,11 +451,11 @@ def test_first_call_timing_keeps_an_in_place_accumulation(monkeypatch):
     plane, packed = plane_of(x, k, torch.bfloat16), hyperconv.pack_weight_plane(weight, torch.bfloat16)
     results = []
     for tune in (False, True):
-        monkeypatch.setattr(hyperconv, "TUNE", tune)
-        monkeypatch.setattr(hyperconv, "_TUNED", {})
+        monkeypatch.setattr(hyperconv.tuning, "TUNE", tune)
+        monkeypatch.setattr(hyperconv.tuning, "CHOSEN", {})
         acc = start.clone()
         hyperconv.conv2d_plane(plane, packed, k, acc, mode=2, other=acc)
         results.append(acc)
-    assert len(hyperconv._TUNED) == 1  # the timing ran
+    assert len(hyperconv.tuning.CHOSEN) == 1  # the timing ran
     exact = F.conv2d(x.double(), weight.double(), padding="same") + start.double()
     assert rel_err(results[0], exact) < 4e-3 and rel_err(results[1], exact) < 4e-3

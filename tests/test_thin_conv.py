@@ -4,6 +4,7 @@ import torch
 from conftest import reseed
 
 from dnd_fast import dispatch, thin_conv
+from dnd_fast.paths import Paths
 
 pytestmark = pytest.mark.skipif(not (torch.cuda.is_available() and dispatch.EXT_HAS_CUDA),
                                 reason="needs a CUDA GPU and the extension's CUDA kernels (runs on the lent GPU)")
@@ -100,9 +101,8 @@ def test_decoder_runs_its_thin_convs_on_the_cuda_kernel(monkeypatch):
     monkeypatch.setattr(thin_conv, "conv2d_plane_thin", lambda *a: calls.append(1) or real(*a))
     outs = []
     for enabled in (True, False):
-        monkeypatch.setattr(thin_conv, "ENABLED", enabled)
         with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
-            outs.append(dec(x, backend="triton").float())
+            outs.append(dec(x, backend="triton", kernel_paths=Paths(thin_conv=enabled)).float())
     assert len(calls) == 6  # conv1w, conv1h and conv2h of both layers (the others fuse a bias or the path merge)
     with torch.no_grad():
         ref = dec(x, backend="torch")

@@ -1,0 +1,236 @@
+"""The decoder layer on Hopper: every conv on the padded-plane TMA kernel (kernels/conv_plane.py), each
+writing straight into the zero-padded input of the next; in training (``_PlaneLayerTrain``) the backward
+runs the same chain reversed, input gradients as plane convs with flipped taps and weight gradients on
+``conv2d_plane_wgrad``. Thin inference convs go to the CUDA halo-tile kernel and the LayerNorm to the
+extension's op where ``paths`` and the machine allow.
+"""
+from __future__ import annotations
+
+import functools
+from typing import TYPE_CHECKING, Optional
+
+import torch
+
+from dnd_fast import layer_norm, paths, thin_conv
+from dnd_fast.packed_weights import cached, cast, compute_dtype, needs_grad, packed
+
+if TYPE_CHECKING:
+    from dnd_fast.decoder import HyperConvLayer
+
+
+def plane_convs_run_on(device: torch.device) -> bool:
+    """Whether the Triton path runs on the padded-plane kernels on ``device`` (Hopper and newer GPUs, and the
+    Triton interpreter on the CPU), inference and training, when not traced by torch.compile (which gets
+    the strided kernel, as custom ops)."""
+    from dnd_fast.kernels import hyperconv
+
+    device = torch.device(device)
+    if not paths.current().plane_convs:
+        return False
+    if device.type == "cuda":
+        return torch.cuda.get_device_capability(device)[0] >= 9
+    return hyperconv.interpreted()
+
+
+def plane_path(x: torch.Tensor) -> bool:
+    return not torch.compiler.is_compiling() and plane_convs_run_on(x.device)
+
+
+def _axes(t: torch.Tensor, names, wanted) -> torch.Tensor:
+    """``t`` [B, *dims named ``names``] as the view [B, *dims named ``wanted``]."""
+    return t.permute(0, *(1 + list(names).index(a) for a in wanted))
+
+
+def _layer_plane(layer: HyperConvLayer, x: torch.Tensor, residual: bool, saved: Optional[dict] = None) -> torch.Tensor:
+    """The layer with every conv on ``hyperconv.conv2d_plane``. Each conv's input lives in a
+    ``PaddedPlane`` with its channel axis innermost and the smaller of its two plane axes outer
+    (fewer spare positions; taps skipped along it); each conv writes straight into the interior of
+    the next one's plane. Axis names: C, H, W of the input, C2, H2, W2 of the output.
+    ``saved`` (training): the path merge runs unfused and the planes the backward needs go in it."""
+    from dnd_fast.kernels import hyperconv
+
+    hc, k = layer.hyper, layer.conv.kernel_size[0]
+    cdtype = compute_dtype(x)
+    train = saved is not None
+    B, C, H, W = x.shape
+    size = {"C": C, "H": H, "W": W, "C2": layer.conv.out_channels, "H2": hc.conv1h.out_channels,
+            "W2": hc.conv1w.out_channels}
+    plane = functools.partial(_plane, B, size, k, cdtype, x.device)
+
+    def conv(module, src, out_channel, dest, dest_axes, bias=None, mode=0, other=None, extra=None):
+        buf, (p, q, _), transposed = src
+        view = (out_channel, p, q)
+        dest_view = _axes(dest, dest_axes, view)
+        if not train and mode == 0 and bias is None and thin_conv.usable(module.in_channels, module.out_channels,
+                                                                         cdtype, x.device):
+            w = cached(module, ("thin", transposed), module.weight, cdtype,
+                        lambda: thin_conv.pack_weight(module.weight, cdtype, transposed))
+            return thin_conv.conv2d_plane_thin(buf, w, k, dest_view)
+        args = (k, dest_view, bias, mode, None if other is None else _axes(other[0], other[1], view),
+                None if extra is None else _axes(extra[0], extra[1], view))
+        if train:  # packed afresh (the optimizer moves the weights), out-major: the backward reads it too
+            layout = 1
+            w = saved.setdefault("packed", {})[module] = hyperconv.pack_weight_plane(
+                module.weight, cdtype, transposed, out_major=True)
+        else:
+            layout = hyperconv.forward_weight_layout(module.out_channels)
+            w = packed(module, cdtype, transposed, layout == 1)
+        return hyperconv.conv2d_plane(buf, w, *args, w_layout=layout)
+
+    in_1w, in_2h = plane(("H", "C"), "W"), plane(("C", "W"), "H")
+    norm_outs = [_axes(buf.interior, axes, "CHW") for buf, axes, _ in (in_1w, in_2h)]
+    if layer_norm.usable(x, norm_outs):
+        layer_norm.layer_norm_planes(x, hc.norm.weight, hc.norm.bias, hc.norm.eps, norm_outs)
+    else:
+        hyperconv.layer_norm_into(x, hc.norm.weight, hc.norm.bias, hc.norm.eps, norm_outs)
+    # path 1: width as channels over (H, C), then height as channels over (C, W2)
+    in_1h = plane(("C", "W2"), "H")
+    conv(hc.conv1w, in_1w, "W2", in_1h[0].interior, in_1h[1])
+    in_ch = plane(("H2", "W2"), "C")
+    p1_axes = in_ch[1]  # p1 in the channel conv's memory order: the merge below reads it where it writes
+    p1 = torch.empty(B, *(size[a] for a in p1_axes), device=x.device, dtype=cdtype)
+    conv(hc.conv1h, in_1h, "H2", p1, p1_axes)
+    # path 2: height as channels over (C, W), then width as channels over (H2, C), merged with p1
+    in_2w = plane(("H2", "C"), "W")
+    conv(hc.conv2h, in_2h, "H2", in_2w[0].interior, in_2w[1])
+    if train:  # p2 kept for the backward (tanh'), the merge in fp32 as autocast's reference computes it
+        p2 = torch.empty_like(p1)
+        conv(hc.conv2w, in_2w, "W2", p2, p1_axes)
+        bias = _axes(hc.bias.float()[None, None].expand(B, C, -1, -1), ("C", "H2", "W2"), p1_axes)
+        in_ch[0].interior.copy_((p1.float() + torch.tanh(p2.float()) + bias) / 3)
+        saved.update(in_1w=in_1w, in_2h=in_2h, in_1h=in_1h, in_2w=in_2w, in_ch=in_ch, p2=p2, size=size)
+    else:
+        bias = cast(hc, "bias", cdtype)[None, :, :, None].expand(B, -1, -1, C)
+        conv(hc.conv2w, in_2w, "W2", in_ch[0].interior, in_ch[1], mode=1, other=(p1, p1_axes),
+             extra=(bias, ("H2", "W2", "C")))
+    del p1
+    # the channel conv over (H2, W2), residual fused
+    out = torch.empty(B, size["C2"], size["H2"], size["W2"], device=x.device, dtype=cdtype)
+    conv_bias = layer.conv.bias.to(cdtype) if train else cast(layer.conv, "bias", cdtype)
+    residual = (x.to(cdtype), ("C2", "H2", "W2")) if residual else None
+    conv(layer.conv, in_ch, "C2", out, ("C2", "H2", "W2"), conv_bias, 2 if residual else 0, other=residual)
+    return out
+
+
+def _plane(B, size, k, dtype, device, spatial, channel):
+    """The input plane of a conv over logical (spatial[0], spatial[1]) with ``channel`` as channels:
+    (PaddedPlane, its axis names (p, q, channel), whether (p, q) is ``spatial`` transposed)."""
+    from dnd_fast.kernels import hyperconv
+
+    p, q = sorted(spatial, key=lambda a: size[a])
+    buf = hyperconv.PaddedPlane(B, size[p], size[q], size[channel], k, dtype, device, zero_interior=False)
+    return buf, (p, q, channel), (p, q) != tuple(spatial)
+
+
+def _layer_plane_backward(layer: HyperConvLayer, x: torch.Tensor, residual: bool, saved: dict, grad: torch.Tensor,
+                          need_dx: bool):
+    """The gradients of ``_layer_plane`` (training): every input gradient is a plane conv with flipped
+    taps writing straight into the gradient plane of the conv before it (the forward chain, reversed),
+    every weight gradient ``hyperconv.conv2d_plane_wgrad`` from the saved input plane and that gradient
+    plane. Returns (d x or None, {parameter name: gradient})."""
+    from dnd_fast.kernels import hyperconv
+
+    hc, k = layer.hyper, layer.conv.kernel_size[0]
+    size, cdtype = saved["size"], saved["in_ch"][0].buf.dtype
+    B = x.shape[0]
+    grads = {}
+    plane = functools.partial(_plane, B, size, k, cdtype, x.device)
+
+    def grad_plane(src, out_channel):
+        """The gradient of the output of the conv reading ``src``: same (p, q), its output channels."""
+        return plane(src[1][:2], out_channel)
+
+    def backward(module, name, src, gplane, dest=None, dest_axes=None, mode=0, other=None):
+        """The conv reading ``src``, given its output's gradient in ``gplane``: its weight gradient
+        into ``grads``, its input gradient (if ``dest``) into ``dest``."""
+        (xbuf, (p, q, c_in), transposed), (gbuf, _, _) = src, gplane
+        cout, cin = module.weight.shape[:2]
+        dw = hyperconv.conv2d_plane_wgrad(xbuf, gbuf).view(cout, k, k, -1)[..., :cin]
+        grads[name] = dw.permute((0, 3, 2, 1) if transposed else (0, 3, 1, 2)).to(module.weight.dtype).contiguous()
+        if dest is not None:
+            view = (c_in, p, q)
+            if hyperconv.input_grad_reads_forward_weight(cout):
+                w, layout = saved["packed"][module], 2
+            else:  # a packed copy, so K can run over whole tap rows of a thin channel axis (WINDOW)
+                w, layout = hyperconv.pack_weight_plane(module.weight.flip(2, 3).transpose(0, 1), cdtype, transposed), 0
+            hyperconv.conv2d_plane(gbuf, w, k, _axes(dest, dest_axes, view), None, mode,
+                                   None if other is None else _axes(other[0], other[1], view), w_layout=layout)
+
+    in_ch, p1_axes = saved["in_ch"], saved["in_ch"][1]
+    g_ch = grad_plane(in_ch, "C2")
+    _axes(g_ch[0].interior, g_ch[1], ("C2", "H2", "W2")).copy_(grad)
+    dy = torch.empty(B, *(size[a] for a in p1_axes), device=x.device, dtype=torch.float32)
+    backward(layer.conv, "conv.weight", in_ch, g_ch, dy, p1_axes)
+    del g_ch
+    grads["conv.bias"] = grad.float().sum((0, 2, 3)).to(layer.conv.bias.dtype)
+    # the merge (p1 + tanh(p2) + bias) / 3
+    d1 = dy.div_(3)
+    hbias = d1.sum((0, 3))
+    grads["hyper.bias"] = (hbias if p1_axes[:2] == ("H2", "W2") else hbias.t()).to(hc.bias.dtype)
+    g_1h = grad_plane(saved["in_1h"], "H2")
+    _axes(g_1h[0].interior, g_1h[1], p1_axes).copy_(d1)
+    g_2w = grad_plane(saved["in_2w"], "W2")
+    _axes(g_2w[0].interior, g_2w[1], p1_axes).copy_(d1 * (1 - torch.tanh(saved.pop("p2").float()).square()))
+    del dy, d1
+    dxn = torch.empty(B, size["C"], size["H"], size["W"], device=x.device, dtype=torch.float32)
+    # path 1, then path 2 (its last input gradient adds into path 1's)
+    g_1w = grad_plane(saved["in_1w"], "W2")
+    backward(hc.conv1h, "hyper.conv1h.weight", saved.pop("in_1h"), g_1h, g_1w[0].interior, g_1w[1])
+    del g_1h
+    backward(hc.conv1w, "hyper.conv1w.weight", saved.pop("in_1w"), g_1w, dxn, ("C", "H", "W"))
+    del g_1w
+    g_2h = grad_plane(saved["in_2h"], "H2")
+    backward(hc.conv2w, "hyper.conv2w.weight", saved.pop("in_2w"), g_2w, g_2h[0].interior, g_2h[1])
+    del g_2w
+    backward(hc.conv2h, "hyper.conv2h.weight", saved.pop("in_2h"), g_2h, dxn, ("C", "H", "W"), mode=2,
+             other=(dxn, ("C", "H", "W")))
+    del g_2h
+    # the LayerNorm over (H, W), in fp32
+    norm = hc.norm
+    xf = x.float()
+    var, mean = torch.var_mean(xf, (-2, -1), correction=0, keepdim=True)
+    rstd = (var + norm.eps).rsqrt()
+    xhat = (xf - mean).mul_(rstd)
+    del xf
+    grads["hyper.norm.weight"] = (dxn * xhat).sum((0, 1)).to(norm.weight.dtype)
+    grads["hyper.norm.bias"] = dxn.sum((0, 1)).to(norm.bias.dtype)
+    dx = None
+    if need_dx:
+        gy = dxn.mul_(norm.weight.float())
+        dx = (gy - gy.mean((-2, -1), keepdim=True) - xhat * (gy * xhat).mean((-2, -1), keepdim=True)).mul_(rstd)
+        if residual:
+            dx += grad
+        dx = dx.to(x.dtype)
+    return dx, grads
+
+
+_PLANE_PARAMS = ("hyper.norm.weight", "hyper.norm.bias", "hyper.conv1w.weight", "hyper.conv1h.weight",
+                 "hyper.conv2h.weight", "hyper.conv2w.weight", "hyper.bias", "conv.weight", "conv.bias")
+
+
+class _PlaneLayerTrain(torch.autograd.Function):
+    """``_layer_plane`` with its backward on the plane kernels (the parameters are passed so that
+    autograd hands their gradients back)."""
+
+    @staticmethod
+    def forward(ctx, x, layer, residual, *params):
+        saved = {}
+        out = _layer_plane(layer, x, residual, saved)
+        ctx.layer, ctx.residual, ctx.saved = layer, residual, saved
+        ctx.save_for_backward(x)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        dx, grads = _layer_plane_backward(ctx.layer, x, ctx.residual, ctx.saved, grad, ctx.needs_input_grad[0])
+        ctx.saved = None
+        return (dx, None, None, *(grads[name] for name in _PLANE_PARAMS))
+
+
+def layer_plane(layer, x: torch.Tensor, residual: bool) -> torch.Tensor:
+    """The layer on the plane kernels: with its plane backward when a gradient is wanted."""
+    if needs_grad(layer, x):
+        params = layer.state_dict(keep_vars=True)
+        return _PlaneLayerTrain.apply(x, layer, residual, *(params[name] for name in _PLANE_PARAMS))
+    return _layer_plane(layer, x, residual)

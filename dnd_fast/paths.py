@@ -1,0 +1,44 @@
+"""The one place that chooses which kernels the decoder runs.
+
+``backend=`` picks the family (``"torch"``: the reference; ``"triton"``: the fast path). Inside the fast
+path every switch is a field of :class:`Paths`; each is also gated by what the machine can run (a
+Hopper GPU or the interpreter for the plane kernels, the built extension for the CUDA ops), so a
+switch that is on never makes a path run where it cannot. The default is the fastest measured
+(benchmarks/gpu_decoder.py, gpu_plane.py --thin, gpu_convs.py --train). Benchmarks and tests pick a
+path with ``with paths.use(plane_convs=False): ...`` (or ``HyperConvDecoder(..., paths=Paths(...))``),
+never by setting module globals. The choice is per thread / task (a context variable).
+"""
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True)
+class Paths:
+    plane_convs: bool = True  # the padded-plane TMA conv (Hopper, interpreter); off: the strided Triton conv
+    thin_conv: bool = True  # the CUDA halo-tile conv for inference convs of <= 64 channels (thin_conv.py)
+    cuda_layer_norm: bool = True  # the extension's LayerNorm into the planes (layer_norm.py); off: Triton's
+    cudnn_wgrad: bool = True  # strided path: cuDNN's weight gradient where a channel count is under 512
+
+
+_CURRENT: contextvars.ContextVar[Paths] = contextvars.ContextVar("dnd_fast_paths", default=Paths())
+
+
+def current() -> Paths:
+    return _CURRENT.get()
+
+
+@contextlib.contextmanager
+def use(paths: Paths | None = None, **changes):
+    """Run the block on ``paths`` (default: the current choice) with ``changes`` applied."""
+    unknown = set(changes) - {f.name for f in dataclasses.fields(Paths)}
+    if unknown:
+        raise ValueError(f"unknown decoder path switch {sorted(unknown)[0]!r}; the switches are "
+                         f"{', '.join(f.name for f in dataclasses.fields(Paths))}")
+    token = _CURRENT.set(dataclasses.replace(paths or current(), **changes))
+    try:
+        yield current()
+    finally:
+        _CURRENT.reset(token)

@@ -1,0 +1,313 @@
+"""The conv on Hopper: ``conv2d_plane`` over a ``PaddedPlane``.
+
+Its input lives in a ``PaddedPlane`` (zero spare rows and columns around each image), where the input
+of every tap is a plain shifted [rows, channels] tile, so each K step is one TMA load of the input and
+one of the weight, with no index arithmetic or masks (1.46x the strided kernel over the decoder's 40
+convs at batch 1). Its input gradient is itself with flipped taps (W_LAYOUT 2); the weight gradient
+is ``conv_plane_wgrad.py``. The epilogues are ``epilogue.py``'s; tilings come from ``tuning.py``.
+"""
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+
+from . import tuning
+from .common import block, ieee, mma, round_up, tap_range
+from .epilogue import epilogue, split_epilogue
+
+
+# ---- the padded-plane conv: every tap one TMA tile ------------------------------------------
+class PaddedPlane:
+    """An activation [B, P, Q, C] (channel innermost) laid out for ``conv2d_plane``: a
+    [rows, C8] matrix (C8: C rounded up to 8, 16-byte rows) holding each image as P rows of Q
+    positions followed by ``pad`` spare positions, ``pad`` spare rows after each image, and
+    ``lead`` spare positions before the first. The input of tap (i, j) for the output at flat
+    position r is then position r + (i - pad) * (Q + pad) + (j - pad): a plain shifted tile, its
+    'same' padding supplied by the spare cells. Producers write ``interior``; the rest is zero.
+    ``zero_interior`` False (the caller writes all of the interior): on a GPU only the spare cells
+    and the channel padding are zeroed, by ``zero_spare`` (the decoder's planes: 3-30% of the bytes)."""
+
+    def __init__(self, B, P, Q, C, ks, dtype, device, zero_interior=True):
+        pad = (ks - 1) // 2
+        self.pad, self.ks, self.shape = pad, ks, (B, P, Q, C)
+        self.lead = pad * (Q + pad) + pad
+        rows = self.lead + B * (P + pad) * (Q + pad)
+        if zero_interior or torch.device(device).type != "cuda":
+            self.buf = torch.zeros(rows, round_up(C, 8), dtype=dtype, device=device)
+        else:
+            self.buf = torch.empty(rows, round_up(C, 8), dtype=dtype, device=device)
+            zero_spare(self)
+
+    @property
+    def interior(self) -> torch.Tensor:
+        B, P, Q, C = self.shape
+        return self.buf[self.lead:].view(B, P + self.pad, Q + self.pad, -1)[:, :P, :Q, :C]
+
+
+def zero_spare(plane: PaddedPlane) -> None:
+    """Zero every cell of ``plane.buf`` outside its interior: the spare positions and rows, and the
+    channel padding columns C..C8 of the interior rows."""
+    B, P, Q, C = plane.shape
+    rows, c8 = plane.buf.shape
+    block_c = min(128, triton.next_power_of_2(c8))
+    block_r = max(16, 4096 // block_c)
+    _zero_spare_kernel[(triton.cdiv(rows, block_r),)](plane.buf, rows, c8, C, plane.lead, P, Q, plane.pad,
+                                                      BLOCK_R=block_r, BLOCK_C=block_c)
+
+
+@triton.jit
+def _zero_spare_kernel(buf_ptr, ROWS, C8, C, LEAD, P, Q, PAD, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+    r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    QP = Q + PAD
+    rel = tl.maximum(r - LEAD, 0)
+    at = rel % ((P + PAD) * QP)  # position within its image
+    spare = (r < LEAD) | (at // QP >= P) | (at % QP >= Q)
+    if (tl.max(spare.to(tl.int32), 0) > 0) | (C < C8):  # else the block's rows are all interior
+        zeros = tl.zeros((BLOCK_R, BLOCK_C), dtype=buf_ptr.dtype.element_ty)
+        for c0 in range(0, C8, BLOCK_C):
+            c = c0 + tl.arange(0, BLOCK_C)
+            keep = (r < ROWS)[:, None] & (c < C8)[None, :] & (spare[:, None] | (c >= C)[None, :])
+            tl.store(buf_ptr + r[:, None].to(tl.int64) * C8 + c[None, :], zeros, mask=keep)
+
+
+def pack_weight_plane(weight: torch.Tensor, dtype: torch.dtype | None = None, transpose: bool = False,
+                      out_major: bool = False):
+    """Conv2d weight [C_out, C_in, k, k] -> [k*k*C8, C_out] (C8: C_in rounded up to 8, zero rows),
+    a view of a buffer with rows padded to a multiple of 8. ``transpose``: the plane's rows run
+    along the weight's last axis (a conv over (q, p) is the conv over (p, q) with taps transposed).
+    ``out_major``: [C_out, k*k*C8] instead (W_LAYOUT 1), which the input gradient reads too (W_LAYOUT 2,
+    taps flipped in the kernel) and ``conv2d_plane_wgrad`` returns; from a contiguous weight it is a
+    transpose within each output channel's row only (what training packs every step)."""
+    cout, cin, ks, _ = weight.shape
+    w = weight.to(dtype or weight.dtype)
+    if out_major:
+        w = F.pad(w.permute((0, 3, 2, 1) if transpose else (0, 2, 3, 1)), (0, round_up(cin, 8) - cin))
+        return w.contiguous().view(cout, -1)
+    w = w.permute((3, 2, 1, 0) if transpose else (2, 3, 1, 0))
+    w = F.pad(w, (0, round_up(cout, 8) - cout, 0, round_up(cin, 8) - cin))
+    return w.reshape(ks * ks * round_up(cin, 8), -1).narrow(1, 0, cout)
+
+
+@triton.jit
+def _conv_plane_kernel(x_desc, w_desc, w_desc2, w_desc3, bias_ptr, other_ptr, extra_ptr, out_ptr, part_ptr,
+                       P, Q, C, COUT, TILES, LEAD, N_OFF, N_STEP, X_ROWS,
+                       sob, soc, sop, soq,
+                       srb, src, srp, srq,
+                       seb, sec, sep, seq,
+                       KS: tl.constexpr, MODE: tl.constexpr, HAS_BIAS: tl.constexpr, IEEE: tl.constexpr,
+                       WINDOW: tl.constexpr, GROUP_M: tl.constexpr, SPLIT_K: tl.constexpr, A_PTR: tl.constexpr,
+                       W_LAYOUT: tl.constexpr, PARTS: tl.constexpr,
+                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_N2: tl.constexpr, BLOCK_N3: tl.constexpr,
+                       BLOCK_K: tl.constexpr):
+    """A_PTR: ``x_desc`` is the plane's pointer and the input tiles are plain loads (see
+    ``_plane_tile``), not TMA loads. W_LAYOUT: 0 the weight is [KS*KS*C8, COUT]; 1 [COUT, KS*KS*C8]
+    (tiles loaded [N, K] and transposed); 2 the input gradient of a conv whose out-major weight is
+    [C, KS*KS*COUT8] (tap t reads the forward's tap KS*KS-1-t; no WINDOW). K or N columns that run
+    past a tap's into the next tap's meet zero inputs or are dropped by the epilogue.
+    PARTS 2 or 3: a tile is BLOCK_N + BLOCK_N2 (+ BLOCK_N3) columns wide, one accumulator and weight
+    descriptor each, all multiplied by the same input tile (200 columns as 128 + 64 + 16, not 256)."""
+    pad: tl.constexpr = (KS - 1) // 2
+    # tiles in groups of GROUP_M along M, so the CTAs running together share weight columns and inputs
+    pid, grid_m, grid_n = tl.program_id(0), tl.num_programs(0), tl.num_programs(1)
+    lin = pid + tl.program_id(1) * grid_m
+    group = lin // (GROUP_M * grid_n)
+    first = group * GROUP_M
+    size = tl.minimum(grid_m - first, GROUP_M)
+    pid_m = first + (lin % (GROUP_M * grid_n)) % size
+    pid_n = (lin % (GROUP_M * grid_n)) // size
+    b = pid_m // TILES
+    r0 = (pid_m - b * TILES) * BLOCK_M  # the tile's first output position, flat within image b
+    n0 = N_OFF + pid_n * N_STEP
+    QP = Q + pad
+    C8 = (C + 7) // 8 * 8
+    m0 = LEAD + b * (P + pad) * QP + r0
+    # taps along p that reach inside the image from some row of this tile
+    i_lo, i_hi = tap_range(r0 // QP, tl.minimum(r0 + BLOCK_M - 1, P * QP - 1) // QP, P, pad, KS)
+    if SPLIT_K > 1:  # this program's share of the tap rows
+        per = tl.cdiv(i_hi - i_lo, SPLIT_K)
+        i_lo = tl.minimum(i_lo + tl.program_id(2) * per, i_hi)
+        i_hi = tl.minimum(i_lo + per, i_hi)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc2 = tl.zeros((BLOCK_M, BLOCK_N2), dtype=tl.float32)
+    acc3 = tl.zeros((BLOCK_M, BLOCK_N3), dtype=tl.float32)
+    if WINDOW:
+        # K runs over one tap row's (j, channel) pairs: the descriptor views the plane with rows
+        # KS * C8 long and C8 apart, so a tap row's inputs are one tile, without per-tap rounding.
+        kblocks = tl.cdiv(KS * C8, BLOCK_K)
+        for kk in range(0, (i_hi - i_lo) * kblocks):
+            ii = kk // kblocks
+            k0 = (kk - ii * kblocks) * BLOCK_K
+            i = i_lo + ii
+            if A_PTR:
+                a = _plane_tile(x_desc, m0 + (i - pad) * QP - pad, k0, KS * C8, C8, X_ROWS, BLOCK_M, BLOCK_K)
+            else:
+                a = x_desc.load([m0 + (i - pad) * QP - pad, k0])
+            acc, acc2, acc3 = _mma_parts(acc, acc2, acc3, a, w_desc, w_desc2, w_desc3, i * KS * C8 + k0, n0,
+                                         W_LAYOUT, PARTS, IEEE, BLOCK_N, BLOCK_N2)
+    else:
+        cblocks = tl.cdiv(C, BLOCK_K)
+        for kk in range(0, (i_hi - i_lo) * KS * cblocks):
+            t = kk // cblocks
+            c0 = (kk - t * cblocks) * BLOCK_K
+            i = i_lo + t // KS
+            j = t - (t // KS) * KS
+            if A_PTR:
+                a = _plane_tile(x_desc, m0 + (i - pad) * QP + (j - pad), c0, C8, C8, X_ROWS, BLOCK_M, BLOCK_K)
+            else:
+                a = x_desc.load([m0 + (i - pad) * QP + (j - pad), c0])
+            if W_LAYOUT == 2:
+                k, n = c0, (KS * KS - 1 - i * KS - j) * ((COUT + 7) // 8 * 8) + n0
+            else:
+                k, n = (i * KS + j) * C8 + c0, n0
+            acc, acc2, acc3 = _mma_parts(acc, acc2, acc3, a, w_desc, w_desc2, w_desc3, k, n, W_LAYOUT, PARTS, IEEE,
+                                         BLOCK_N, BLOCK_N2)
+    r = r0 + tl.arange(0, BLOCK_M)
+    _plane_store(acc, r, n0 + tl.arange(0, BLOCK_N), b, P, Q, QP, COUT, TILES, bias_ptr, other_ptr, extra_ptr,
+                 out_ptr, part_ptr, sob, soc, sop, soq, srb, src, srp, srq, seb, sec, sep, seq, MODE, HAS_BIAS,
+                 SPLIT_K)
+    if PARTS > 1:
+        _plane_store(acc2, r, n0 + BLOCK_N + tl.arange(0, BLOCK_N2), b, P, Q, QP, COUT, TILES, bias_ptr, other_ptr,
+                     extra_ptr, out_ptr, part_ptr, sob, soc, sop, soq, srb, src, srp, srq, seb, sec, sep, seq, MODE,
+                     HAS_BIAS, SPLIT_K)
+    if PARTS > 2:
+        _plane_store(acc3, r, n0 + BLOCK_N + BLOCK_N2 + tl.arange(0, BLOCK_N3), b, P, Q, QP, COUT, TILES, bias_ptr,
+                     other_ptr, extra_ptr, out_ptr, part_ptr, sob, soc, sop, soq, srb, src, srp, srq, seb, sec, sep,
+                     seq, MODE, HAS_BIAS, SPLIT_K)
+
+
+@triton.jit
+def _w_tile(w_desc, k, n, W_LAYOUT: tl.constexpr):
+    """The weight tile at K row ``k``, column ``n`` as [BLOCK_K, width] (W_LAYOUT 1: stored [width, BLOCK_K])."""
+    if W_LAYOUT == 1:
+        w = tl.trans(w_desc.load([n, k]))
+    else:
+        w = w_desc.load([k, n])
+    return w
+
+
+@triton.jit
+def _mma_parts(acc, acc2, acc3, a, w_desc, w_desc2, w_desc3, k, n, W_LAYOUT: tl.constexpr, PARTS: tl.constexpr,
+               IEEE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_N2: tl.constexpr):
+    acc = mma(acc, a, _w_tile(w_desc, k, n, W_LAYOUT), IEEE)
+    if PARTS > 1:
+        acc2 = mma(acc2, a, _w_tile(w_desc2, k, n + BLOCK_N, W_LAYOUT), IEEE)
+    if PARTS > 2:
+        acc3 = mma(acc3, a, _w_tile(w_desc3, k, n + BLOCK_N + BLOCK_N2, W_LAYOUT), IEEE)
+    return acc, acc2, acc3
+
+
+@triton.jit
+def _plane_store(acc, r, n, b, P, Q, QP, COUT, TILES, bias_ptr, other_ptr, extra_ptr, out_ptr, part_ptr,
+                 sob, soc, sop, soq, srb, src, srp, srq, seb, sec, sep, seq,
+                 MODE: tl.constexpr, HAS_BIAS: tl.constexpr, SPLIT_K: tl.constexpr):
+    """Output rows r (flat within image b, rows of QP) x columns n of the plane conv: the epilogue, or
+    with SPLIT_K the fp32 partial sums [SPLIT_K, B * P * QP, COUT] that split_epilogue adds."""
+    if SPLIT_K > 1:
+        rows_all = tl.num_programs(0) // TILES * P * QP
+        row = (tl.program_id(2) * rows_all + b * P * QP + r).to(tl.int64)
+        tl.store(part_ptr + row[:, None] * COUT + n[None, :], acc, mask=(r < P * QP)[:, None] & (n < COUT)[None, :])
+    else:
+        p = r // QP
+        q = r - p * QP
+        bb = tl.zeros_like(r) + b
+        epilogue(acc, bb, p, q, (p < P) & (q < Q), n, COUT, bias_ptr, other_ptr,
+                  extra_ptr, out_ptr, sob, soc, sop, soq, srb, src, srp, srq, seb, sec, sep, seq, MODE, HAS_BIAS)
+
+
+@triton.jit
+def _plane_tile(x_ptr, row, k0, WIDTH, C8, X_ROWS, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+    """The [BLOCK_M, BLOCK_K] tile at (row, k0) of the plane viewed as X_ROWS rows WIDTH long and C8
+    apart (WIDTH = KS * C8: the overlapping window rows), zero past WIDTH and the last row, by plain
+    loads (cp.async when pipelined) instead of TMA: on the thin convs (C_in <= 128, C_out <= 64)
+    of the decoder 5-25% faster on an H100 (benchmarks/gpu_plane.py; docs/journal.md)."""
+    rows = row + tl.arange(0, BLOCK_M)
+    cols = k0 + tl.arange(0, BLOCK_K)
+    off = rows.to(tl.int64)[:, None] * C8 + cols[None, :]
+    return tl.load(x_ptr + off, mask=(rows < X_ROWS)[:, None] & (cols < WIDTH)[None, :], other=0.0)
+
+
+def conv2d_plane(x: PaddedPlane, packed_weight, ks, out, bias=None, mode=0, other=None, extra=None, meta=None,
+                 w_layout=0):
+    """The 'same' conv of ``x`` over its (P, Q) plane into ``out``, a [B, C_out, P, Q] view (any
+    strides: e.g. the next conv's plane interior, permuted, so that conv reads it without a copy).
+    ``packed_weight``: ``pack_weight_plane`` (``w_layout`` 0), its ``out_major`` form (1), or (2) the
+    ``out_major`` weight of the conv whose input gradient this is (C_in and C_out swapped, taps flipped:
+    the backward reads the forward's weight). Epilogue MODE, ``other``, ``extra``: as ``conv2d_same``."""
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    B, P, Q, C = x.shape
+    COUT = out.shape[1]
+    c8 = round_up(C, 8)
+    expected = {0: [ks * ks * c8, COUT], 1: [COUT, ks * ks * c8], 2: [C, ks * ks * round_up(COUT, 8)]}[w_layout]
+    if w_layout == 2 and meta is not None and meta["WINDOW"]:
+        raise ValueError("conv2d_plane: W_LAYOUT 2 (an input gradient from the forward's weight) needs WINDOW False")
+    if x.ks != ks or list(packed_weight.shape) != expected or packed_weight.stride(1) != 1:
+        raise ValueError(f"conv2d_plane: a {ks}x{ks} conv from {C} to {COUT} channels needs a plane made for kernel "
+                         f"{ks} and a {expected} weight with unit column stride (pack_weight_plane, W_LAYOUT "
+                         f"{w_layout}), got a plane for kernel {x.ks} and {list(packed_weight.shape)} with strides "
+                         f"{tuple(packed_weight.stride())}")
+    if tuple(out.shape) != (B, COUT, P, Q):
+        raise ValueError(f"conv2d_plane: out must be [{B}, {COUT}, {P}, {Q}], got {list(out.shape)}")
+    other = out if other is None else other
+    extra = out if extra is None else extra
+    rows = x.buf.shape[0]
+
+    def launch(meta):
+        meta = dict(meta)
+        meta.setdefault("GROUP_M", 8)
+        split_n = meta.pop("SPLIT_N", False)
+        split_k = meta.setdefault("SPLIT_K", 1)
+        meta.setdefault("A_PTR", False)
+        bm, bn, bk = meta["BLOCK_M"], meta["BLOCK_N"], meta["BLOCK_K"]
+        widths = [bn] + [w for w in (meta.pop("BLOCK_N2", 0), meta.pop("BLOCK_N3", 0)) if w]
+        if split_n and len(widths) > 1:
+            raise ValueError("conv2d_plane: SPLIT_N and BLOCK_N2/BLOCK_N3 do not combine")
+        # window: overlapping rows of KS * C8; the last KS - 1 would run past the buffer (never needed)
+        x_rows = rows - ks + 1 if meta["WINDOW"] else rows
+        if meta["A_PTR"]:
+            x_desc = x.buf
+        elif meta["WINDOW"]:
+            x_desc = TensorDescriptor(x.buf, [x_rows, ks * c8], [c8, 1], [bm, bk])
+        else:
+            x_desc = TensorDescriptor(x.buf, [x_rows, C], [c8, 1], [bm, bk])
+        tiles = triton.cdiv(P * (Q + x.pad), bm)
+        # SPLIT_N: whole BLOCK_N tiles, then one narrower launch for the rest (300 = 256 + 64, not 2 x 256)
+        n_main = COUT // bn * bn if split_n else 0
+        parts = [(0, widths, triton.cdiv(COUT, sum(widths)))] if n_main in (0, COUT) else \
+            [(0, widths, n_main // bn), (n_main, [block(COUT - n_main, 16, bn)], 1)]
+        if split_k > 1 and len(parts) > 1:
+            raise ValueError("conv2d_plane: SPLIT_K and SPLIT_N do not combine")
+        # SPLIT_K: the tap rows shared out over SPLIT_K programs per tile (more programs for a small grid)
+        rows_all = B * P * (Q + x.pad)
+        part = torch.empty(split_k, rows_all, COUT, device=out.device, dtype=torch.float32) if split_k > 1 else out
+        for n_off, block_ns, n_tiles in parts:
+            w_descs = [TensorDescriptor(packed_weight, list(packed_weight.shape), list(packed_weight.stride()),
+                                        [block_n, bk] if w_layout == 1 else [bk, block_n]) for block_n in block_ns]
+            w_descs += w_descs[:1] * (3 - len(w_descs))
+            _conv_plane_kernel[(B * tiles, n_tiles, split_k)](
+                x_desc, *w_descs, bias if bias is not None else out, other, extra, out, part,
+                P, Q, C, COUT, tiles, x.lead, n_off, sum(block_ns), x_rows, *out.stride(), *other.stride(),
+                *extra.stride(), KS=ks, MODE=mode, HAS_BIAS=bias is not None, IEEE=ieee(x.buf.dtype),
+                W_LAYOUT=w_layout, PARTS=len(block_ns), **dict(meta, BLOCK_N=block_ns[0]),
+                BLOCK_N2=(block_ns + [16, 16])[1], BLOCK_N3=(block_ns + [16, 16])[2])
+        if split_k > 1:
+            split_epilogue[(triton.cdiv(rows_all, 64), triton.cdiv(COUT, 64))](
+                part, bias if bias is not None else out, other, extra, out, P, Q, Q + x.pad, COUT, rows_all,
+                *out.stride(), *other.stride(), *extra.stride(), MODE=mode, HAS_BIAS=bias is not None,
+                SPLIT_K=split_k, BLOCK_M=64, BLOCK_N=64)
+
+    if meta is None:
+        key = (B, P, Q, C, COUT, ks, mode, bias is not None, x.buf.dtype, x.buf.device, w_layout)
+        meta = tuning.CHOSEN.get(key)
+        if meta is None:
+            candidates = tuning.plane_candidates(C, COUT, x.buf.dtype, B * P * (Q + x.pad))
+            if w_layout == 2:  # K runs over one tap's channels: the flipped taps are not one window
+                windowless = [dict(m, WINDOW=False) for m in candidates]
+                candidates = [m for i, m in enumerate(windowless) if m not in windowless[:i]]
+            if tuning.tuning_on(x.buf) and len(candidates) > 1:
+                with tuning.kept_other(other, out, mode):
+                    meta = tuning.CHOSEN[key] = tuning.fastest(candidates, launch)
+            else:
+                meta = candidates[0]
+    launch(meta)
+    return out

@@ -1,0 +1,206 @@
+"""Tile sizes and heuristics of every conv kernel, and the first-call timing that picks among them.
+
+Heuristic block shapes come from searches on an H100 (benchmarks/gpu_convs.py, gpu_plane.py --search,
+gpu_train_convs.py). ``TUNE`` switches the first-call timing on (the default) or off (tests); what
+it chose per shape is in ``CHOSEN``.
+"""
+import contextlib
+
+import torch
+
+from .common import block, ieee, interpreted, round_up
+
+
+def conv_meta(CIN, COUT, dtype, window_ok=False):
+    """Block shapes and K loop for one conv (measured on an H100: benchmarks/gpu_convs.py).
+    ``window_ok``: the input's q stride equals C_in (see K_LOOP 2)."""
+    thin = 2 if window_ok else 1
+    if interpreted():
+        return {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 16, "K_LOOP": thin if CIN < 16 else 0, "num_warps": 1}
+    if ieee(dtype):  # fp32 tiles: half the shared memory per element budget
+        return {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32, "K_LOOP": thin if CIN < 32 else 0, "num_warps": 4,
+                "num_stages": 2}
+    if CIN <= 32:  # 64 x 64 tiles beat N = 16 even for 10 output channels
+        return {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 64, "K_LOOP": thin, "num_warps": 4, "num_stages": 3}
+    block_n = block(COUT, 32, 256)
+    if block_n == 32:
+        return {"BLOCK_M": 128, "BLOCK_N": 32, "BLOCK_K": 64, "K_LOOP": 0, "num_warps": 4,
+                "num_stages": 1 if CIN <= 64 else 4}
+    if block_n == 64:
+        return {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 64, "K_LOOP": 0, "num_warps": 4, "num_stages": 4}
+    return {"BLOCK_M": 128, "BLOCK_N": block_n, "BLOCK_K": 64, "K_LOOP": 0, "num_warps": 8, "num_stages": 3}
+
+
+def wgrad_meta(CIN, COUT, dtype):
+    if interpreted():
+        return {"BLOCK_CI": 16, "BLOCK_CO": 16, "BLOCK_K": 16, "num_warps": 1}
+    if ieee(dtype):
+        return {"BLOCK_CI": 64, "BLOCK_CO": 64, "BLOCK_K": 32, "num_warps": 4, "num_stages": 2}
+    bci, bco = block(CIN), block(COUT)
+    warps = 8 if bci * bco >= 128 * 128 else 4
+    return {"BLOCK_CI": bci, "BLOCK_CO": bco, "BLOCK_K": 64, "num_warps": warps, "num_stages": 3}
+
+
+def plane_meta(CIN, COUT, dtype):
+    """Block shapes for ``conv2d_plane`` (from a search on an H100: benchmarks/gpu_plane.py --search).
+    WINDOW whenever the channels do not fill whole K blocks: a tap row's (j, channel) pairs then
+    round up once, not once per tap. A_PTR: see ``_plane_tile``."""
+    if interpreted():
+        return {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 16, "WINDOW": CIN % 16 != 0, "num_warps": 1}
+    if ieee(dtype):  # fp32 tiles: twice the shared memory per element
+        return {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32, "WINDOW": CIN % 32 != 0, "num_warps": 4,
+                "num_stages": 2}
+    window = CIN % 64 != 0
+    if COUT <= 64 and CIN <= 32:  # a tap's channels in one K block: 16 or 32, no window
+        return {"BLOCK_M": 256, "BLOCK_N": block(COUT, 16, 64), "BLOCK_K": block(CIN, 16, 32), "WINDOW": False,
+                "A_PTR": True, "num_warps": 4, "num_stages": 3}
+    if COUT <= 64:
+        return {"BLOCK_M": 128, "BLOCK_N": block(COUT, 16, 64), "BLOCK_K": 64, "WINDOW": window, "num_warps": 4,
+                "num_stages": 4}
+    if COUT <= 128 or round_up(COUT, 128) < round_up(COUT, 256):  # 256-wide N tiles would waste more
+        return {"BLOCK_M": 256, "BLOCK_N": 128, "BLOCK_K": 64, "WINDOW": window, "num_warps": 8, "num_stages": 3}
+    return {"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 64, "WINDOW": window, "num_warps": 8, "num_stages": 3}
+
+
+def forward_weight_layout(cout):
+    """The weight layout inference packs for a conv with ``cout`` output channels: 0 (``pack_weight_plane``)
+    where ``cout`` is a multiple of 256, else 1 (its ``out_major`` form, whose [N, 64] weight tiles are one
+    128-byte swizzle row each). On an H100 (benchmarks/gpu_plane.py, docs/journal.md; every conv of the decoder at batch 8, each
+    layout with its own tiling choice) 1 ran 5-15% faster on most convs, 0 on those with 256-wide N tiles
+    (C_out 256, 512, 1024, 2048: 5-30%)."""
+    return 0 if cout % 256 == 0 else 1
+
+
+# ---- the weight gradient on planes: what training runs on Hopper ---------------------------------
+def input_grad_reads_forward_weight(cout):
+    """Whether the input gradient of a conv with ``cout`` output channels runs from the forward's out-major
+    weight (W_LAYOUT 2: no copy, but K rounds up once per tap, so only when ``cout`` is within 5% of a
+    multiple of 64), rather than from a packed flipped copy with the window K loop."""
+    return round_up(cout, 64) <= 1.05 * cout
+
+
+def wgrad_plane_meta(KC8, COUT, dtype):
+    """Block shapes for ``conv2d_plane_wgrad``: M = a tap row's (j, channel) pairs (KS * C8), N = C_out."""
+    if interpreted():
+        return {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 16, "num_warps": 1}
+    if ieee(dtype):
+        return {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32, "num_warps": 4, "num_stages": 2}
+    bn = block(COUT, 16, 256)
+    bm = 128 if KC8 > 64 else 64
+    return {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": 64, "num_warps": 8 if bm * bn >= 128 * 128 else 4,
+            "num_stages": 3}
+
+
+def wgrad_splits(M, base_ctas, block_k, weight_numel):
+    """Enough splits of the position axis to fill the GPU when the weight GEMM is thin (few
+    C_in x C_out tiles, millions of positions), within a 256 MiB fp32 partial buffer."""
+    splits = max(1, min(1024 // base_ctas, M // (16 * block_k)))
+    while splits > 1 and splits * weight_numel * 4 > 1 << 28:
+        splits //= 2
+    return splits
+
+
+# The first call of each conv shape times a few block shapes and keeps the fastest (never while a
+# CUDA graph is captured: a capture uses what its warm-up chose, else the heuristic). Tilings cannot
+# change the result (each output's K loop runs in the same order); SPLIT_K adds its partial sums
+# in a fixed order, so a choice that includes it is deterministic too, rounded differently.
+TUNE = True
+
+
+CHOSEN: dict[tuple, dict] = {}
+
+
+def tuning_on(buf):
+    return TUNE and buf.is_cuda and not torch.cuda.is_current_stream_capturing()
+
+
+@contextlib.contextmanager
+def kept_other(other, out, mode):
+    """Timing runs the conv many times: where the epilogue adds ``other`` and ``other`` is ``out``'s memory
+    (MODE 2 accumulating in place, as the decoder's backward does), ``other`` is put back afterwards."""
+    same = other is not None and other.untyped_storage().data_ptr() == out.untyped_storage().data_ptr()
+    kept = other.clone() if mode == 2 and same else None
+    yield
+    if kept is not None:
+        other.copy_(kept)
+
+
+def plane_candidates(CIN, COUT, dtype, positions=0):
+    """``plane_meta`` first, then the other tilings worth timing for this conv (``positions``: the
+    plane's output rows, B * P * (Q + pad), which bound the SPLIT_K partial-sum buffer)."""
+    first = {"A_PTR": False, **plane_meta(CIN, COUT, dtype)}  # every key named: equal tilings compare equal
+    if interpreted() or ieee(dtype):
+        return [first]
+    bn = first["BLOCK_N"]
+    if COUT <= 64:  # (BLOCK_M, BLOCK_N, warps, stages, pointer loads of the input)
+        shapes = [(128, bn, 4, 4, False), (64, bn, 4, 4, False), (256, bn, 8, 3, False)]
+        if CIN <= 128:
+            shapes += [(256, bn, 4, 3, True), (256, bn, 4, 1, True), (128, bn, 4, 1, True), (128, bn, 8, 1, True)]
+    else:
+        shapes = [(256, 128, 8, 3, False), (128, 256, 8, 3, False), (128, 128, 4, 4, False), (128, 128, 8, 4, False),
+                  (64, 256, 4, 4, False)]
+    out = [first]
+    widths = _n_parts(COUT)
+    if 64 < COUT <= 384 and len(widths) > 1 and sum(widths) < round_up(COUT, 64):
+        # 128-row tiles, 8 warps, 4 stages: chosen on most such convs of the decoder at batch 8 on an H100
+        out.append(dict(first, BLOCK_M=128, BLOCK_N=widths[0], BLOCK_N2=widths[1], BLOCK_N3=(widths + [0])[2],
+                        num_warps=8, num_stages=4, A_PTR=False))
+    for bm, bn, warps, stages, a_ptr in shapes:
+        meta = dict(first, BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=stages, A_PTR=a_ptr)
+        # SPLIT_K for the wide channel convs, whose grids are a wave or two of long tiles: on an H100
+        # at batch 1 (benchmarks/gpu_plane.py) 128 x 256 tiles chose 3 (10 x 130 plane), 4 (25 x 200)
+        # and 9 (10 x 200), each 4-8% faster than 2; the partial sums stay within 256 MiB.
+        splits = [2] if warps == 8 else []
+        if (bm, bn) == (128, 256):
+            splits = [2, 3, 4, 9]
+        splits = [s for s in splits if COUT >= 512 and s * positions * COUT * 4 <= 1 << 28]
+        for m in [meta] + ([dict(meta, SPLIT_N=True)] if 0 < COUT % bn <= bn // 2 else []) + \
+                [dict(meta, SPLIT_K=s) for s in splits]:
+            if m not in out:
+                out.append(m)
+    return out
+
+
+def _n_parts(cout):
+    """``cout`` rounded up to 16 as up to three power-of-two widths of 16 to 256, widest first (200 = 128 +
+    64 + 16 less 8): the N tile of BLOCK_N2 / BLOCK_N3 candidates, [] where three do not reach."""
+    rest, widths = round_up(cout, 16), []
+    while rest and len(widths) < 3:
+        widths.append(min(256, 1 << (rest.bit_length() - 1)))
+        rest -= widths[-1]
+    return [] if rest else widths
+
+
+def wgrad_plane_candidates(KC8, COUT, dtype):
+    first = wgrad_plane_meta(KC8, COUT, dtype)
+    if interpreted() or ieee(dtype):
+        return [first]
+    out, fit = [first], block(COUT, 16, 256)
+    for bm, bn, warps in [(128, 256, 8), (128, 128, 8), (128, 128, 4), (256, 128, 8), (64, 256, 4), (128, 64, 4),
+                          (64, 64, 4), (64, 32, 4), (128, 32, 4), (64, 16, 4), (128, 16, 4), (256, 16, 4)]:
+        if bn > 2 * fit or bn < fit // 4 or bm > 2 * round_up(KC8, 64):
+            continue
+        meta = dict(first, BLOCK_M=bm, BLOCK_N=bn, num_warps=warps)
+        if meta not in out:
+            out.append(meta)
+    return out
+
+
+def fastest(candidates, launch, reps=3):
+    """The candidate with the least device time; the first (the heuristic) must run, the others may
+    fail to compile on another GPU or Triton version (too many registers or too much shared memory)."""
+    def device_ms(meta):
+        try:
+            launch(meta)  # compiles on first use
+        except Exception:
+            if meta is candidates[0]:
+                raise
+            return float("inf")
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(reps):
+            launch(meta)
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end)
+    return min(candidates, key=device_ms)
