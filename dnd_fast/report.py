@@ -148,7 +148,7 @@ def plot(results: dict, png: Path) -> None:
     held = list(results["summary"])
     cols = min(3, len(held))
     rows = -(-len(held) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.1 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(max(8.0, 4.2 * cols), 3.1 * rows + 0.6), squeeze=False)
     colors = ["#888888", "#6baed6", "#9ecae1", "#fdae6b", "#d62728", "#2ca02c"]
     for ax, h in zip(axes.flat, held):
         vals = [results["summary"][h]["rows"][r]["nll"] for r in ROWS]
@@ -164,7 +164,8 @@ def plot(results: dict, png: Path) -> None:
     for ax in list(axes.flat)[len(held):]:
         ax.axis("off")
     handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in colors]
-    fig.legend(handles, ROWS, loc="lower center", ncol=len(ROWS), fontsize=8, frameon=False)
+    ncol = len(ROWS) if cols >= 3 else 3
+    fig.legend(handles, ROWS, loc="lower center", ncol=ncol, fontsize=8, frameon=False)
     fig.suptitle(f"held-out NLL (lower is better), 95% bootstrap intervals — {results['device']}", fontsize=10)
-    fig.tight_layout(rect=(0, 0.06, 1, 0.97))
+    fig.tight_layout(rect=(0, 0.05 * (len(ROWS) // ncol + (len(ROWS) % ncol > 0)) / rows ** 0.5, 1, 0.95))
     io.save_figure(fig, png)
