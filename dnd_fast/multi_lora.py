@@ -104,10 +104,10 @@ class MultiLoRA(nn.Module):
         k = self.num_adapters
         if input_ids.shape[0] % k:
             raise ValueError(f"a batch of {input_ids.shape[0]} rows does not split into {k} equal adapter groups")
-        hidden = self.model.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        hidden = self.model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         targets = labels[:, 1:]
         where = targets != -100
-        logits = self.model.lm_head(hidden[:, :-1][where])
+        logits = self.model.get_output_embeddings()(hidden[:, :-1][where])
         token_loss = F.cross_entropy(logits.float() if logits.dtype != torch.float64 else logits, targets[where],
                                      reduction="none")
         group = torch.arange(input_ids.shape[0], device=input_ids.device).div(input_ids.shape[0] // k,
