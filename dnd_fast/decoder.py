@@ -95,7 +95,9 @@ class HyperConvDecoder(nn.Module):
         x = condition
         chosen = kernel_paths or self.kernel_paths
         # no context switch unless asked for: torch.compile (fullgraph) cannot trace one
-        with paths.use(chosen) if chosen is not None else contextlib.nullcontext():
+        # NVTX: "fast/decoder.layerN" or "reference/decoder.layerN", so a profiler can pick one path
+        path_range = nvtx_range("fast" if name == "triton" else "reference", x.device)
+        with paths.use(chosen) if chosen is not None else contextlib.nullcontext(), path_range:
             for i, (layer, fin, fout) in enumerate(zip(self.layers, self.config.features[:-1],
                                                        self.config.features[1:])):
                 with nvtx_range(f"decoder.layer{i}", x.device):
