@@ -10,7 +10,7 @@ import warnings
 from pathlib import Path
 
 from dnd_fast.cli_bench import cmd_bench
-from dnd_fast.cli_common import DEFAULT_TASKS, device, table
+from dnd_fast.cli_common import DEFAULT_TASKS, check_out_dir, device, table
 from dnd_fast.cli_experiment import cmd_demo, cmd_eval
 from dnd_fast.layout import ALL_MODULES
 
@@ -34,8 +34,7 @@ def cmd_collect(args) -> int:
     parallel = args.parallel
     if parallel is None and (args.shards > 1 or args.device.type == "cuda"):
         parallel = 16  # what fits an 80 GB GPU with SmolLM2-135M at batch 8 x 256 tokens
-    if Path(args.out).exists() and not Path(args.out).is_dir():
-        raise ValueError(f"--out {args.out!r} is a file: give a directory for the checkpoint store")
+    check_out_dir(args.out, "the checkpoint store")
     manifests = collect(tasks, args.base, args.out, cfg, device=args.device, parallel=parallel, shards=args.shards)
     if manifests:
         table(f"dnd-fast collect -> {args.out}", ["task", "train items", "steps", "checkpoints", "last loss", "s"],
@@ -113,8 +112,7 @@ def cmd_generate(args) -> int:
 def cmd_data(args) -> int:
     from dnd_fast.pull import pull
 
-    if Path(args.out).exists() and not Path(args.out).is_dir():
-        raise ValueError(f"--out {args.out!r} is a file: give a directory for the task files")
+    check_out_dir(args.out, "the task files")
     counts = pull(args.out, args.task, source=args.source)
     print(f"dnd-fast data pull: {len(counts)} task(s) written to {args.out}; use it with --tasks {args.out}")
     return 0

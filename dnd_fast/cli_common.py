@@ -28,6 +28,12 @@ def table(title: str, columns: list[str], rows: list[list]):
     Console().print(table)
 
 
+def check_out_dir(path: str, what: str) -> None:
+    """``--out`` must be a directory or not exist yet (checked before any long work)."""
+    if Path(path).exists() and not Path(path).is_dir():
+        raise ValueError(f"--out {path!r} is a file: give a directory for {what}")
+
+
 def check_writable(path: str | None, flag: str) -> None:
     """Fail before long work, not after it, when an output file cannot be written."""
     if path is None:

@@ -6,7 +6,7 @@ import sys
 import time
 from pathlib import Path
 
-from dnd_fast.cli_common import DEFAULT_TASKS, check_writable, table
+from dnd_fast.cli_common import DEFAULT_TASKS, check_out_dir, check_writable, table
 
 
 # ---- eval ---------------------------------------------------------------------------------
@@ -101,8 +101,7 @@ def cmd_demo(args) -> int:
 
     name = args.preset or ("gpu" if args.device.type == "cuda" else "cpu")
     cfg = experiment.preset(name)
-    if Path(args.out).exists() and not Path(args.out).is_dir():
-        raise ValueError(f"--out {args.out!r} is a file: give a directory for the experiment's outputs")
+    check_out_dir(args.out, "the experiment's outputs")
     tasks = args.tasks or [p for p in (DEFAULT_TASKS if name == "gpu" else DEFAULT_TASKS[:1]) if p.is_dir()]
     missing = [t for t in tasks if not Path(t).is_dir()]
     if missing:

@@ -50,6 +50,11 @@ class CollectConfig:
     seed: int = 0
     state_every: int = 100
 
+    def warmup_for(self, n_items: int) -> int:
+        """Warm-up steps before the kept checkpoints for a train split of ``n_items``."""
+        warmup = self.warmup_steps if self.warmup_steps is not None else math.ceil(n_items / self.batch_size)
+        return warmup if self.max_warmup_steps is None else min(warmup, self.max_warmup_steps)
+
     def lora_config(self):
         from peft import LoraConfig
 
@@ -122,9 +127,7 @@ def collect_task(task: Task, base: str, store: Path, cfg: CollectConfig, device:
     model = get_peft_model(model, cfg.lora_config())
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     opt = torch.optim.AdamW(params.values(), lr=cfg.lr, weight_decay=0.0, fused=device.type == "cuda")
-    warmup = cfg.warmup_steps if cfg.warmup_steps is not None else math.ceil(len(items) / cfg.batch_size)
-    if cfg.max_warmup_steps is not None:
-        warmup = min(warmup, cfg.max_warmup_steps)
+    warmup = cfg.warmup_for(len(items))
     total = warmup + cfg.keep * cfg.every
     start, losses, seconds_before = 0, [], 0.0
     if (task_dir / STATE_JSON).exists():

@@ -9,7 +9,6 @@ store format of :mod:`dnd_fast.collect` (manifest, ``ckpt_*.safetensors``, promp
 """
 from __future__ import annotations
 
-import math
 import random
 import time
 from dataclasses import asdict, dataclass
@@ -19,7 +18,7 @@ import torch
 
 from dnd_fast import distributed, io
 from dnd_fast.collect import (MANIFEST, PROMPTS, STATE_JSON, STATE_TENSORS, CollectConfig, _task_seed, batch_indices,
-                              encode_example, lr_at)
+                              encode_example, lr_at, pad_batch)
 from dnd_fast.data import Task
 from dnd_fast.layout import lora_config_dict
 
@@ -51,9 +50,7 @@ def plan_jobs(tasks: dict[str, Task], cfg: CollectConfig, shards: int = 1) -> li
         for s in range(shards):
             part = [items[i] for i in order[s::shards]] if shards > 1 else items
             entry = name if shards == 1 else f"{name}.s{s}"
-            warmup = cfg.warmup_steps if cfg.warmup_steps is not None else math.ceil(len(part) / cfg.batch_size)
-            if cfg.max_warmup_steps is not None:
-                warmup = min(warmup, cfg.max_warmup_steps)
+            warmup = cfg.warmup_for(len(part))
             jobs.append(Job(entry, name, s, shards, part, _task_seed(cfg.seed, entry), warmup,
                             warmup + cfg.keep * cfg.every, tasks[name].split_note))
     return jobs
@@ -104,15 +101,7 @@ class _Group:
                 rows.append(self.encoded[k][i])
             while len(rows) % self.cfg.batch_size:  # a split smaller than the batch: repeat its rows
                 rows.append(rows[-1])
-        width = max(len(ids) for ids, _ in rows)
-        pad = self.tokenizer.pad_token_id
-        ids = torch.full((len(rows), width), pad, dtype=torch.long)
-        labels = torch.full((len(rows), width), -100, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for r, (x, y) in enumerate(rows):
-            ids[r, :len(x)], labels[r, :len(y)], mask[r, :len(x)] = torch.tensor(x), torch.tensor(y), 1
-        return {"input_ids": ids.to(self.device), "attention_mask": mask.to(self.device),
-                "labels": labels.to(self.device)}
+        return pad_batch(rows, self.tokenizer.pad_token_id, self.device)
 
     def save_state(self, k: int) -> None:
         d = self.store / self.jobs[k].name
@@ -204,11 +193,10 @@ def collect_parallel(tasks: dict[str, Task], base, store: str | Path, cfg: Colle
     world = distributed.init(device)
     store = Path(store)
     jobs = plan_jobs(tasks, cfg, shards)
-    rank, size = part or (world.rank, world.size)
-    if part:
-        jobs = jobs[rank::size]
-        rank, size = 0, 1
-    todo = [j for j in jobs[rank::size] if not _complete(store, j)]
+    if part:  # a worker of n outside torchrun: its jobs are all it reports
+        jobs = jobs[part[0]::part[1]]
+    mine = jobs if part else jobs[world.rank::world.size]
+    todo = [j for j in mine if not _complete(store, j)]
     todo.sort(key=lambda j: -j.total)  # a group runs as long as its longest job: keep similar ones together
     for g in range(0, len(todo), parallel):
         collect_group(todo[g:g + parallel], base, store, cfg, world.device, progress=progress, rank=world.rank)

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dnd_fast.layout import LoRALayout
+from dnd_fast.packed_weights import compute_dtype
 
 _PREFIX = "base_model.model."
 
@@ -43,7 +44,7 @@ class MultiLoRALinear(nn.Module):
         a = flat[:, self.a_slice[0]:self.a_slice[1]].view(k, r, self.base.in_features)
         b = flat[:, self.b_slice[0]:self.b_slice[1]].view(k, self.base.out_features, r)
         groups = x.reshape(k, -1, x.shape[-1])
-        dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
+        dtype = compute_dtype(x)
         low = torch.bmm(groups.to(dtype), a.to(dtype).transpose(1, 2))
         delta = torch.bmm(low, b.to(dtype).transpose(1, 2)) * owner.scaling
         return y + delta.view(y.shape).to(y.dtype)
