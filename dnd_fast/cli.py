@@ -3,7 +3,6 @@ eval and demo live in cli_experiment.py, bench in cli_bench.py)."""
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 import warnings
@@ -66,25 +65,14 @@ def read_prompts(path: str) -> list[str]:
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"prompt file {path!r} does not exist")
+    from dnd_fast import io
+
     try:
-        text = p.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"prompt file {path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    if p.suffix == ".txt":
-        return [line for line in text.splitlines() if line.strip()]
-    if p.suffix == ".json":
-        try:
-            items = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"prompt file {path}: line {exc.lineno}: not valid JSON ({exc.msg})") from None
-    else:
-        items = []
-        for number, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    items.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise ValueError(f"prompt file {path}: line {number}: not valid JSON ({exc.msg})") from None
+        if p.suffix == ".txt":
+            return [line for line in io.read_text(p).splitlines() if line.strip()]
+        items = io.read_records(p)
+    except ValueError as exc:
+        raise ValueError(f"prompt file {exc}") from None
     if not isinstance(items, list):
         raise ValueError(f"{path}: expected a list of prompts")
     return [it["prompt"] if isinstance(it, dict) and "prompt" in it else it for it in items]

@@ -8,11 +8,12 @@ side; ``Task.split_note`` records how, and the collect manifest stores it.
 """
 from __future__ import annotations
 
-import json
 import random
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from dnd_fast import io
 
 SPLITS = ("train", "test", "validation")
 _FILE = re.compile(r"^(?P<task>.+?)_(?P<split>train|test|validation)\.jsonl?$")
@@ -43,16 +44,7 @@ class Task:
 
 def _read_items(path: Path) -> list[dict]:
     try:
-        text = path.read_text(encoding="utf-8")
-        items = ([json.loads(line) for line in text.splitlines() if line.strip()] if path.suffix == ".jsonl"
-                 else json.loads(text))
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    except json.JSONDecodeError as exc:
-        line = exc.lineno if path.suffix != ".jsonl" else next(
-            n for n, text in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
-            if text.strip() and not _parses(text))
-        raise ValueError(f"{path}: line {line}: not valid JSON ({exc.msg})") from None
+        items = io.read_records(path)
     except OSError as exc:
         raise ValueError(f"{path}: not readable ({exc.strerror})") from None
     if not isinstance(items, list) or not items:
@@ -63,14 +55,6 @@ def _read_items(path: Path) -> list[dict]:
             raise ValueError(f"{path}: item {i} needs string fields 'prompt' and 'response' "
                              "(and optionally 'system')")
     return items
-
-
-def _parses(text: str) -> bool:
-    try:
-        json.loads(text)
-    except json.JSONDecodeError:
-        return False
-    return True
 
 
 def find_task_files(root: str | Path) -> dict[str, dict[str, Path]]:

@@ -145,8 +145,9 @@ def _train_generator(held, out, store, cfg, device, progress) -> dict:
     gen_dir = out / f"generator-{held}"
     train_cfg = dataclasses.replace(cfg.train, hold_out=[held])
     summary_file = gen_dir / "train_summary.json"
-    if summary_file.exists() and io.read_json(summary_file)["steps"] == train_cfg.steps:
-        return io.read_json(summary_file)
+    summary = io.read_json(summary_file) if summary_file.exists() else {}
+    if summary.get("steps") == train_cfg.steps:
+        return summary
     return train(store, gen_dir, train_cfg, device=device, progress=progress, restart=not (gen_dir / STATE_JSON).exists())
 
 
@@ -170,7 +171,7 @@ def _holdout(held, tasks, groups, out, store, cfg, device, slot, tokenizer, prog
             "LoRA average (params)": average_state_dicts([load_checkpoint(store, m) for t in others
                                                           for m in groups[t]]),
             "generated (DnD)": adapter.state_dict(), f"oracle (LoRA {held})": own[held]}
-    cached = {f"LoRA {t}": groups[t][0]["task"] for t in [*others, held]}
+    cached = {f"LoRA {t}": groups[t][0]["task"] for t in others}  # stored LoRAs: their scores are cached
     cached[f"oracle (LoRA {held})"] = groups[held][0]["task"]
     cheap = {f"LoRA {t}" for t in others if t != nearest}  # exact match (decoding) is skipped for these
     scores = {}

@@ -64,6 +64,31 @@ def read_json(path: str | Path) -> dict:
         raise ValueError(f"{path}: not valid json ({exc})") from None
 
 
+def read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+
+
+def read_records(path: Path):
+    """A ``.json`` document, or a ``.jsonl`` file as the list of its non-empty lines; errors name the line."""
+    text = read_text(path)
+    if path.suffix != ".jsonl":
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}: line {exc.lineno}: not valid JSON ({exc.msg})") from None
+    records = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path}: line {number}: not valid JSON ({exc.msg})") from None
+    return records
+
+
 def pyplot():
     """matplotlib.pyplot on the Agg backend, or None where matplotlib is not installed (plots are optional)."""
     try:

@@ -9,8 +9,9 @@ Where a set publishes no test labels, its validation split is the test split.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
+
+from dnd_fast import io
 
 CHOICE_SYSTEM = ("You are a helpful assistant. Pick one answer among the given choices and answer with its "
                  "letter in brackets, like [A].")
@@ -75,19 +76,13 @@ def _local_rows(root: Path, task: str, split: str) -> list[dict]:
             except ImportError:
                 raise ImportError(f"{path}: reading parquet needs pyarrow (pip install pyarrow)") from None
             return pq.read_table(path).to_pylist()
-        text = path.read_text(encoding="utf-8")
-        try:
-            return json.loads(text) if ext == "json" else [json.loads(x) for x in text.splitlines() if x.strip()]
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
+        return io.read_records(path)
     raise FileNotFoundError(f"no {split}.jsonl / .json / .parquet for {task} under {root}")
 
 
 def pull(out: str | Path, tasks: list[str] | None = None, *, source: str | Path | None = None,
          log=print) -> dict[str, dict[str, int]]:
     """Writes ``OUT/TASK_train.json`` and ``OUT/TASK_test.json`` for each task; returns item counts."""
-    from dnd_fast import io
-
     names = tasks or list(SOURCES)
     unknown = [t for t in names if t not in SOURCES]
     if unknown:
