@@ -69,3 +69,18 @@ def print_table(title, header, rows):
 
 def device_name():
     return f"{torch.cuda.get_device_name()} (torch {torch.__version__}, CUDA {torch.version.cuda})"
+
+
+def append_csv(path, header, rows):
+    """Rows appended to the CSV history at ``path`` (the header first when the file is new)."""
+    import csv
+    from pathlib import Path
+
+    path = Path(path)
+    first = not path.exists()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", newline="") as f:
+        w = csv.writer(f)
+        if first:
+            w.writerow(header)
+        w.writerows(rows)

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import dnd_fast
-from dnd_fast import detokenize_flat, tokenize_flat
+from dnd_fast import detokenize_flat, paths, tokenize_flat
 from dnd_fast.decoder import DecoderConfig, HyperConvDecoder
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -61,13 +61,13 @@ def test_detokenize(benchmark, backend, batch):
 
 
 @pytest.mark.parametrize("batch", [1, 8])
-@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("backend", ["torch", "triton", "triton-fp8"])
 def test_decoder_forward(benchmark, paper_decoder, backend, batch):
     x = torch.randn(batch, *paper_decoder.config.condition_shape, device="cuda")
 
     def forward():
-        with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
-            return paper_decoder(x, backend=backend)
+        with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16), paths.use(fp8=backend.endswith("fp8")):
+            return paper_decoder(x, backend=backend.split("-")[0])
     benchmark.group = f"decoder forward b{batch}"
     synced(benchmark, forward, rounds=10 if backend == "torch" else 20)
 

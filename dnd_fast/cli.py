@@ -88,7 +88,7 @@ def cmd_generate(args) -> int:
     check_output_dir(args.out, ADAPTER_FILES, overwrite=args.overwrite, what="--out")  # before any long work
     gen = dnd_fast.load_generator(args.generator, device=args.device)
     t0 = time.perf_counter()
-    adapter = dnd_fast.generate(prompts, gen, seed=args.seed)
+    adapter = dnd_fast.generate(prompts, gen, seed=args.seed, precision=args.precision)
     ms = (time.perf_counter() - t0) * 1e3
     adapter.save_pretrained(args.out, overwrite=args.overwrite)
     print(f"dnd-fast generate: {len(prompts)} prompts -> LoRA for {adapter.base_model} ({adapter.layout.num_params:,} "
@@ -168,6 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--prompts", required=True, help=".txt (one per line), .json or .jsonl prompts")
     g.add_argument("--out", required=True, help="adapter directory (adapter_config.json + adapter_model.safetensors)")
     g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--precision", choices=["bf16", "fp8"], default="bf16",
+                   help="the decoder's precision: bf16 (default), or fp8 (e4m3 on Hopper GPUs; benchmarks/RESULTS.md "
+                        "says what it costs in quality)")
     g.add_argument("--overwrite", action="store_true",
                    help="replace --out even if it is a file or holds files other than an earlier adapter's")
 
@@ -222,6 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--decoder", choices=["small", "paper"], default=None,
                    help="small: a 3-layer decoder sized for the CPU; paper: the published cascade ending at this "
                         "layout (GPU). Default: paper on a GPU, small on the CPU")
+    b.add_argument("--precision", choices=["bf16", "fp8"], default="bf16",
+                   help="fp8: also time the decoder and generate() in e4m3 (Hopper GPUs), beside bf16")
     b.add_argument("--profile", action="store_true",
                    help="also run the whole generate path (encoder, decoder, detokenize) with NVTX ranges")
     return parser

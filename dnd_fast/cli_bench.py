@@ -31,7 +31,8 @@ def cmd_bench(args) -> int:
     from rich.console import Console
 
     import dnd_fast
-    from dnd_fast.decoder import DecoderConfig, HyperConvDecoder
+    from dnd_fast import paths
+    from dnd_fast.decoder import DecoderConfig, HyperConvDecoder, plane_convs_run_on
     from dnd_fast.models import resolve_base
 
     device = args.device
@@ -66,13 +67,16 @@ def cmd_bench(args) -> int:
             ms = _median_ms(lambda: run(backend), device, args.reps)
             ref = ref or ms
             rows.append([name, backend, f"{ms:.3f}", f"{ref / ms:.1f}x"])
-    decoder_backends = ["torch"] + (["triton"] if "triton" in dnd_fast.backends(device) and device.type == "cuda"
-                                    else [])
+    fast = "triton" in dnd_fast.backends(device) and device.type == "cuda"
+    if args.precision == "fp8" and not (fast and plane_convs_run_on(device)):
+        raise ValueError("--precision fp8 needs a Hopper GPU (H100, H200): the e4m3 kernels are plane kernels")
+    decoder_backends = ["torch"] + (["triton"] if fast else []) + (["triton, fp8"] if args.precision == "fp8" else [])
     ref = None
     for backend in decoder_backends:
         def forward(b=backend):
-            with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                return decoder(condition, backend=b)
+            with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"), \
+                    paths.use(fp8=b.endswith("fp8")):
+                return decoder(condition, backend=b.split(",")[0])
         ms = _median_ms(forward, device, args.reps)
         ref = ref or ms
         rows.append(["decoder forward", backend, f"{ms:.2f}", f"{ref / ms:.1f}x"])
@@ -107,12 +111,14 @@ def _profile_generate(args, layout, config, device) -> list[list]:
     prompts = [[f"benchmark prompt {i} of task {b}: which answer is right?" for i in range(n)]
                for b in range(args.batch)]
     rows = []
-    for graphs in ([False, True] if device.type == "cuda" else [False]):
-        gen.use_cuda_graphs = graphs
-        ms = _median_ms(lambda: gen.generate_to_host(prompts), device, args.reps)
-        rows.append(["generate (end to end)", "cuda graph" if graphs else "eager", f"{ms:.2f}",
-                     f"{args.batch * 1e3 / ms:.1f} LoRA/s"])
-    if device.type == "cuda":
+    for precision in ["bf16"] + (["fp8"] if args.precision == "fp8" else []):
+        gen.set_precision(precision)
+        for graphs in ([False, True] if device.type == "cuda" else [False]):
+            gen.use_cuda_graphs = graphs
+            ms = _median_ms(lambda: gen.generate_to_host(prompts), device, args.reps)
+            rows.append([f"generate (end to end, {precision})", "cuda graph" if graphs else "eager", f"{ms:.2f}",
+                         f"{args.batch * 1e3 / ms:.1f} LoRA/s"])
+    if device.type == "cuda":  # in the last precision of the table
         with torch.cuda.nvtx.range("generate.profiled"):
             gen.use_cuda_graphs = False
             gen.generate_to_host(prompts)

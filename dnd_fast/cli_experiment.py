@@ -84,13 +84,18 @@ def _overrides(pairs: list[str] | None, obj, flag: str):
 
 
 def _run_workers(args, stage: str) -> None:
-    """One process per GPU for ``stage`` (CUDA_VISIBLE_DEVICES=i, --worker i), then wait for all."""
+    """One process per GPU for ``stage`` (worker i on the i-th device of CUDA_VISIBLE_DEVICES, else GPU i), then
+    wait for all."""
     import os
     import subprocess
 
+    visible = [d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+    if visible and len(visible) < args.gpus:
+        raise ValueError(f"demo --gpus {args.gpus}: CUDA_VISIBLE_DEVICES names only {len(visible)} device(s)")
+    devices = visible[:args.gpus] if visible else [str(i) for i in range(args.gpus)]
     procs = [subprocess.Popen([sys.executable, "-m", "dnd_fast.cli", *args.argv, "--stage", stage, "--worker",
                                str(i), "--workers", str(args.gpus)],
-                              env={**os.environ, "CUDA_VISIBLE_DEVICES": str(i)}) for i in range(args.gpus)]
+                              env={**os.environ, "CUDA_VISIBLE_DEVICES": device}) for i, device in enumerate(devices)]
     failed = [i for i, p in enumerate(procs) if p.wait() != 0]
     if failed:
         raise ValueError(f"demo --stage {stage}: worker {failed[0]} failed (its output is above); re-run to continue")

@@ -48,7 +48,14 @@ class CollectConfig:
     keep: int = 50
     every: int = 1
     seed: int = 0
+    # None: each LoRA starts from its own random A (seeded by its task / shard). An int: every LoRA of the store
+    # starts from the same A, as the paper's fine-tunes (one seed) do, so checkpoints of different tasks live in
+    # one coordinate system and a generator can blend them; data order still follows each LoRA's own seed.
+    init_seed: int | None = None
     state_every: int = 100
+
+    def init_seed_for(self, own_seed: int) -> int:
+        return own_seed if self.init_seed is None else self.init_seed
 
     def warmup_for(self, n_items: int) -> int:
         """Warm-up steps before the kept checkpoints for a train split of ``n_items``."""
@@ -123,7 +130,7 @@ def collect_task(task: Task, base: str, store: Path, cfg: CollectConfig, device:
     seed = _task_seed(cfg.seed, task.name)
     items = task.split("train")
     model, tokenizer = load_base(base, device=device)
-    torch.manual_seed(seed)
+    torch.manual_seed(cfg.init_seed_for(seed))
     model = get_peft_model(model, cfg.lora_config())
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     opt = torch.optim.AdamW(params.values(), lr=cfg.lr, weight_decay=0.0, fused=device.type == "cuda")

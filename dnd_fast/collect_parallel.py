@@ -90,7 +90,7 @@ class _Group:
                 self.steps[k], self.losses[k] = int(meta["step"]), meta["losses"]
                 self.seconds_before[k] = float(meta.get("seconds", 0.0))
             else:
-                self.multi.init_adapter(k, job.seed)
+                self.multi.init_adapter(k, self.cfg.init_seed_for(job.seed))
 
     def batch(self) -> dict[str, torch.Tensor]:
         rows = []

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Optional
 
 import torch
 
-from dnd_fast import layer_norm, paths, thin_conv
+from dnd_fast import decoder_fp8, layer_norm, paths, thin_conv
 from dnd_fast.packed_weights import cached, cast, compute_dtype, needs_grad, packed
 
 if TYPE_CHECKING:
@@ -41,58 +41,78 @@ def _axes(t: torch.Tensor, names, wanted) -> torch.Tensor:
     return t.permute(0, *(1 + list(names).index(a) for a in wanted))
 
 
-def _layer_plane(layer: HyperConvLayer, x: torch.Tensor, residual: bool, saved: Optional[dict] = None) -> torch.Tensor:
+def _layer_plane(layer: HyperConvLayer, x: torch.Tensor, residual: bool, saved: Optional[dict] = None,
+                 amax: Optional[dict] = None) -> torch.Tensor:
     """The layer with every conv on ``hyperconv.conv2d_plane``. Each conv's input lives in a
     ``PaddedPlane`` with its channel axis innermost and the smaller of its two plane axes outer
     (fewer spare positions; taps skipped along it); each conv writes straight into the interior of
     the next one's plane. Axis names: C, H, W of the input, C2, H2, W2 of the output.
-    ``saved`` (training): the path merge runs unfused and the planes the backward needs go in it."""
+    ``saved`` (training): the path merge runs unfused and the planes the backward needs go in it.
+    ``paths.current().fp8`` (inference): planes and weights in e4m3 (``decoder_fp8.py``); ``amax``: the
+    largest |value| written into each plane goes in it (the calibration run of that path)."""
     from dnd_fast.kernels import hyperconv
 
     hc, k = layer.hyper, layer.conv.kernel_size[0]
     cdtype = compute_dtype(x)
     train = saved is not None
+    fp8 = None
+    if not train and amax is None and paths.current().fp8:
+        fp8 = decoder_fp8.scales(layer, lambda record: _layer_plane(layer, x, residual, amax=record))
     B, C, H, W = x.shape
     size = {"C": C, "H": H, "W": W, "C2": layer.conv.out_channels, "H2": hc.conv1h.out_channels,
             "W2": hc.conv1w.out_channels}
-    plane = functools.partial(_plane, B, size, k, cdtype, x.device)
+    plane = functools.partial(_plane, B, size, k, hyperconv.FP8 if fp8 else cdtype, x.device)
 
-    def conv(module, src, out_channel, dest, dest_axes, bias=None, mode=0, other=None, extra=None):
+    def conv(module, src, out_channel, dest, dest_axes, bias=None, mode=0, other=None, extra=None, names=(None, None)):
+        """``names``: the (input, output) planes' names among the fp8 scales (None: an output that is no plane)."""
         buf, (p, q, _), transposed = src
         view = (out_channel, p, q)
         dest_view = _axes(dest, dest_axes, view)
-        if not train and mode == 0 and bias is None and thin_conv.usable(module.in_channels, module.out_channels,
-                                                                         cdtype, x.device):
+        others = (None if other is None else _axes(other[0], other[1], view),
+                  None if extra is None else _axes(extra[0], extra[1], view))
+        if fp8:
+            w, col_scale = decoder_fp8.packed_weight(module, transposed, fp8, names[0])
+            hyperconv.conv2d_plane(buf, w, k, dest_view, bias, mode, *others, w_layout=1, col_scale=col_scale,
+                                   out_scale=fp8["inverse"][names[1]] if names[1] else None)
+        elif not train and mode == 0 and bias is None and thin_conv.usable(module.in_channels, module.out_channels,
+                                                                           cdtype, x.device):
             w = cached(module, ("thin", transposed), module.weight, cdtype,
                         lambda: thin_conv.pack_weight(module.weight, cdtype, transposed))
-            return thin_conv.conv2d_plane_thin(buf, w, k, dest_view)
-        args = (k, dest_view, bias, mode, None if other is None else _axes(other[0], other[1], view),
-                None if extra is None else _axes(extra[0], extra[1], view))
-        if train:  # packed afresh (the optimizer moves the weights), out-major: the backward reads it too
-            layout = 1
-            w = saved.setdefault("packed", {})[module] = hyperconv.pack_weight_plane(
-                module.weight, cdtype, transposed, out_major=True)
+            thin_conv.conv2d_plane_thin(buf, w, k, dest_view)
         else:
-            layout = hyperconv.forward_weight_layout(module.out_channels)
-            w = packed(module, cdtype, transposed, layout == 1)
-        return hyperconv.conv2d_plane(buf, w, *args, w_layout=layout)
+            if train:  # packed afresh (the optimizer moves the weights), out-major: the backward reads it too
+                layout = 1
+                w = saved.setdefault("packed", {})[module] = hyperconv.pack_weight_plane(
+                    module.weight, cdtype, transposed, out_major=True)
+            else:
+                layout = hyperconv.forward_weight_layout(module.out_channels)
+                w = packed(module, cdtype, transposed, layout == 1)
+            hyperconv.conv2d_plane(buf, w, k, dest_view, bias, mode, *others, w_layout=layout)
+        if amax is not None and names[1]:
+            decoder_fp8.record(amax, names[1], dest_view)
 
     in_1w, in_2h = plane(("H", "C"), "W"), plane(("C", "W"), "H")
     norm_outs = [_axes(buf.interior, axes, "CHW") for buf, axes, _ in (in_1w, in_2h)]
-    if layer_norm.usable(x, norm_outs):
-        layer_norm.layer_norm_planes(x, hc.norm.weight, hc.norm.bias, hc.norm.eps, norm_outs)
+    # fp32 LayerNorm parameters, cast once (a bf16 inference decoder would otherwise copy them every call)
+    gamma, beta = cast(hc.norm, "weight", torch.float32), cast(hc.norm, "bias", torch.float32)
+    if fp8:
+        hyperconv.layer_norm_into(x, gamma, beta, hc.norm.eps, norm_outs, out_scale=fp8["inverse"]["ln"])
+    elif layer_norm.usable(x, norm_outs):
+        layer_norm.layer_norm_planes(x, gamma, beta, hc.norm.eps, norm_outs)
     else:
-        hyperconv.layer_norm_into(x, hc.norm.weight, hc.norm.bias, hc.norm.eps, norm_outs)
+        hyperconv.layer_norm_into(x, gamma, beta, hc.norm.eps, norm_outs)
+    if amax is not None:
+        decoder_fp8.record(amax, "ln", norm_outs[0])
     # path 1: width as channels over (H, C), then height as channels over (C, W2)
     in_1h = plane(("C", "W2"), "H")
-    conv(hc.conv1w, in_1w, "W2", in_1h[0].interior, in_1h[1])
+    conv(hc.conv1w, in_1w, "W2", in_1h[0].interior, in_1h[1], names=("ln", "1h"))
     in_ch = plane(("H2", "W2"), "C")
     p1_axes = in_ch[1]  # p1 in the channel conv's memory order: the merge below reads it where it writes
     p1 = torch.empty(B, *(size[a] for a in p1_axes), device=x.device, dtype=cdtype)
-    conv(hc.conv1h, in_1h, "H2", p1, p1_axes)
+    conv(hc.conv1h, in_1h, "H2", p1, p1_axes, names=("1h", None))
     # path 2: height as channels over (C, W), then width as channels over (H2, C), merged with p1
     in_2w = plane(("H2", "C"), "W")
-    conv(hc.conv2h, in_2h, "H2", in_2w[0].interior, in_2w[1])
+    conv(hc.conv2h, in_2h, "H2", in_2w[0].interior, in_2w[1], names=("ln", "2w"))
     if train:  # p2 kept for the backward (tanh'), the merge in fp32 as autocast's reference computes it
         p2 = torch.empty_like(p1)
         conv(hc.conv2w, in_2w, "W2", p2, p1_axes)
@@ -102,13 +122,14 @@ def _layer_plane(layer: HyperConvLayer, x: torch.Tensor, residual: bool, saved: 
     else:
         bias = cast(hc, "bias", cdtype)[None, :, :, None].expand(B, -1, -1, C)
         conv(hc.conv2w, in_2w, "W2", in_ch[0].interior, in_ch[1], mode=1, other=(p1, p1_axes),
-             extra=(bias, ("H2", "W2", "C")))
+             extra=(bias, ("H2", "W2", "C")), names=("2w", "ch"))
     del p1
     # the channel conv over (H2, W2), residual fused
     out = torch.empty(B, size["C2"], size["H2"], size["W2"], device=x.device, dtype=cdtype)
     conv_bias = layer.conv.bias.to(cdtype) if train else cast(layer.conv, "bias", cdtype)
     residual = (x.to(cdtype), ("C2", "H2", "W2")) if residual else None
-    conv(layer.conv, in_ch, "C2", out, ("C2", "H2", "W2"), conv_bias, 2 if residual else 0, other=residual)
+    conv(layer.conv, in_ch, "C2", out, ("C2", "H2", "W2"), conv_bias, 2 if residual else 0, other=residual,
+         names=("ch", None))
     return out
 
 

@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from dnd_fast import io
-from dnd_fast.decoder import DecoderConfig, HyperConvDecoder, nvtx_range
+from dnd_fast import decoder_fp8, io, paths
+from dnd_fast.decoder import DecoderConfig, HyperConvDecoder, nvtx_range, plane_convs_run_on
 from dnd_fast.encoder import PromptEncoder, check_prompt_sets, select_prompts
 from dnd_fast.layout import LoRALayout, lora_config_dict, make_lora_config
 from dnd_fast.tokenizer import detokenize_flat
@@ -29,6 +29,7 @@ from dnd_fast.tokenizer import detokenize_flat
 FORMAT = "dnd_fast.generator"
 CONFIG_FILE, WEIGHTS_FILE = "generator.json", "generator.safetensors"
 ADAPTER_FILES = {"adapter_config.json", "adapter_model.safetensors", "README.md"}
+PRECISIONS = ("bf16", "fp8")
 
 
 class Generator(nn.Module):
@@ -49,6 +50,7 @@ class Generator(nn.Module):
         self.lora_config = lora_config_dict(lora_config)
         self._graphs: dict[tuple[int, int], _GraphedCall] = {}
         self.use_cuda_graphs = True
+        self.precision = "bf16"  # of the decoder at inference; set_precision("fp8"): e4m3 on Hopper
 
     # ---- persistence ------------------------------------------------------------------------
     def config_dict(self) -> dict:
@@ -109,6 +111,21 @@ class Generator(nn.Module):
         self._graphs.clear()
         return self.eval().requires_grad_(False)
 
+    def set_precision(self, precision: str) -> Generator:
+        """"bf16" (the default) or "fp8": the decoder's convs on e4m3 planes and weights (Hopper GPUs; per-plane
+        scales set from the next call's prompts, see decoder_fp8.py)."""
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision {precision!r}: choose {' or '.join(PRECISIONS)}")
+        if precision == "fp8" and not plane_convs_run_on(self.device):
+            raise ValueError(f"precision fp8 needs a Hopper GPU (H100, H200) for the e4m3 plane kernels; the generator "
+                             f"is on {self.device}" + (f" ({torch.cuda.get_device_name(self.device)})"
+                                                       if self.device.type == "cuda" else ""))
+        if precision != self.precision:
+            decoder_fp8.reset(self.decoder)
+            self._graphs.clear()
+            self.precision = precision
+        return self
+
     # ---- generation -------------------------------------------------------------------------
     @property
     def device(self) -> torch.device:
@@ -120,7 +137,8 @@ class Generator(nn.Module):
         batch = input_ids.shape[0] // n
         with nvtx_range("generate.encoder", self.device):
             condition = self.encoder.embed_ids(input_ids, attention_mask).view(batch, n, length, hidden)
-        tokens = self.decoder(condition)
+        with paths.use(fp8=self.precision == "fp8"):
+            tokens = self.decoder(condition)
         with nvtx_range("generate.detokenize", self.device):
             return detokenize_flat(tokens, self.stats, self.layout)
 
@@ -248,15 +266,16 @@ def load_generator(generator, *, device=None, dtype: torch.dtype | None = None) 
 
 
 def generate(prompts: Sequence[str] | Sequence[Sequence[str]], generator, *, device=None,
-             seed: int = 0) -> GeneratedAdapter | list[GeneratedAdapter]:
+             seed: int = 0, precision: str = "bf16") -> GeneratedAdapter | list[GeneratedAdapter]:
     """Unlabeled prompts of a task -> a LoRA adapter for the generator's base model.
 
     ``prompts``: a list of strings (one task -> one adapter) or a list of lists (many tasks ->
     a list of adapters, generated in one batched pass). ``generator``: a :class:`Generator` or
-    a directory saved by :meth:`Generator.save`.
+    a directory saved by :meth:`Generator.save`. ``precision``: "bf16", or "fp8" on a Hopper GPU
+    (:meth:`Generator.set_precision`; its scales come from the first fp8 call's prompts).
     """
     sets, single = check_prompt_sets(prompts)
-    gen = load_generator(generator, device=device)
+    gen = load_generator(generator, device=device).set_precision(precision)
     flat = gen.generate_to_host(sets, seed)
     adapters = gen.make_adapters(flat)
     return adapters[0] if single else adapters

@@ -21,6 +21,7 @@ class Paths:
     thin_conv: bool = True  # the CUDA halo-tile conv for inference convs of <= 64 channels (thin_conv.py)
     cuda_layer_norm: bool = True  # the extension's LayerNorm into the planes (layer_norm.py); off: Triton's
     cudnn_wgrad: bool = True  # strided path: cuDNN's weight gradient where a channel count is under 512
+    fp8: bool = False  # inference on the plane kernels in e4m3 (planes and weights; scales set on the first call)
 
 
 _CURRENT: contextvars.ContextVar[Paths] = contextvars.ContextVar("dnd_fast_paths", default=Paths())

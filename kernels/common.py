@@ -18,6 +18,15 @@ def round_up(n, k):
     return (n + k - 1) // k * k
 
 
+FP8 = torch.float8_e4m3fn  # the fp8 inference path's planes and weights (e4m3: 3 mantissa bits, |x| <= 448)
+FP8_MAX = 448.0
+
+
+def channel_pad(dtype):
+    """A plane's channels (and a packed weight's input channels) round up to this: 16-byte rows for TMA."""
+    return 16 // dtype.itemsize if dtype.itemsize < 2 else 8
+
+
 def alignment(*values, limit=8):
     """The largest power of two up to ``limit`` dividing every value."""
     a = limit
@@ -40,6 +49,24 @@ def mma(acc, a, b, IEEE: tl.constexpr):
     if IEEE:
         return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
     return tl.dot(a, b, acc)
+
+
+# The interpreter's fp32 -> e4m3 cast drops the carry when a value rounds up into the next binade
+# (31.4 -> 16) and flushes subnormals (triton 3.9); the GPU's cast rounds to nearest even.
+_INTERPRETER = tl.constexpr(interpreted())
+
+
+@triton.jit
+def e4m3_ready(v):
+    """``v`` (fp32, within +-448) clamped and, under the interpreter only, rounded to e4m3's grid in fp32 so
+    that its cast to e4m3 is exact (round half away from zero there, to nearest even on the GPU)."""
+    v = tl.clamp(v, -448.0, 448.0)
+    if _INTERPRETER:
+        a = tl.abs(v)
+        step = tl.exp2(tl.maximum(tl.floor(tl.log2(tl.maximum(a, 1e-30))), -6.0) - 3.0)
+        a = tl.floor(a / step + 0.5) * step
+        v = tl.where(v < 0, -a, a)
+    return v
 
 
 @triton.jit

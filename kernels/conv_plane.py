@@ -12,14 +12,14 @@ import triton
 import triton.language as tl
 
 from . import tuning
-from .common import block, ieee, mma, round_up, tap_range
+from .common import FP8, FP8_MAX, block, channel_pad, ieee, mma, round_up, tap_range
 from .epilogue import epilogue, split_epilogue
 
 
 # ---- the padded-plane conv: every tap one TMA tile ------------------------------------------
 class PaddedPlane:
     """An activation [B, P, Q, C] (channel innermost) laid out for ``conv2d_plane``: a
-    [rows, C8] matrix (C8: C rounded up to 8, 16-byte rows) holding each image as P rows of Q
+    [rows, C8] matrix (C8: C rounded up to ``channel_pad``, 16-byte rows) holding each image as P rows of Q
     positions followed by ``pad`` spare positions, ``pad`` spare rows after each image, and
     ``lead`` spare positions before the first. The input of tap (i, j) for the output at flat
     position r is then position r + (i - pad) * (Q + pad) + (j - pad): a plain shifted tile, its
@@ -33,9 +33,9 @@ class PaddedPlane:
         self.lead = pad * (Q + pad) + pad
         rows = self.lead + B * (P + pad) * (Q + pad)
         if zero_interior or torch.device(device).type != "cuda":
-            self.buf = torch.zeros(rows, round_up(C, 8), dtype=dtype, device=device)
+            self.buf = torch.zeros(rows, round_up(C, channel_pad(dtype)), dtype=dtype, device=device)
         else:
-            self.buf = torch.empty(rows, round_up(C, 8), dtype=dtype, device=device)
+            self.buf = torch.empty(rows, round_up(C, channel_pad(dtype)), dtype=dtype, device=device)
             zero_spare(self)
 
     @property
@@ -71,33 +71,44 @@ def _zero_spare_kernel(buf_ptr, ROWS, C8, C, LEAD, P, Q, PAD, BLOCK_R: tl.conste
 
 
 def pack_weight_plane(weight: torch.Tensor, dtype: torch.dtype | None = None, transpose: bool = False,
-                      out_major: bool = False):
+                      out_major: bool = False, pad_to: int = 8):
     """Conv2d weight [C_out, C_in, k, k] -> [k*k*C8, C_out] (C8: C_in rounded up to 8, zero rows),
     a view of a buffer with rows padded to a multiple of 8. ``transpose``: the plane's rows run
     along the weight's last axis (a conv over (q, p) is the conv over (p, q) with taps transposed).
     ``out_major``: [C_out, k*k*C8] instead (W_LAYOUT 1), which the input gradient reads too (W_LAYOUT 2,
     taps flipped in the kernel) and ``conv2d_plane_wgrad`` returns; from a contiguous weight it is a
-    transpose within each output channel's row only (what training packs every step)."""
+    transpose within each output channel's row only (what training packs every step). ``pad_to``: C_in's
+    rounding (16 for an fp8 plane, ``pack_weight_plane_fp8``)."""
     cout, cin, ks, _ = weight.shape
     w = weight.to(dtype or weight.dtype)
     if out_major:
-        w = F.pad(w.permute((0, 3, 2, 1) if transpose else (0, 2, 3, 1)), (0, round_up(cin, 8) - cin))
+        w = F.pad(w.permute((0, 3, 2, 1) if transpose else (0, 2, 3, 1)), (0, round_up(cin, pad_to) - cin))
         return w.contiguous().view(cout, -1)
     w = w.permute((3, 2, 1, 0) if transpose else (2, 3, 1, 0))
-    w = F.pad(w, (0, round_up(cout, 8) - cout, 0, round_up(cin, 8) - cin))
-    return w.reshape(ks * ks * round_up(cin, 8), -1).narrow(1, 0, cout)
+    w = F.pad(w, (0, round_up(cout, 8) - cout, 0, round_up(cin, pad_to) - cin))
+    return w.reshape(ks * ks * round_up(cin, pad_to), -1).narrow(1, 0, cout)
+
+
+def pack_weight_plane_fp8(weight: torch.Tensor, transpose: bool = False):
+    """(the out-major weight in e4m3 [C_out, k*k*C16], its per-output-channel scales [C_out] fp32): each output
+    channel divided by its largest |w| / 448, so every channel uses e4m3's whole range."""
+    w = weight.detach().float()
+    scale = w.abs().amax((1, 2, 3)).clamp_min(1e-12) / FP8_MAX
+    packed = pack_weight_plane(w / scale[:, None, None, None], torch.float32, transpose, out_major=True, pad_to=16)
+    return packed.to(FP8), scale
 
 
 @triton.jit
 def _conv_plane_kernel(x_desc, w_desc, w_desc2, w_desc3, bias_ptr, other_ptr, extra_ptr, out_ptr, part_ptr,
+                       col_scale_ptr, out_scale_ptr,
                        P, Q, C, COUT, TILES, LEAD, N_OFF, N_STEP, X_ROWS,
                        sob, soc, sop, soq,
                        srb, src, srp, srq,
                        seb, sec, sep, seq,
                        KS: tl.constexpr, MODE: tl.constexpr, HAS_BIAS: tl.constexpr, IEEE: tl.constexpr,
                        WINDOW: tl.constexpr, GROUP_M: tl.constexpr, SPLIT_K: tl.constexpr, A_PTR: tl.constexpr,
-                       W_LAYOUT: tl.constexpr, PARTS: tl.constexpr,
-                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_N2: tl.constexpr, BLOCK_N3: tl.constexpr,
+                       W_LAYOUT: tl.constexpr, PARTS: tl.constexpr, CPAD: tl.constexpr, SCALED: tl.constexpr,
+                       QUANT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_N2: tl.constexpr, BLOCK_N3: tl.constexpr,
                        BLOCK_K: tl.constexpr):
     """A_PTR: ``x_desc`` is the plane's pointer and the input tiles are plain loads (see
     ``_plane_tile``), not TMA loads. W_LAYOUT: 0 the weight is [KS*KS*C8, COUT]; 1 [COUT, KS*KS*C8]
@@ -105,7 +116,9 @@ def _conv_plane_kernel(x_desc, w_desc, w_desc2, w_desc3, bias_ptr, other_ptr, ex
     [C, KS*KS*COUT8] (tap t reads the forward's tap KS*KS-1-t; no WINDOW). K or N columns that run
     past a tap's into the next tap's meet zero inputs or are dropped by the epilogue.
     PARTS 2 or 3: a tile is BLOCK_N + BLOCK_N2 (+ BLOCK_N3) columns wide, one accumulator and weight
-    descriptor each, all multiplied by the same input tile (200 columns as 128 + 64 + 16, not 256)."""
+    descriptor each, all multiplied by the same input tile (200 columns as 128 + 64 + 16, not 256).
+    CPAD: the plane's channel rounding (``channel_pad``). SCALED (fp8 inputs): the sums times the column's
+    scale (input plane's scale x the weight channel's) before the epilogue; QUANT: see ``epilogue``."""
     pad: tl.constexpr = (KS - 1) // 2
     # tiles in groups of GROUP_M along M, so the CTAs running together share weight columns and inputs
     pid, grid_m, grid_n = tl.program_id(0), tl.num_programs(0), tl.num_programs(1)
@@ -119,7 +132,7 @@ def _conv_plane_kernel(x_desc, w_desc, w_desc2, w_desc3, bias_ptr, other_ptr, ex
     r0 = (pid_m - b * TILES) * BLOCK_M  # the tile's first output position, flat within image b
     n0 = N_OFF + pid_n * N_STEP
     QP = Q + pad
-    C8 = (C + 7) // 8 * 8
+    C8 = (C + CPAD - 1) // CPAD * CPAD
     m0 = LEAD + b * (P + pad) * QP + r0
     # taps along p that reach inside the image from some row of this tile
     i_lo, i_hi = tap_range(r0 // QP, tl.minimum(r0 + BLOCK_M - 1, P * QP - 1) // QP, P, pad, KS)
@@ -163,16 +176,16 @@ def _conv_plane_kernel(x_desc, w_desc, w_desc2, w_desc3, bias_ptr, other_ptr, ex
                                          BLOCK_N, BLOCK_N2)
     r = r0 + tl.arange(0, BLOCK_M)
     _plane_store(acc, r, n0 + tl.arange(0, BLOCK_N), b, P, Q, QP, COUT, TILES, bias_ptr, other_ptr, extra_ptr,
-                 out_ptr, part_ptr, sob, soc, sop, soq, srb, src, srp, srq, seb, sec, sep, seq, MODE, HAS_BIAS,
-                 SPLIT_K)
+                 out_ptr, part_ptr, col_scale_ptr, out_scale_ptr, sob, soc, sop, soq, srb, src, srp, srq, seb, sec,
+                 sep, seq, MODE, HAS_BIAS, SPLIT_K, SCALED, QUANT)
     if PARTS > 1:
         _plane_store(acc2, r, n0 + BLOCK_N + tl.arange(0, BLOCK_N2), b, P, Q, QP, COUT, TILES, bias_ptr, other_ptr,
-                     extra_ptr, out_ptr, part_ptr, sob, soc, sop, soq, srb, src, srp, srq, seb, sec, sep, seq, MODE,
-                     HAS_BIAS, SPLIT_K)
+                     extra_ptr, out_ptr, part_ptr, col_scale_ptr, out_scale_ptr, sob, soc, sop, soq, srb, src, srp,
+                     srq, seb, sec, sep, seq, MODE, HAS_BIAS, SPLIT_K, SCALED, QUANT)
     if PARTS > 2:
         _plane_store(acc3, r, n0 + BLOCK_N + BLOCK_N2 + tl.arange(0, BLOCK_N3), b, P, Q, QP, COUT, TILES, bias_ptr,
-                     other_ptr, extra_ptr, out_ptr, part_ptr, sob, soc, sop, soq, srb, src, srp, srq, seb, sec, sep,
-                     seq, MODE, HAS_BIAS, SPLIT_K)
+                     other_ptr, extra_ptr, out_ptr, part_ptr, col_scale_ptr, out_scale_ptr, sob, soc, sop, soq, srb,
+                     src, srp, srq, seb, sec, sep, seq, MODE, HAS_BIAS, SPLIT_K, SCALED, QUANT)
 
 
 @triton.jit
@@ -198,10 +211,13 @@ def _mma_parts(acc, acc2, acc3, a, w_desc, w_desc2, w_desc3, k, n, W_LAYOUT: tl.
 
 @triton.jit
 def _plane_store(acc, r, n, b, P, Q, QP, COUT, TILES, bias_ptr, other_ptr, extra_ptr, out_ptr, part_ptr,
-                 sob, soc, sop, soq, srb, src, srp, srq, seb, sec, sep, seq,
-                 MODE: tl.constexpr, HAS_BIAS: tl.constexpr, SPLIT_K: tl.constexpr):
+                 col_scale_ptr, out_scale_ptr, sob, soc, sop, soq, srb, src, srp, srq, seb, sec, sep, seq,
+                 MODE: tl.constexpr, HAS_BIAS: tl.constexpr, SPLIT_K: tl.constexpr, SCALED: tl.constexpr,
+                 QUANT: tl.constexpr):
     """Output rows r (flat within image b, rows of QP) x columns n of the plane conv: the epilogue, or
     with SPLIT_K the fp32 partial sums [SPLIT_K, B * P * QP, COUT] that split_epilogue adds."""
+    if SCALED:
+        acc = acc * tl.load(col_scale_ptr + n, mask=n < COUT, other=0.0)[None, :]
     if SPLIT_K > 1:
         rows_all = tl.num_programs(0) // TILES * P * QP
         row = (tl.program_id(2) * rows_all + b * P * QP + r).to(tl.int64)
@@ -210,8 +226,8 @@ def _plane_store(acc, r, n, b, P, Q, QP, COUT, TILES, bias_ptr, other_ptr, extra
         p = r // QP
         q = r - p * QP
         bb = tl.zeros_like(r) + b
-        epilogue(acc, bb, p, q, (p < P) & (q < Q), n, COUT, bias_ptr, other_ptr,
-                  extra_ptr, out_ptr, sob, soc, sop, soq, srb, src, srp, srq, seb, sec, sep, seq, MODE, HAS_BIAS)
+        epilogue(acc, bb, p, q, (p < P) & (q < Q), n, COUT, bias_ptr, other_ptr, extra_ptr, out_ptr,
+                 sob, soc, sop, soq, srb, src, srp, srq, seb, sec, sep, seq, MODE, HAS_BIAS, out_scale_ptr, QUANT)
 
 
 @triton.jit
@@ -227,17 +243,27 @@ def _plane_tile(x_ptr, row, k0, WIDTH, C8, X_ROWS, BLOCK_M: tl.constexpr, BLOCK_
 
 
 def conv2d_plane(x: PaddedPlane, packed_weight, ks, out, bias=None, mode=0, other=None, extra=None, meta=None,
-                 w_layout=0):
+                 w_layout=0, col_scale=None, out_scale=None):
     """The 'same' conv of ``x`` over its (P, Q) plane into ``out``, a [B, C_out, P, Q] view (any
     strides: e.g. the next conv's plane interior, permuted, so that conv reads it without a copy).
     ``packed_weight``: ``pack_weight_plane`` (``w_layout`` 0), its ``out_major`` form (1), or (2) the
     ``out_major`` weight of the conv whose input gradient this is (C_in and C_out swapped, taps flipped:
-    the backward reads the forward's weight). Epilogue MODE, ``other``, ``extra``: as ``conv2d_same``."""
+    the backward reads the forward's weight). Epilogue MODE, ``other``, ``extra``: as ``conv2d_same``.
+    fp8 (an e4m3 plane): the weight is ``pack_weight_plane_fp8``'s (W_LAYOUT 1) and ``col_scale`` [C_out] fp32
+    = the plane's scale x the weight's; an e4m3 ``out`` (the next plane) takes ``out_scale`` = 1 / its scale
+    (a one-element fp32 tensor on the device)."""
     from triton.tools.tensor_descriptor import TensorDescriptor
 
     B, P, Q, C = x.shape
     COUT = out.shape[1]
-    c8 = round_up(C, 8)
+    cpad = channel_pad(x.buf.dtype)
+    c8 = round_up(C, cpad)
+    fp8_in, quant = x.buf.dtype == FP8, out.dtype == FP8
+    if fp8_in and (w_layout != 1 or col_scale is None or packed_weight.dtype != FP8):
+        raise ValueError("conv2d_plane: an fp8 plane needs an fp8 out-major weight (pack_weight_plane_fp8, W_LAYOUT 1) "
+                         "and its col_scale")
+    if quant and (out_scale is None or out_scale.dtype != torch.float32):
+        raise ValueError("conv2d_plane: an fp8 output needs out_scale, a one-element fp32 tensor (1 / its scale)")
     expected = {0: [ks * ks * c8, COUT], 1: [COUT, ks * ks * c8], 2: [C, ks * ks * round_up(COUT, 8)]}[w_layout]
     if w_layout == 2 and meta is not None and meta["WINDOW"]:
         raise ValueError("conv2d_plane: W_LAYOUT 2 (an input gradient from the forward's weight) needs WINDOW False")
@@ -286,18 +312,20 @@ def conv2d_plane(x: PaddedPlane, packed_weight, ks, out, bias=None, mode=0, othe
             w_descs += w_descs[:1] * (3 - len(w_descs))
             _conv_plane_kernel[(B * tiles, n_tiles, split_k)](
                 x_desc, *w_descs, bias if bias is not None else out, other, extra, out, part,
-                P, Q, C, COUT, tiles, x.lead, n_off, sum(block_ns), x_rows, *out.stride(), *other.stride(),
+                out if col_scale is None else col_scale, out if out_scale is None else out_scale, P, Q, C, COUT, tiles, x.lead, n_off, sum(block_ns), x_rows, *out.stride(), *other.stride(),
                 *extra.stride(), KS=ks, MODE=mode, HAS_BIAS=bias is not None, IEEE=ieee(x.buf.dtype),
-                W_LAYOUT=w_layout, PARTS=len(block_ns), **dict(meta, BLOCK_N=block_ns[0]),
+                W_LAYOUT=w_layout, PARTS=len(block_ns), CPAD=cpad, SCALED=fp8_in, QUANT=quant,
+                **dict(meta, BLOCK_N=block_ns[0]),
                 BLOCK_N2=(block_ns + [16, 16])[1], BLOCK_N3=(block_ns + [16, 16])[2])
         if split_k > 1:
             split_epilogue[(triton.cdiv(rows_all, 64), triton.cdiv(COUT, 64))](
                 part, bias if bias is not None else out, other, extra, out, P, Q, Q + x.pad, COUT, rows_all,
                 *out.stride(), *other.stride(), *extra.stride(), MODE=mode, HAS_BIAS=bias is not None,
-                SPLIT_K=split_k, BLOCK_M=64, BLOCK_N=64)
+                SPLIT_K=split_k, BLOCK_M=64, BLOCK_N=64, out_scale_ptr=out if out_scale is None else out_scale,
+                QUANT=quant)
 
     if meta is None:
-        key = (B, P, Q, C, COUT, ks, mode, bias is not None, x.buf.dtype, x.buf.device, w_layout)
+        key = (B, P, Q, C, COUT, ks, mode, bias is not None, x.buf.dtype, out.dtype, x.buf.device, w_layout)
         meta = tuning.CHOSEN.get(key)
         if meta is None:
             candidates = tuning.plane_candidates(C, COUT, x.buf.dtype, B * P * (Q + x.pad))

@@ -140,7 +140,7 @@ def _conv_kernel(x_ptr, w_ptr, bias_ptr, other_ptr, extra_ptr, out_ptr,
         tl.store(out_ptr + part, acc, mask=in_m[:, None] & (n < COUT)[None, :])
         return
     epilogue(acc, b, p, q, in_m, n, COUT, bias_ptr, other_ptr, extra_ptr, out_ptr,
-              sob, soc, sop, soq, srb, src, srp, srq, seb, sec, sep, seq, MODE, HAS_BIAS)
+              sob, soc, sop, soq, srb, src, srp, srq, seb, sec, sep, seq, MODE, HAS_BIAS, out_ptr, False)
 
 
 @triton.jit

@@ -12,14 +12,15 @@
 """
 from . import tuning
 from .common import interpreted
-from .conv_plane import PaddedPlane, conv2d_plane, pack_weight_plane, zero_spare
+from .common import FP8
+from .conv_plane import PaddedPlane, conv2d_plane, pack_weight_plane, pack_weight_plane_fp8, zero_spare
 from .conv_plane_wgrad import conv2d_plane_wgrad
 from .conv_strided import conv2d_same, conv2d_same_wgrad, pack_weight, pad_rows
 from .layer_norm import layer_norm_into
 from .tuning import (conv_meta, forward_weight_layout, input_grad_reads_forward_weight, plane_candidates, plane_meta,
                      wgrad_meta, wgrad_plane_candidates, wgrad_plane_meta, wgrad_splits)
 
-__all__ = ["PaddedPlane", "conv2d_plane", "conv2d_plane_wgrad", "conv2d_same", "conv2d_same_wgrad", "conv_meta",
+__all__ = ["FP8", "PaddedPlane", "conv2d_plane", "conv2d_plane_wgrad", "conv2d_same", "conv2d_same_wgrad", "conv_meta",
            "forward_weight_layout", "input_grad_reads_forward_weight", "interpreted", "layer_norm_into",
-           "pack_weight", "pack_weight_plane", "pad_rows", "plane_candidates", "plane_meta", "tuning", "wgrad_meta",
+           "pack_weight", "pack_weight_plane", "pack_weight_plane_fp8", "pad_rows", "plane_candidates", "plane_meta", "tuning", "wgrad_meta",
            "wgrad_plane_candidates", "wgrad_plane_meta", "wgrad_splits", "zero_spare"]

@@ -6,7 +6,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import interpreted, round_up
+from .common import e4m3_ready, interpreted, round_up
 
 
 @triton.jit
@@ -27,13 +27,16 @@ def _ln_slice(x_ptr, C, sxb, sxc):
 
 @triton.jit
 def _ln_store(xhat, h, w, mask, W, b, c, w_ptr, b_ptr, o1_ptr, o2_ptr, s1b, s1c, s1h, s1w, s2b, s2c, s2h, s2w,
-              TWO: tl.constexpr):
+              TWO: tl.constexpr, scale_ptr, QUANT: tl.constexpr):
     """xhat (normalised values of cells (h, w) of slice (b, c)) scaled, shifted and stored into one or two
-    destinations (any strides; each store coalesced along its own layout)."""
+    destinations (any strides; each store coalesced along its own layout). QUANT (fp8 planes): times
+    ``*scale_ptr`` (1 / the planes' scale), clamped to e4m3's range."""
     hw = h[:, None] * W + w[None, :]
     g = tl.load(w_ptr + hw, mask=mask, other=0.0).to(tl.float32)
     a = tl.load(b_ptr + hw, mask=mask, other=0.0).to(tl.float32)
     y = xhat * g + a
+    if QUANT:
+        y = e4m3_ready(y * tl.load(scale_ptr))
     o1 = o1_ptr + b.to(tl.int64) * s1b + c.to(tl.int64) * s1c + h[:, None] * s1h + w[None, :] * s1w
     tl.store(o1, y.to(o1_ptr.dtype.element_ty), mask=mask)
     if TWO:
@@ -74,9 +77,9 @@ _LN_STRIDES = ["sxb", "sxc", "sxh", "s1b", "s1c", "s1h", "s2b", "s2c", "s2w"]
 
 
 @triton.jit(do_not_specialize=_LN_STRIDES)
-def _ln_apply_kernel(x_ptr, part_ptr, w_ptr, b_ptr, o1_ptr, o2_ptr, C, H, W, ROWS, eps,
+def _ln_apply_kernel(x_ptr, part_ptr, w_ptr, b_ptr, o1_ptr, o2_ptr, scale_ptr, C, H, W, ROWS, eps,
                      sxb, sxc, sxh, sxw, s1b, s1c, s1h, s1w, s2b, s2c, s2h, s2w,
-                     TWO: tl.constexpr, CHUNKS: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
+                     TWO: tl.constexpr, QUANT: tl.constexpr, CHUNKS: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
     """The statistics of slice (b, c) from its CHUNKS partial sums, then rows [s * ROWS, (s + 1) * ROWS)
     normalised and stored (``_ln_store``)."""
     pid, s = tl.program_id(0), tl.program_id(1)
@@ -93,13 +96,13 @@ def _ln_apply_kernel(x_ptr, part_ptr, w_ptr, b_ptr, o1_ptr, o2_ptr, C, H, W, ROW
         for w0 in range(0, W, BLOCK_W):
             h, w, mask, v = _ln_tile(xb, h0 + hh, w0 + ww, H, W, sxh, sxw)
             _ln_store((v - mean) * rstd, h, w, mask, W, b, c, w_ptr, b_ptr, o1_ptr, o2_ptr,
-                      s1b, s1c, s1h, s1w, s2b, s2c, s2h, s2w, TWO)
+                      s1b, s1c, s1h, s1w, s2b, s2c, s2h, s2w, TWO, scale_ptr, QUANT)
 
 
 @triton.jit(do_not_specialize=_LN_STRIDES)
-def _ln_resident_kernel(x_ptr, w_ptr, b_ptr, o1_ptr, o2_ptr, C, H, W, eps,
+def _ln_resident_kernel(x_ptr, w_ptr, b_ptr, o1_ptr, o2_ptr, scale_ptr, C, H, W, eps,
                         sxb, sxc, sxh, sxw, s1b, s1c, s1h, s1w, s2b, s2c, s2h, s2w,
-                        TWO: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
+                        TWO: tl.constexpr, QUANT: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
     """One (b, c) slice small enough for one tile: read once, statistics from the registers."""
     b, c, xb = _ln_slice(x_ptr, C, sxb, sxc)
     h, w, mask, v = _ln_tile(xb, tl.arange(0, BLOCK_H), tl.arange(0, BLOCK_W), H, W, sxh, sxw)
@@ -108,16 +111,17 @@ def _ln_resident_kernel(x_ptr, w_ptr, b_ptr, o1_ptr, o2_ptr, C, H, W, eps,
     d = tl.where(mask, v - mean, 0.0)
     rstd = 1.0 / tl.sqrt(tl.sum(tl.sum(d * d, axis=1), axis=0) / n + eps)
     _ln_store(d * rstd, h, w, mask, W, b, c, w_ptr, b_ptr, o1_ptr, o2_ptr, s1b, s1c, s1h, s1w, s2b, s2c, s2h, s2w,
-              TWO)
+              TWO, scale_ptr, QUANT)
 
 
-def layer_norm_into(x, weight, bias, eps, outs, chunks=None):
+def layer_norm_into(x, weight, bias, eps, outs, chunks=None, out_scale=None):
     """F.layer_norm(x, (H, W), weight, bias, eps) of x [B, C, H, W], computed in fp32 and written
     into each of ``outs``: one or two [B, C, H, W] views of any strides and dtype (the decoder's
     two padded planes), with no intermediate tensor. A (b, c) slice of up to 16K cells (padded to
     powers of two) is one program's tile, read once; larger ones are split into ``chunks`` blocks
     of rows (a power of two; by default enough for ~4 programs per SM), whose partial sums a first
-    kernel writes and a second reads before it normalises the same rows."""
+    kernel writes and a second reads before it normalises the same rows. fp8 ``outs`` take ``out_scale``
+    (a one-element fp32 tensor: 1 / their scale)."""
     B, C, H, W = x.shape
     if not 1 <= len(outs) <= 2 or any(tuple(o.shape) != (B, C, H, W) for o in outs):
         raise ValueError(f"layer_norm_into: one or two outputs of shape {[B, C, H, W]}, got "
@@ -125,11 +129,15 @@ def layer_norm_into(x, weight, bias, eps, outs, chunks=None):
     if tuple(weight.shape) != (H, W) or not (weight.is_contiguous() and bias.is_contiguous()):
         raise ValueError(f"layer_norm_into: weight and bias must be contiguous [{H}, {W}], got {list(weight.shape)}")
     o1, o2 = outs[0], outs[-1]
+    quant = o1.dtype.itemsize == 1
+    if quant and (out_scale is None or out_scale.dtype != torch.float32 or o2.dtype != o1.dtype):
+        raise ValueError("layer_norm_into: fp8 outputs (both) need out_scale, a one-element fp32 tensor")
+    scale = out_scale if quant else weight
     strides = (*x.stride(), *o1.stride(), *o2.stride())
     bh, bw = triton.next_power_of_2(H), triton.next_power_of_2(W)
     if chunks is None and bh * bw <= 16384:
-        _ln_resident_kernel[(B * C,)](x, weight, bias, o1, o2, C, H, W, eps, *strides, TWO=len(outs) == 2,
-                                      BLOCK_H=bh, BLOCK_W=bw, num_warps=8)
+        _ln_resident_kernel[(B * C,)](x, weight, bias, o1, o2, scale, C, H, W, eps, *strides, TWO=len(outs) == 2,
+                                      QUANT=quant, BLOCK_H=bh, BLOCK_W=bw, num_warps=8)
         return
     block_h, block_w = (8, 16) if interpreted() else (32, 64)
     if chunks is None:
@@ -139,6 +147,6 @@ def layer_norm_into(x, weight, bias, eps, outs, chunks=None):
     part = torch.empty(B * C, chunks, 2, device=x.device, dtype=torch.float32)
     _ln_stats_kernel[(B * C, chunks)](x, part, C, H, W, rows, *x.stride(), BLOCK_H=block_h, BLOCK_W=block_w,
                                       num_warps=4)
-    _ln_apply_kernel[(B * C, chunks)](x, part, weight, bias, o1, o2, C, H, W, rows, eps, *strides,
-                                      TWO=len(outs) == 2, CHUNKS=chunks, BLOCK_H=block_h, BLOCK_W=block_w,
+    _ln_apply_kernel[(B * C, chunks)](x, part, weight, bias, o1, o2, scale, C, H, W, rows, eps, *strides,
+                                      TWO=len(outs) == 2, QUANT=quant, CHUNKS=chunks, BLOCK_H=block_h, BLOCK_W=block_w,
                                       num_warps=8)

@@ -5,6 +5,7 @@ gpu_train_convs.py). ``TUNE`` switches the first-call timing on (the default) or
 it chose per shape is in ``CHOSEN``.
 """
 import contextlib
+import os
 
 import torch
 
@@ -104,7 +105,9 @@ def wgrad_splits(M, base_ctas, block_k, weight_numel):
 # CUDA graph is captured: a capture uses what its warm-up chose, else the heuristic). Tilings cannot
 # change the result (each output's K loop runs in the same order); SPLIT_K adds its partial sums
 # in a fixed order, so a choice that includes it is deterministic too, rounded differently.
-TUNE = True
+# DND_FAST_TUNE=0 keeps the heuristic tiling: no compile of the other candidates (minutes for a new
+# decoder shape in a fresh process), for runs where the first call's latency matters more than the last 5-15%.
+TUNE = os.environ.get("DND_FAST_TUNE", "1") != "0"
 
 
 CHOSEN: dict[tuple, dict] = {}
@@ -131,6 +134,8 @@ def plane_candidates(CIN, COUT, dtype, positions=0):
     first = {"A_PTR": False, **plane_meta(CIN, COUT, dtype)}  # every key named: equal tilings compare equal
     if interpreted() or ieee(dtype):
         return [first]
+    if dtype.itemsize == 1:
+        return _fp8_candidates(plane_candidates(CIN, COUT, torch.bfloat16, positions), CIN)
     bn = first["BLOCK_N"]
     if COUT <= 64:  # (BLOCK_M, BLOCK_N, warps, stages, pointer loads of the input)
         shapes = [(128, bn, 4, 4, False), (64, bn, 4, 4, False), (256, bn, 8, 3, False)]
@@ -156,6 +161,19 @@ def plane_candidates(CIN, COUT, dtype, positions=0):
         splits = [s for s in splits if COUT >= 512 and s * positions * COUT * 4 <= 1 << 28]
         for m in [meta] + ([dict(meta, SPLIT_N=True)] if 0 < COUT % bn <= bn // 2 else []) + \
                 [dict(meta, SPLIT_K=s) for s in splits]:
+            if m not in out:
+                out.append(m)
+    return out
+
+
+def _fp8_candidates(bf16_candidates, cin):
+    """The bf16 tilings for an e4m3 plane: K tiles of at least 32 (the fp8 MMA's K), and each 64-deep one also
+    128 deep (the bytes a 64-deep bf16 tile moves); WINDOW where the channels (rounded to 16) do not fill whole
+    K tiles. Not yet searched on a GPU: the first-call timing picks among them."""
+    out = []
+    for meta in bf16_candidates:
+        for bk in ([64, 128] if meta["BLOCK_K"] == 64 else [max(32, meta["BLOCK_K"])]):
+            m = dict(meta, BLOCK_K=bk, WINDOW=round_up(cin, 16) % bk != 0)
             if m not in out:
                 out.append(m)
     return out

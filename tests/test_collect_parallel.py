@@ -56,3 +56,23 @@ def test_train_holds_out_every_shard_of_a_task(tiny_base, tiny_encoder, tiny_tas
         hold_out=["colors"], encoder=str(tiny_encoder), num_prompts=2, max_length=8, max_prompts=4, decoder="tiny",
         steps=2, batch_size=2, warmup=1, save_every=2), device="cpu", progress=False)
     assert summary["tasks"] == ["animals.s0", "animals.s1"]
+
+
+def test_init_seed_starts_every_lora_from_one_A_while_data_order_stays_their_own(tiny_base, tiny_tasks, tmp_path):
+    """With ``init_seed`` every entry (plain or parallel, any task or shard) starts from the same A; without
+    it each has its own. A tiny lr keeps A at its init, so the first kept checkpoint shows the init."""
+    tasks = load_tasks(tiny_tasks)
+    still = dict(CFG, lr=1e-9, warmup_steps=1, keep=1, every=1)
+    firsts = {}
+    for label, init_seed, parallel in [("own", None, 3), ("shared", 5, 3), ("shared-plain", 5, None)]:
+        manifests = collect(tasks, str(tiny_base), tmp_path / label, CollectConfig(**still, init_seed=init_seed),
+                            device="cpu", progress=False, parallel=parallel, shards=2 if parallel else 1)
+        firsts[label] = [load_checkpoints(tmp_path / label, m)[0] for m in manifests]
+    key_a = next(k for k in firsts["own"][0] if ".lora_A." in k)
+    key_b = next(k for k in firsts["own"][0] if ".lora_B." in k)
+    assert not torch.allclose(firsts["own"][0][key_a], firsts["own"][1][key_a], atol=1e-3)
+    for label in ("shared", "shared-plain"):
+        first = firsts[label]
+        for other in first[1:]:
+            torch.testing.assert_close(other[key_a], first[0][key_a], rtol=0, atol=1e-6)
+        assert not torch.equal(first[0][key_b], first[-1][key_b])  # different data: B moves its own way

@@ -7,6 +7,7 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
 import dnd_fast
+from dnd_fast.decoder import plane_convs_run_on
 from dnd_fast.encoder import select_prompts
 
 PROMPTS = ["What is the capital of France?", "Name a prime number larger than ten.", "Is the sky green?",
@@ -184,3 +185,20 @@ def test_cuda_graph_path_equals_eager_on_the_gpu(tiny_base, tiny_encoder):
     other = gen.generate_flat([PROMPTS[1:], PROMPTS[:2]]).cpu()  # replay with new inputs
     gen.use_cuda_graphs = False
     torch.testing.assert_close(other, gen.generate_flat([PROMPTS[1:], PROMPTS[:2]]).cpu(), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("device", [d for d in ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+                                    if plane_convs_run_on(torch.device(d))])
+def test_fp8_generation_is_near_bf16_and_switches_back_exactly(tiny_base, tiny_encoder, device):
+    """generate(precision="fp8"): scales from the first fp8 call (eager, or the CUDA graph's warm-up), the same
+    adapter on every later call, within e4m3's error of the default; set back to bf16, the default exactly."""
+    gen = random_generator(tiny_base, tiny_encoder).for_inference(device)
+    default = gen.generate_flat([PROMPTS]).cpu()
+    first = dnd_fast.generate(PROMPTS, gen, precision="fp8").state_dict()
+    assert gen.precision == "fp8"
+    again = gen.generate_flat([PROMPTS]).cpu()
+    flat = gen.layout.flatten(first).cpu()
+    torch.testing.assert_close(again, flat.to(again.dtype), atol=0, rtol=0)
+    assert 0 < ((again - default).norm() / default.norm()).item() < 0.2  # 2 layers of 3 e4m3 roundings each
+    gen.set_precision("bf16")
+    torch.testing.assert_close(gen.generate_flat([PROMPTS]).cpu(), default, atol=0, rtol=0)

@@ -1,0 +1,178 @@
+"""The e4m3 inference path: the fp8 plane conv, LayerNorm into fp8 planes, and the fp8 decoder, each against its
+PyTorch reference computed on the same e4m3-rounded values (decoder_fp8.py), and against the exact function
+within what e4m3's 3 mantissa bits allow. On the CPU the kernels run under the Triton interpreter; on a
+Hopper GPU, on its fp8 tensor cores."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import reseed
+
+from dnd_fast import dispatch, paths
+from dnd_fast.decoder import DecoderConfig, HyperConvDecoder, plane_convs_run_on
+
+DEVICES = [d for d in ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+           if "triton" in dispatch.backends(d) and plane_convs_run_on(torch.device(d))]
+# e4m3 keeps 3 mantissa bits: a value's rounding error is at most 2^-4 of it, its rms about 2^-4 / sqrt(3) / 1.2
+# over a binade. A sum of products of two rounded factors is off by about sqrt(2) of that, relative.
+E4M3_REL = math.sqrt(2) * 2 ** -4 / math.sqrt(3) / 1.2
+# Hopper's fp8 MMA adds its products in a narrower accumulator than fp32 (about 2^-14 relative per K block).
+ACC_REL = {"cpu": 1e-5, "cuda": 2e-3}
+
+
+def rel_err(a, b):
+    return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+
+def fp8_plane(x, k, scale):
+    """x [b, c, p, q] / scale in an e4m3 PaddedPlane over (p, q); also the values it holds, back in fp32."""
+    from dnd_fast.decoder_fp8 import quantized
+    from dnd_fast.kernels import hyperconv
+
+    b, c, p, q = x.shape
+    plane = hyperconv.PaddedPlane(b, p, q, c, k, hyperconv.FP8, x.device)
+    plane.interior.copy_((x / scale).clamp(-448, 448).permute(0, 2, 3, 1).to(hyperconv.FP8))
+    return plane, quantized(x, scale)
+
+
+def tiling(device, window):
+    if device == "cpu":
+        return {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 16, "WINDOW": window, "num_warps": 1}
+    return {"BLOCK_M": 64, "BLOCK_N": 32, "BLOCK_K": 32, "WINDOW": window, "num_warps": 4, "num_stages": 2}
+
+
+# (batch, C_in, P, Q, C_out, k): channels short of a 16-byte row, an axis shorter than the kernel, odd sizes
+SHAPES = [(2, 5, 3, 21, 7, 5), (1, 19, 6, 9, 10, 3), (1, 37, 11, 4, 20, 5)]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("window", [False, True])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_fp8_plane_conv_matches_its_reference(device, window, shape):
+    """Sums of e4m3 products scaled back per output channel: equal (to the accumulator's precision) to
+    F.conv2d of the rounded values, and within e4m3's rounding of F.conv2d of the exact ones."""
+    from dnd_fast.decoder_fp8 import quantized_weight
+    from dnd_fast.kernels import hyperconv
+
+    reseed()
+    b, cin, p, q, cout, k = shape
+    x = torch.randn(b, cin, p, q, device=device) * 3
+    weight, bias = torch.randn(cout, cin, k, k, device=device) * 0.1, torch.randn(cout, device=device)
+    scale = x.abs().amax() * 2 / 448
+    plane, xq = fp8_plane(x, k, scale)
+    w8, w_scale = hyperconv.pack_weight_plane_fp8(weight)
+    out = torch.full((b, p, q, cout), float("nan"), device=device).permute(0, 3, 1, 2)
+    hyperconv.conv2d_plane(plane, w8, k, out, bias, meta=tiling(device, window), w_layout=1,
+                           col_scale=(w_scale * scale).contiguous())
+    assert rel_err(out, F.conv2d(xq, quantized_weight(weight), bias, padding="same")) < ACC_REL[device]
+    assert rel_err(out, F.conv2d(x, weight, bias, padding="same")) < 2 * E4M3_REL
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("split_k", [1, 3])
+def test_fp8_output_is_the_reference_rounded_once(device, split_k):
+    """Into an e4m3 plane (the merge epilogue, MODE 1): the fp32 result divided by the plane's scale and
+    rounded to e4m3 once, as torch rounds it, clamped at 448 (values past the calibrated range saturate)."""
+    from dnd_fast.decoder_fp8 import quantized, quantized_weight
+    from dnd_fast.kernels import hyperconv
+
+    reseed()
+    b, cin, p, q, cout, k = 2, 12, 4, 6, 37, 5
+    x = torch.randn(b, cin, p, q, device=device)
+    weight = torch.randn(cout, cin, k, k, device=device) * 0.2
+    other, extra = torch.randn(b, cout, p, q, device=device), torch.randn(b, cout, p, q, device=device)
+    scale = x.abs().amax() * 2 / 448
+    plane, xq = fp8_plane(x, k, scale)
+    w8, w_scale = hyperconv.pack_weight_plane_fp8(weight)
+    merged = (torch.tanh(F.conv2d(xq, quantized_weight(weight), padding="same")) + other + extra) / 3
+    out_scale = merged.abs().amax() * 0.9 / 448  # values within 10% of the largest clamp
+    out = torch.zeros(b, p, q, cout, device=device, dtype=hyperconv.FP8).permute(0, 3, 1, 2)
+    hyperconv.conv2d_plane(plane, w8, k, out, None, 1, other, extra, meta=dict(tiling(device, True), SPLIT_K=split_k),
+                           w_layout=1, col_scale=(w_scale * scale).contiguous(),
+                           out_scale=(1 / out_scale).reshape(1).float())
+    expected = quantized(merged, out_scale)
+    got = out.float() * out_scale
+    # one e4m3 step where the sums sit on a rounding boundary (the accumulation order differs), else equal
+    step = 2.0 ** (torch.floor(torch.log2(expected.abs().clamp_min(2 ** -6 * out_scale) / out_scale)) - 3) * out_scale
+    assert bool(((got - expected).abs() <= step * 1.01).all())
+    assert (got != expected).float().mean().item() < 0.02
+    assert got.abs().max().item() == pytest.approx(448 * out_scale.item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_layer_norm_into_fp8_planes(device):
+    from dnd_fast.decoder_fp8 import quantized
+    from dnd_fast.kernels import hyperconv
+
+    reseed()
+    b, c, h, w = 2, 3, 7, 13
+    x = torch.randn(b, c, h, w, device=device) * 4 + 1
+    gamma, beta = torch.randn(h, w, device=device), torch.randn(h, w, device=device)
+    ref = F.layer_norm(x, (h, w), gamma, beta, 1e-5)
+    scale = ref.abs().amax() * 2 / 448
+    outs = [torch.empty(b, c, h, w, device=device, dtype=hyperconv.FP8),
+            torch.empty(b, w, h, c, device=device, dtype=hyperconv.FP8).permute(0, 3, 2, 1)]
+    hyperconv.layer_norm_into(x, gamma, beta, 1e-5, outs, out_scale=(1 / scale).reshape(1))
+    for out in outs:
+        got = out.float() * scale
+        assert (got != quantized(ref, scale)).float().mean().item() < 0.01  # ties of the fp32 statistics only
+        assert rel_err(got, ref) < 2 * E4M3_REL
+    with pytest.raises(ValueError, match="out_scale"):
+        hyperconv.layer_norm_into(x, gamma, beta, 1e-5, outs)
+
+
+def small_decoder(device):
+    torch.manual_seed(0)
+    cfg = DecoderConfig(((4, 9, 14), (6, 8, 12), (6, 8, 12), (5, 4, 9)), 3)
+    return HyperConvDecoder(cfg, backend="triton").to(device).eval()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_fp8_decoder_matches_its_reference_and_calibrates_once(device):
+    """Each layer's fp8 path against decoder_fp8.reference_layer on the same input and scales, and the whole
+    decoder against the exact one within e4m3's error; scales are set on the first call only, and
+    ``reset`` sets them again from the next input."""
+    from dnd_fast import decoder_fp8
+    from dnd_fast.decoder_plane import layer_plane
+
+    reseed()
+    dec = small_decoder(device)
+    x = torch.randn(2, *dec.config.condition_shape, device=device)
+    with torch.no_grad():
+        exact = dec(x, backend="torch")
+        with paths.use(fp8=True):
+            first = dec(x)
+            scales = [dict(layer._dnd_fp8["scale"]) for layer in dec.layers]
+            assert torch.equal(dec(x), first)
+            dec(torch.randn_like(x))  # another input: the first call's scales stay
+        assert all(layer._dnd_fp8["scale"] == s for layer, s in zip(dec.layers, scales))
+        assert rel_err(first, exact) < 4 * E4M3_REL
+        h = x
+        for layer, fin, fout in zip(dec.layers, dec.config.features[:-1], dec.config.features[1:]):
+            with paths.use(fp8=True):
+                fast = layer_plane(layer, h, fin == fout)
+            ref = decoder_fp8.reference_layer(layer, h, fin == fout, layer._dnd_fp8)
+            assert rel_err(fast, ref) < 5 * ACC_REL[device] + 1e-3  # a plane value on a rounding boundary may flip
+            h = fast
+        decoder_fp8.reset(dec)
+        with paths.use(fp8=True):
+            dec(torch.randn_like(x))
+        assert all(float(layer._dnd_fp8["scale"]["ln"]) != float(s["ln"]) for layer, s in zip(dec.layers, scales))
+
+
+def test_fp8_needs_the_plane_kernels():
+    """Where the plane kernels do not run (a CPU without the interpreter, a GPU before Hopper), fp8 is refused."""
+    from dnd_fast.generator import Generator
+
+    if plane_convs_run_on(torch.device("cpu")):
+        with paths.use(plane_convs=False):
+            assert not plane_convs_run_on(torch.device("cpu"))
+    gen = Generator.__new__(Generator)  # only what set_precision reads
+    torch.nn.Module.__init__(gen)
+    gen.register_buffer("stats", torch.zeros(1, 2))
+    gen.precision = "bf16"
+    with paths.use(plane_convs=False), pytest.raises(ValueError, match="precision fp8 needs a Hopper GPU"):
+        gen.set_precision("fp8")
+    with pytest.raises(ValueError, match="choose bf16 or fp8"):
+        gen.set_precision("fp16")
