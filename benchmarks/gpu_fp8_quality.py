@@ -21,6 +21,7 @@ from common import append_csv, device_name, print_table  # noqa: E402
 
 from dnd_fast import decoder_fp8, paths  # noqa: E402
 from dnd_fast.decoder_plane import layer_plane  # noqa: E402
+from dnd_fast.encoder import select_prompts  # noqa: E402
 from dnd_fast.evaluate import AdapterSlot, bootstrap, token_nll  # noqa: E402
 from dnd_fast.experiment import preset, scored_tasks  # noqa: E402
 from dnd_fast.generator import Generator  # noqa: E402
@@ -30,7 +31,7 @@ from dnd_fast.models import load_base  # noqa: E402
 
 def layer_errors(gen: Generator, prompts: list[str]) -> list[float]:
     """Relative error of each decoder layer's output, the fp8 chain against the bf16 chain."""
-    ids, mask = gen.encoder.tokenize(prompts, gen.device, trim=True)
+    ids, mask = gen.encoder.tokenize(select_prompts(prompts, gen.encoder.num_prompts, 0), gen.device, trim=True)
     n, length, hidden = gen.encoder.condition_shape
     with torch.no_grad():
         condition = gen.encoder.embed_ids(ids, mask).view(1, n, length, hidden)

@@ -21,7 +21,8 @@ def cmd_collect(args) -> int:
 
     cfg = CollectConfig(rank=args.rank, alpha=args.alpha, target_modules=args.target_modules, lr=args.lr,
                         batch_size=args.batch_size, max_length=args.max_length, warmup_steps=args.steps,
-                        keep=args.keep, every=args.every, seed=args.seed)
+                        keep=args.keep, every=args.every, seed=args.seed,
+                        init_seed=None if args.own_init else args.seed)
     tasks = load_tasks(args.tasks, args.task, seed=args.seed)
     skipped = sorted(n for n, t in tasks.items() if t.placeholder_answers)
     if skipped:
@@ -131,6 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--alpha", type=int, default=16)
     c.add_argument("--target-modules", nargs="+", default=ALL_MODULES)
     c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--own-init", action="store_true",
+                   help="start each LoRA from its own random A (default: every LoRA from one A, seeded by --seed, so "
+                        "a generator can blend them)")
     c.add_argument("--parallel", type=int, metavar="K",
                    help="adapters trained together in one base-model pass (default: 16 on a GPU; on the CPU one "
                         "plain PEFT run per task)")
