@@ -54,6 +54,31 @@ def summarise(entry: dict, held: str) -> dict:
     return out
 
 
+def task_average_difference(pairs: list[tuple[list, list, list]], *, reps: int = 2000,
+                            seed: int = 0) -> tuple[float, float, float]:
+    """(estimate, low, high) of the mean over tasks of (NLL_a - NLL_b), each task's NLL per gold token; ``pairs``
+    is one (a's per-item NLL sums, b's, token counts) per task. Items are resampled within each task, a and b
+    together (paired), every task weighted equally, as the average-NLL goal line weights them."""
+    g = torch.Generator().manual_seed(seed)
+    est, reps_sum = 0.0, torch.zeros(reps, dtype=torch.float64)
+    for a, b, counts in pairs:
+        d = torch.tensor(a, dtype=torch.float64) - torch.tensor(b, dtype=torch.float64)
+        c = torch.tensor(counts, dtype=torch.float64)
+        est += float(d.sum() / c.sum())
+        idx = torch.randint(d.numel(), (reps, d.numel()), generator=g)
+        reps_sum += d[idx].sum(1) / c[idx].sum(1)
+    lo, hi = torch.quantile(reps_sum / len(pairs), torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
+    return est / len(pairs), lo, hi
+
+
+def _averages(found: dict[str, dict]) -> dict[str, tuple[float, float, float]]:
+    """generated minus each cheap alternative, averaged over the held-out tasks, with its paired interval."""
+    rows = {h: _row_scores(e, h) for h, e in found.items()}
+    return {other: task_average_difference([(r["generated (DnD)"]["nll_sums"], r[other]["nll_sums"],
+                                             r["base"]["nll_counts"]) for r in rows.values()])
+            for other in ("nearest task", "LoRA average (params)", "training LoRAs (mean)")}
+
+
 def _cell(est_lo_hi, digits=3) -> str:
     est, lo, hi = est_lo_hi
     return f"{est:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
@@ -96,7 +121,7 @@ def results_markdown(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def goals(summary: dict) -> list[str]:
+def goals(summary: dict, averages: dict | None = None) -> list[str]:
     held = list(summary)
     n = len(held)
     beats = [h for h in held if summary[h]["generated - training LoRAs (mean)"][2] < 0]  # the paired interval
@@ -107,6 +132,15 @@ def goals(summary: dict) -> list[str]:
     choice = [h for h in held if "letter" in summary[h]["rows"]["base"]]
     acc_ok = [h for h in choice if summary[h]["rows"]["generated (DnD)"]["letter"][0]
               >= summary[h]["rows"]["training LoRAs (mean)"]["letter"][0]]
+    def versus(other: str, name: str) -> str:
+        """The verdict on generated against ``other``: by the paired task-averaged interval where there is one."""
+        lower = avg["generated (DnD)"] < avg[other]
+        if not averages or other not in averages:
+            return f"generated {'beats' if lower else 'does NOT beat'} {name}"
+        est, lo, hi = averages[other]
+        verdict = (f"generated beats {name}" if hi < 0 else f"generated does NOT beat {name}" if lo > 0
+                   else f"generated and {name} are within noise of each other")
+        return f"{verdict} (generated - {other}, tasks weighted equally, paired: {est:+.4f} [{lo:+.4f}, {hi:+.4f}])"
     return [
         f"generated beats the training-LoRA mean on NLL for {len(beats)} of {n} held-out tasks, the paired interval "
         f"below zero ({', '.join(beats) or 'none'}; elsewhere worse or within noise); the two rows' own intervals "
@@ -115,8 +149,9 @@ def goals(summary: dict) -> list[str]:
         f"{statistics.mean(recovered):.0%}" if recovered else "oracle gain recovered: undefined (oracle = base)",
         f"average NLL over the tasks: generated {avg['generated (DnD)']:.4f}, nearest task {avg['nearest task']:.4f}, "
         f"training mean {avg['training LoRAs (mean)']:.4f}, base {avg['base']:.4f}, oracle {avg['oracle']:.4f}: "
-        + ("generated beats nearest task" if avg["generated (DnD)"] < avg["nearest task"]
-           else "generated does NOT beat the nearest-task lookup"),
+        + versus("nearest task", "the nearest-task lookup"),
+        f"against the parameter average of the training LoRAs (average NLL {avg['LoRA average (params)']:.4f}): "
+        + versus("LoRA average (params)", "the parameter average"),
         f"choice tasks where generated letter accuracy >= the training-LoRA mean: {len(acc_ok)} of {len(choice)}",
     ]
 
@@ -131,7 +166,7 @@ def write_report(out: Path, hold_outs: list[str], cfg, device, device_name: str 
     results = {"device": device_name or (torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"),
                "config": dataclasses.asdict(cfg), "missing": [h for h in hold_outs if h not in found],
                "hold_out": {h: {k: v for k, v in e.items() if k != "scores"} for h, e in found.items()},
-               "summary": summary, "goals": goals(summary)}
+               "summary": summary, "goals": goals(summary, _averages(found))}
     io.write_json(out / "results.json", results)
     text = results_markdown(results)
     tmp = out / ".results.md.tmp"

@@ -220,3 +220,18 @@ def test_science_inline_choices_parse():
                        "response": "[B]"})
     assert c.labels == ["A", "B", "C"] and c.texts == ["iron", "oxygen, hydrogen mix", "salt"] and c.gold == 1
     assert c.question == "Which is a gas?"
+
+
+def test_task_average_difference_weights_tasks_equally_and_pairs_items():
+    """Two tasks: the estimate is the mean of the per-task (a - b) NLL per token; a constant difference per token
+    has no spread; items resampled together keep a's and b's shared item noise out of the interval."""
+    from dnd_fast.report import task_average_difference
+
+    counts = [[2.0, 4.0, 2.0], [1.0] * 50]
+    a = [[2.0, 4.0, 2.0], [float(i % 7) for i in range(50)]]
+    b = [[0.0, 0.0, 0.0], [float(i % 7) + 0.5 for i in range(50)]]  # task 1: a - b = +1 per token, task 2: -0.5
+    est, lo, hi = task_average_difference(list(zip(a, b, counts)))
+    assert est == pytest.approx((1.0 - 0.5) / 2) and lo == pytest.approx(est) and hi == pytest.approx(est)
+    noisy = [x + (3.0 if i % 2 else -3.0) for i, x in enumerate(b[1])]  # b alone noisier on task 2
+    est, lo, hi = task_average_difference([(a[0], b[0], counts[0]), (a[1], noisy, counts[1])])
+    assert lo < est < hi and hi - lo > 0.1

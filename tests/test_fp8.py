@@ -101,19 +101,22 @@ def test_fp8_output_is_the_reference_rounded_once(device, split_k):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_layer_norm_into_fp8_planes(device):
+@pytest.mark.parametrize("chunks", [None, 2], ids=["resident", "chunked"])
+def test_layer_norm_into_fp8_planes(device, chunks):
+    """Both outputs (one along W, one along H, as the decoder's two planes), whole slices in one program or in
+    row chunks (on an H200 two e4m3 outputs from one chunked program scrambled the first: one launch each now)."""
     from dnd_fast.decoder_fp8 import quantized
     from dnd_fast.kernels import hyperconv
 
     reseed()
-    b, c, h, w = 2, 3, 7, 13
+    b, c, h, w = 2, 3, 19, 13  # chunked: two row chunks of unequal size
     x = torch.randn(b, c, h, w, device=device) * 4 + 1
     gamma, beta = torch.randn(h, w, device=device), torch.randn(h, w, device=device)
     ref = F.layer_norm(x, (h, w), gamma, beta, 1e-5)
     scale = ref.abs().amax() * 2 / 448
     outs = [torch.empty(b, c, h, w, device=device, dtype=hyperconv.FP8),
             torch.empty(b, w, h, c, device=device, dtype=hyperconv.FP8).permute(0, 3, 2, 1)]
-    hyperconv.layer_norm_into(x, gamma, beta, 1e-5, outs, out_scale=(1 / scale).reshape(1))
+    hyperconv.layer_norm_into(x, gamma, beta, 1e-5, outs, chunks=chunks, out_scale=(1 / scale).reshape(1))
     for out in outs:
         got = out.float() * scale
         assert (got != quantized(ref, scale)).float().mean().item() < 0.01  # ties of the fp32 statistics only
