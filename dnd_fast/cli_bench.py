@@ -36,6 +36,9 @@ def cmd_bench(args) -> int:
     from dnd_fast.models import resolve_base
 
     device = args.device
+    if args.precision == "fp8" and not (device.type == "cuda" and "triton" in dnd_fast.backends(device)
+                                        and plane_convs_run_on(device)):
+        raise ValueError("--precision fp8 needs a Hopper GPU (H100, H200): the e4m3 kernels are plane kernels")
     console = Console()
     from transformers import AutoConfig
 
@@ -68,8 +71,6 @@ def cmd_bench(args) -> int:
             ref = ref or ms
             rows.append([name, backend, f"{ms:.3f}", f"{ref / ms:.1f}x"])
     fast = "triton" in dnd_fast.backends(device) and device.type == "cuda"
-    if args.precision == "fp8" and not (fast and plane_convs_run_on(device)):
-        raise ValueError("--precision fp8 needs a Hopper GPU (H100, H200): the e4m3 kernels are plane kernels")
     decoder_backends = ["torch"] + (["triton"] if fast else []) + (["triton, fp8"] if args.precision == "fp8" else [])
     ref = None
     for backend in decoder_backends:

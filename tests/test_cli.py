@@ -74,6 +74,12 @@ def test_zero_counts_are_refused_before_any_work(capsys, argv, words):
 
 @pytest.mark.skipif(importlib.util.find_spec("torch") is None or __import__("torch").cuda.is_available(),
                     reason="needs a machine without a GPU")
+def test_fp8_off_hopper_is_one_line_before_any_work(capsys):
+    assert main(["bench", "--device", "cpu", "--precision", "fp8"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--precision fp8 needs a Hopper GPU" in err
+
+
 def test_cuda_without_a_gpu_is_one_line(capsys):
     with pytest.raises(SystemExit) as e:
         main(["bench", "--device", "cuda"])
