@@ -109,6 +109,7 @@ class Generator(nn.Module):
         self.decoder.to(device=device, dtype=dtype)
         self.stats = self.stats.to(device)  # stays fp32
         self._graphs.clear()
+        decoder_fp8.reset(self.decoder)  # scales live on the old device; the next fp8 call sets them again
         return self.eval().requires_grad_(False)
 
     def set_precision(self, precision: str) -> Generator:
@@ -137,8 +138,9 @@ class Generator(nn.Module):
         batch = input_ids.shape[0] // n
         with nvtx_range("generate.encoder", self.device):
             condition = self.encoder.embed_ids(input_ids, attention_mask).view(batch, n, length, hidden)
-        with paths.use(fp8=self.precision == "fp8"):
-            tokens = self.decoder(condition)
+        fp8 = self.precision == "fp8"
+        with paths.use(fp8=fp8):  # an e4m3 path only the plane kernels have (on a CPU: the interpreter's)
+            tokens = self.decoder(condition, backend="triton" if fp8 else None)
         with nvtx_range("generate.detokenize", self.device):
             return detokenize_flat(tokens, self.stats, self.layout)
 
