@@ -67,8 +67,10 @@ def quantized(t: torch.Tensor, scale) -> torch.Tensor:
 
 def quantized_weight(weight: torch.Tensor) -> torch.Tensor:
     """A conv weight as its per-output-channel e4m3 copy holds it, back in fp32."""
+    from dnd_fast.kernels.common import FP8_MAX
+
     w = weight.detach().float()
-    return quantized(w, w.abs().amax((1, 2, 3), keepdim=True).clamp_min(1e-12) / 448.0)
+    return quantized(w, w.abs().amax((1, 2, 3), keepdim=True).clamp_min(1e-12) / FP8_MAX)
 
 
 def reference_layer(layer, x: torch.Tensor, residual: bool, state: dict) -> torch.Tensor:

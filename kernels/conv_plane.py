@@ -94,7 +94,8 @@ def pack_weight_plane_fp8(weight: torch.Tensor, transpose: bool = False):
     channel divided by its largest |w| / 448, so every channel uses e4m3's whole range."""
     w = weight.detach().float()
     scale = w.abs().amax((1, 2, 3)).clamp_min(1e-12) / FP8_MAX
-    packed = pack_weight_plane(w / scale[:, None, None, None], torch.float32, transpose, out_major=True, pad_to=16)
+    packed = pack_weight_plane(w / scale[:, None, None, None], torch.float32, transpose, out_major=True,
+                               pad_to=channel_pad(FP8))
     return packed.to(FP8), scale
 
 

@@ -9,7 +9,7 @@ import os
 
 import torch
 
-from .common import block, ieee, interpreted, round_up
+from .common import FP8, block, channel_pad, ieee, interpreted, round_up
 
 
 def conv_meta(CIN, COUT, dtype, window_ok=False):
@@ -173,7 +173,7 @@ def _fp8_candidates(bf16_candidates, cin):
     out = []
     for meta in bf16_candidates:
         for bk in ([64, 128] if meta["BLOCK_K"] == 64 else [max(32, meta["BLOCK_K"])]):
-            m = dict(meta, BLOCK_K=bk, WINDOW=round_up(cin, 16) % bk != 0)
+            m = dict(meta, BLOCK_K=bk, WINDOW=round_up(cin, channel_pad(FP8)) % bk != 0)
             if m not in out:
                 out.append(m)
     return out
