@@ -6,6 +6,7 @@ Prints a Markdown table; --csv appends the rows to benchmarks/results/collect.cs
 """
 import argparse
 import csv
+import dataclasses
 import subprocess
 import time
 from pathlib import Path
@@ -23,21 +24,27 @@ parser.add_argument("tasks", nargs="+")
 parser.add_argument("--ks", default="1,4,16,64")
 parser.add_argument("--steps", type=int, default=12)
 parser.add_argument("--csv", help="append rows to this CSV file")
+parser.add_argument("--compile", default="none", help="comma list of none, default, reduce-overhead (CollectConfig.compile)")
 args = parser.parse_args()
 cfg = CollectConfig(batch_size=8, max_length=256, lr=1e-4)
 tasks = {n: t for n, t in load_tasks(args.tasks).items() if not t.placeholder_answers}
 device = torch.device("cuda")
 
 
-def timed(step, n):
-    for s in range(3):  # warm-up
+def timed(step, n, warmup=3):
+    """(mean seconds a step over ``n`` steps after ``warmup``, seconds of the first step: compiles included)."""
+    t0 = time.perf_counter()
+    step(0)
+    torch.cuda.synchronize()
+    first = time.perf_counter() - t0
+    for s in range(1, warmup):
         step(s)
     torch.cuda.synchronize()
     t0 = time.perf_counter()
-    for s in range(3, 3 + n):
+    for s in range(warmup, warmup + n):
         step(s)
     torch.cuda.synchronize()
-    return (time.perf_counter() - t0) / n
+    return (time.perf_counter() - t0) / n, first
 
 
 def peft_loop():
@@ -63,9 +70,9 @@ def peft_loop():
     return timed(step, args.steps)
 
 
-def multi(k, store):
+def multi(k, store, mode):
     jobs = plan_jobs(tasks, cfg, shards=max(1, -(-k // len(tasks))))[:k]
-    group = _Group(jobs, None, store, cfg, device)
+    group = _Group(jobs, None, store, dataclasses.replace(cfg, compile=mode), device)
     lr = torch.full((k,), cfg.lr)
 
     def step(s):
@@ -76,31 +83,38 @@ def multi(k, store):
         group.multi.flat.grad = None
         float(losses.sum())  # the per-step host sync the real loop has
         group.steps = [x + 1 for x in group.steps]
-    return timed(step, args.steps)
+    # compiled: past the first few padded lengths (multiples of 32), each new one of which is a recompile or,
+    # with reduce-overhead, a CUDA graph recording
+    return timed(step, args.steps, warmup=3 if mode is None else 12)
 
 
 gpu = torch.cuda.get_device_name()
 commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip() or "?"  # the device copy may carry a stale .git: check it
 rows = []
 torch.cuda.reset_peak_memory_stats()
-ref = peft_loop()
-rows.append(["PEFT loop (reference)", 1, ref * 1e3, 1 / ref, 1.0, torch.cuda.max_memory_allocated() / 2**30])
+ref, ref_first = peft_loop()
+rows.append(["PEFT loop (reference)", 1, ref * 1e3, 1 / ref, 1.0, torch.cuda.max_memory_allocated() / 2**30, ref_first])
 print(f"PEFT loop: {ref * 1e3:.1f} ms/step", flush=True)
-for k in [int(x) for x in args.ks.split(",")]:
-    torch.cuda.empty_cache()
-    torch.cuda.reset_peak_memory_stats()
-    try:
-        t = multi(k, Path(f"/tmp/bench_store_{k}"))
-    except torch.OutOfMemoryError:
-        rows.append([f"MultiLoRA K={k}", k, float("nan"), float("nan"), float("nan"), float("nan")])
-        print(f"K={k}: out of memory", flush=True)
-        continue
-    rows.append([f"MultiLoRA K={k}", k, t * 1e3, k / t, (k / t) * ref, torch.cuda.max_memory_allocated() / 2**30])
-    print(f"K={k}: {t * 1e3:.1f} ms/step, {k / t:.1f} LoRA-steps/s", flush=True)
-print(f"\n{gpu}, commit {commit}, batch 8 x <=256 tokens per adapter, median-free mean of {args.steps} steps after 3\n")
-print("| path | K | ms per step | LoRA-steps/s | vs PEFT loop | peak GPU GiB |\n|---|---|---|---|---|---|")
+for mode in [None if m == "none" else m for m in args.compile.split(",")]:
+    name = "MultiLoRA" + ("" if mode is None else f", compile {mode}")
+    for k in [int(x) for x in args.ks.split(",")]:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        torch._dynamo.reset()
+        try:
+            t, first = multi(k, Path(f"/tmp/bench_store_{mode}_{k}"), mode)
+        except torch.OutOfMemoryError:
+            rows.append([f"{name} K={k}", k, float("nan"), float("nan"), float("nan"), float("nan"), float("nan")])
+            print(f"{name} K={k}: out of memory", flush=True)
+            continue
+        rows.append([f"{name} K={k}", k, t * 1e3, k / t, (k / t) * ref, torch.cuda.max_memory_allocated() / 2**30,
+                     first])
+        print(f"{name} K={k}: {t * 1e3:.1f} ms/step, {k / t:.1f} LoRA-steps/s, first step {first:.1f} s", flush=True)
+print(f"\n{gpu}, commit {commit}, batch 8 x <=256 tokens per adapter, mean of {args.steps} steps after 3 (eager) "
+      "or 12 (compiled)\n")
+print("| path | K | ms per step | LoRA-steps/s | vs PEFT loop | peak GPU GiB | first step s |\n|---|---|---|---|---|---|---|")
 for r in rows:
-    print(f"| {r[0]} | {r[1]} | {r[2]:.1f} | {r[3]:.2f} | {r[4]:.1f}x | {r[5]:.1f} |")
+    print(f"| {r[0]} | {r[1]} | {r[2]:.1f} | {r[3]:.2f} | {r[4]:.1f}x | {r[5]:.1f} | {r[6]:.1f} |")
 if args.csv:
     new = not Path(args.csv).exists()
     with open(args.csv, "a", newline="") as f:
@@ -108,5 +122,5 @@ if args.csv:
         if new:
             w.writerow(["benchmark", "gpu", "commit", "timestamp", "path", "K", "ms_per_step", "lora_steps_per_s",
                         "vs_reference", "peak_gib"])
-        for r in rows:
-            w.writerow(["collect", gpu, commit, time.strftime("%Y-%m-%dT%H:%M:%S"), *r])
+        for r in rows:  # the header's columns (the first step's seconds are printed only)
+            w.writerow(["collect", gpu, commit, time.strftime("%Y-%m-%dT%H:%M:%S"), *r[:6]])

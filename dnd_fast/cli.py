@@ -22,7 +22,7 @@ def cmd_collect(args) -> int:
     cfg = CollectConfig(rank=args.rank, alpha=args.alpha, target_modules=args.target_modules, lr=args.lr,
                         batch_size=args.batch_size, max_length=args.max_length, warmup_steps=args.steps,
                         keep=args.keep, every=args.every, seed=args.seed,
-                        init_seed=None if args.own_init else args.seed)
+                        init_seed=None if args.own_init else args.seed, compile=args.compile)
     tasks = load_tasks(args.tasks, args.task, seed=args.seed)
     skipped = sorted(n for n, t in tasks.items() if t.placeholder_answers)
     if skipped:
@@ -32,8 +32,9 @@ def cmd_collect(args) -> int:
         if not tasks:
             raise ValueError("no task with real answers left to collect")
     parallel = args.parallel
-    if parallel is None and (args.shards > 1 or args.device.type == "cuda"):
-        parallel = 16  # what fits an 80 GB GPU with SmolLM2-135M at batch 8 x 256 tokens
+    if parallel is None and (args.shards > 1 or args.device.type == "cuda" or args.compile):
+        # 16: what fits an 80 GB GPU with SmolLM2-135M at batch 8 x 256 tokens; --compile is of that path
+        parallel = 16 if args.device.type == "cuda" or args.shards > 1 else 1
     check_out_dir(args.out, "the checkpoint store")
     manifests = collect(tasks, args.base, args.out, cfg, device=args.device, parallel=parallel, shards=args.shards)
     if manifests:
@@ -138,6 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--parallel", type=int, metavar="K",
                    help="adapters trained together in one base-model pass (default: 16 on a GPU; on the CPU one "
                         "plain PEFT run per task)")
+    c.add_argument("--compile", choices=["default", "reduce-overhead"],
+                   help="torch.compile the base pass with its K adapters (reduce-overhead: with CUDA graphs); a "
+                        "minute or two of compiling first, for a faster step (benchmarks/RESULTS.md, LoRA collection)")
     c.add_argument("--shards", type=int, default=1,
                    help="adapters per task, each on its own disjoint part of the train split (store entries TASK.sN)")
 

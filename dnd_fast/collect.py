@@ -55,6 +55,9 @@ class CollectConfig:
     # (benchmarks/RESULTS.md, zero-shot quality).
     init_seed: int | None = 0
     state_every: int = 100
+    # collect --parallel: None (eager), or a torch.compile mode for the base pass with the K adapters
+    # ("default"; "reduce-overhead" adds CUDA graphs); batches are then padded to a multiple of 32 tokens
+    compile: str | None = None
 
     def init_seed_for(self, own_seed: int) -> int:
         return own_seed if self.init_seed is None else self.init_seed
@@ -81,8 +84,10 @@ def encode_example(tokenizer, item: dict, max_length: int) -> tuple[list[int], l
     return prompt + answer, [-100] * len(prompt) + answer
 
 
-def pad_batch(examples: list[tuple[list[int], list[int]]], pad_id: int, device) -> dict[str, torch.Tensor]:
-    width = max(len(ids) for ids, _ in examples)
+def pad_batch(examples: list[tuple[list[int], list[int]]], pad_id: int, device, multiple: int = 1) -> dict[str, torch.Tensor]:
+    """Right-padded ids, labels (-100 past each example) and attention mask; the width is the longest example
+    rounded up to ``multiple`` (few distinct shapes for a compiled or graphed step)."""
+    width = -(-max(len(ids) for ids, _ in examples) // multiple) * multiple
     ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
     labels = torch.full((len(examples), width), -100, dtype=torch.long)
     attn = torch.zeros((len(examples), width), dtype=torch.long)

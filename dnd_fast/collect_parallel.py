@@ -70,7 +70,7 @@ class _Group:
 
         self.jobs, self.base, self.store, self.cfg, self.device = jobs, base, store, cfg, device
         model, self.tokenizer = load_base(base, device=device)
-        self.multi = MultiLoRA(model, cfg.lora_config(), len(jobs))
+        self.multi = MultiLoRA(model, cfg.lora_config(), len(jobs), compile_mode=cfg.compile)
         self.opt = MultiAdamW(self.multi.flat, max_norm=1.0)
         self.steps = [0] * len(jobs)
         self.seconds_before = [0.0] * len(jobs)
@@ -101,7 +101,7 @@ class _Group:
                 rows.append(self.encoded[k][i])
             while len(rows) % self.cfg.batch_size:  # a split smaller than the batch: repeat its rows
                 rows.append(rows[-1])
-        return pad_batch(rows, self.tokenizer.pad_token_id, self.device)
+        return pad_batch(rows, self.tokenizer.pad_token_id, self.device, multiple=1 if self.cfg.compile is None else 32)
 
     def save_state(self, k: int) -> None:
         d = self.store / self.jobs[k].name

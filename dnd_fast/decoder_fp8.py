@@ -4,7 +4,8 @@ A layer's convs read four planes: the LayerNorm's output ``ln`` (read by both pa
 middle ``1h``, path 2's middle ``2w`` and the merged paths ``ch``. Each holds value / scale in e4m3, one scale
 per plane, set on the layer's first fp8 call from a bf16 run of that layer on the same input: scale =
 HEADROOM x (largest |value| written there) / 448, so the calibration input's extremes sit at 448 / HEADROOM and
-later inputs have that much room before they clamp. Weights are e4m3 per output channel
+later inputs have that much room before they clamp. In a layer whose height convs are thin (``thin_layer``,
+``paths.fp8_wide_only``), the planes those convs read and the path-2 width conv's (``BF16_CONVS``) stay bf16. Weights are e4m3 per output channel
 (``pack_weight_plane_fp8``); a conv's epilogue multiplies its fp32 sums by (its plane's scale x the weight
 channel's), then divides by the next plane's scale before it stores e4m3. ``reset`` forgets the scales.
 """
@@ -17,7 +18,19 @@ import torch
 from dnd_fast.packed_weights import cached
 
 HEADROOM = 2.0
+# the convs (by HyperConv attribute) whose input planes stay bf16 in a thin layer: both height convs, which the CUDA
+# halo kernel runs, and the width conv that reads what conv2h writes (that kernel stores no e4m3)
+BF16_CONVS = ("conv1h", "conv2h", "conv2w")
 _VERSIONS = itertools.count()
+
+
+def thin_layer(layer) -> bool:
+    """Whether the fp8 path keeps ``BF16_CONVS`` of ``layer`` in bf16 (``paths.fp8_wide_only`` and both height
+    convs within the CUDA halo kernel's channels, on any machine, so every machine rounds alike)."""
+    from dnd_fast import paths, thin_conv
+
+    hc = layer.hyper
+    return paths.current().fp8_wide_only and max(hc.conv1h.in_channels, hc.conv1h.out_channels) <= thin_conv.MAX_CHANNELS
 
 
 def record(amax: dict, name: str, values: torch.Tensor) -> None:
@@ -75,19 +88,24 @@ def quantized_weight(weight: torch.Tensor) -> torch.Tensor:
 
 def reference_layer(layer, x: torch.Tensor, residual: bool, state: dict) -> torch.Tensor:
     """The PyTorch reference of a layer's fp8 path, in fp32: ``decoder._layer_reference`` with every plane
-    and weight rounded as the kernels store them (scales from ``state``, what ``scales`` set)."""
+    and weight rounded as the kernels store them (scales from ``state``, what ``scales`` set; in a
+    ``thin_layer``, ``BF16_CONVS`` and their planes unrounded)."""
     import torch.nn.functional as F
 
     hc, s = layer.hyper, state["scale"]
+    kept = BF16_CONVS if thin_layer(layer) else ()
 
-    def conv(module, t):
-        return F.conv2d(t, quantized_weight(module.weight), None if module.bias is None else module.bias.float(),
-                        padding="same")
-    xn = quantized(F.layer_norm(x.float(), hc.norm.normalized_shape, hc.norm.weight.float(), hc.norm.bias.float(),
-                                hc.norm.eps), s["ln"])
-    p1 = quantized(conv(hc.conv1w, xn.transpose(-1, -3)).transpose(-1, -3), s["1h"])
-    p1 = conv(hc.conv1h, p1.transpose(-2, -3)).transpose(-2, -3)
-    p2 = quantized(conv(hc.conv2h, xn.transpose(-2, -3)).transpose(-2, -3), s["2w"])
-    p2 = conv(hc.conv2w, p2.transpose(-1, -3)).transpose(-1, -3)
-    y = conv(layer.conv, quantized((p1 + torch.tanh(p2) + hc.bias.float()) / 3, s["ch"]))
+    def conv(name, t):
+        module = getattr(hc, name) if name != "conv" else layer.conv
+        weight = module.weight.float() if name in kept else quantized_weight(module.weight)
+        return F.conv2d(t, weight, None if module.bias is None else module.bias.float(), padding="same")
+
+    def plane(t, name, reader):
+        return t if reader in kept else quantized(t, s[name])
+    xn = F.layer_norm(x.float(), hc.norm.normalized_shape, hc.norm.weight.float(), hc.norm.bias.float(), hc.norm.eps)
+    p1 = plane(conv("conv1w", plane(xn, "ln", "conv1w").transpose(-1, -3)).transpose(-1, -3), "1h", "conv1h")
+    p1 = conv("conv1h", p1.transpose(-2, -3)).transpose(-2, -3)
+    p2 = plane(conv("conv2h", plane(xn, "ln", "conv2h").transpose(-2, -3)).transpose(-2, -3), "2w", "conv2w")
+    p2 = conv("conv2w", p2.transpose(-1, -3)).transpose(-1, -3)
+    y = conv("conv", quantized((p1 + torch.tanh(p2) + hc.bias.float()) / 3, s["ch"]))
     return x.float() + y if residual else y

@@ -61,7 +61,12 @@ def _layer_plane(layer: HyperConvLayer, x: torch.Tensor, residual: bool, saved: 
     B, C, H, W = x.shape
     size = {"C": C, "H": H, "W": W, "C2": layer.conv.out_channels, "H2": hc.conv1h.out_channels,
             "W2": hc.conv1w.out_channels}
-    plane = functools.partial(_plane, B, size, k, hyperconv.FP8 if fp8 else cdtype, x.device)
+    kept = decoder_fp8.BF16_CONVS if fp8 and decoder_fp8.thin_layer(layer) else ()
+
+    def plane(spatial, channel, reader):
+        """The input plane of conv ``reader`` (an attribute of ``hc``, or "conv"): e4m3 on the fp8 path unless kept."""
+        dtype = hyperconv.FP8 if fp8 and reader not in kept else cdtype
+        return _plane(B, size, k, dtype, x.device, spatial, channel)
 
     def conv(module, src, out_channel, dest, dest_axes, bias=None, mode=0, other=None, extra=None, names=(None, None)):
         """``names``: the (input, output) planes' names among the fp8 scales (None: an output that is no plane)."""
@@ -70,12 +75,13 @@ def _layer_plane(layer: HyperConvLayer, x: torch.Tensor, residual: bool, saved: 
         dest_view = _axes(dest, dest_axes, view)
         others = (None if other is None else _axes(other[0], other[1], view),
                   None if extra is None else _axes(extra[0], extra[1], view))
-        if fp8:
+        out_scale = fp8["inverse"][names[1]] if dest.dtype == hyperconv.FP8 else None
+        if buf.buf.dtype == hyperconv.FP8:
             w, col_scale = decoder_fp8.packed_weight(module, transposed, fp8, names[0])
             hyperconv.conv2d_plane(buf, w, k, dest_view, bias, mode, *others, w_layout=1, col_scale=col_scale,
-                                   out_scale=fp8["inverse"][names[1]] if names[1] else None)
-        elif not train and mode == 0 and bias is None and thin_conv.usable(module.in_channels, module.out_channels,
-                                                                           cdtype, x.device):
+                                   out_scale=out_scale)
+        elif not train and mode == 0 and bias is None and out_scale is None and \
+                thin_conv.usable(module.in_channels, module.out_channels, cdtype, x.device):
             w = cached(module, ("thin", transposed), module.weight, cdtype,
                         lambda: thin_conv.pack_weight(module.weight, cdtype, transposed))
             thin_conv.conv2d_plane_thin(buf, w, k, dest_view)
@@ -87,31 +93,33 @@ def _layer_plane(layer: HyperConvLayer, x: torch.Tensor, residual: bool, saved: 
             else:
                 layout = hyperconv.forward_weight_layout(module.out_channels)
                 w = packed(module, cdtype, transposed, layout == 1)
-            hyperconv.conv2d_plane(buf, w, k, dest_view, bias, mode, *others, w_layout=layout)
+            hyperconv.conv2d_plane(buf, w, k, dest_view, bias, mode, *others, w_layout=layout, out_scale=out_scale)
         if amax is not None and names[1]:
             decoder_fp8.record(amax, names[1], dest_view)
 
-    in_1w, in_2h = plane(("H", "C"), "W"), plane(("C", "W"), "H")
+    in_1w, in_2h = plane(("H", "C"), "W", "conv1w"), plane(("C", "W"), "H", "conv2h")
     norm_outs = [_axes(buf.interior, axes, "CHW") for buf, axes, _ in (in_1w, in_2h)]
     # fp32 LayerNorm parameters, cast once (a bf16 inference decoder would otherwise copy them every call)
     gamma, beta = cast(hc.norm, "weight", torch.float32), cast(hc.norm, "bias", torch.float32)
-    if fp8:
-        hyperconv.layer_norm_into(x, gamma, beta, hc.norm.eps, norm_outs, out_scale=fp8["inverse"]["ln"])
-    elif layer_norm.usable(x, norm_outs):
-        layer_norm.layer_norm_planes(x, gamma, beta, hc.norm.eps, norm_outs)
-    else:
-        hyperconv.layer_norm_into(x, gamma, beta, hc.norm.eps, norm_outs)
+    low = [o for o in norm_outs if o.dtype == hyperconv.FP8]
+    if low:
+        hyperconv.layer_norm_into(x, gamma, beta, hc.norm.eps, low, out_scale=fp8["inverse"]["ln"])
+    wide = [o for o in norm_outs if o.dtype != hyperconv.FP8]
+    if wide and layer_norm.usable(x, wide):
+        layer_norm.layer_norm_planes(x, gamma, beta, hc.norm.eps, wide)
+    elif wide:
+        hyperconv.layer_norm_into(x, gamma, beta, hc.norm.eps, wide)
     if amax is not None:
         decoder_fp8.record(amax, "ln", norm_outs[0])
     # path 1: width as channels over (H, C), then height as channels over (C, W2)
-    in_1h = plane(("C", "W2"), "H")
+    in_1h = plane(("C", "W2"), "H", "conv1h")
     conv(hc.conv1w, in_1w, "W2", in_1h[0].interior, in_1h[1], names=("ln", "1h"))
-    in_ch = plane(("H2", "W2"), "C")
+    in_ch = plane(("H2", "W2"), "C", "conv")
     p1_axes = in_ch[1]  # p1 in the channel conv's memory order: the merge below reads it where it writes
     p1 = torch.empty(B, *(size[a] for a in p1_axes), device=x.device, dtype=cdtype)
     conv(hc.conv1h, in_1h, "H2", p1, p1_axes, names=("1h", None))
     # path 2: height as channels over (C, W), then width as channels over (H2, C), merged with p1
-    in_2w = plane(("H2", "C"), "W")
+    in_2w = plane(("H2", "C"), "W", "conv2w")
     conv(hc.conv2h, in_2h, "H2", in_2w[0].interior, in_2w[1], names=("ln", "2w"))
     if train:  # p2 kept for the backward (tanh'), the merge in fp32 as autocast's reference computes it
         p2 = torch.empty_like(p1)

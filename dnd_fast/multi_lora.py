@@ -24,6 +24,7 @@ from dnd_fast.layout import LoRALayout
 from dnd_fast.packed_weights import compute_dtype
 
 _PREFIX = "base_model.model."
+COMPILE_MODES = (None, "default", "reduce-overhead")
 
 
 class MultiLoRALinear(nn.Module):
@@ -53,8 +54,12 @@ class MultiLoRALinear(nn.Module):
 class MultiLoRA(nn.Module):
     """Wraps ``model`` (a transformers causal LM, modified in place) with K adapters of one LoRA config."""
 
-    def __init__(self, model, lora_config, num_adapters: int):
+    def __init__(self, model, lora_config, num_adapters: int, compile_mode: str | None = None):
+        """``compile_mode``: None (eager), or a ``torch.compile`` mode ("default", "reduce-overhead": CUDA graphs)
+        for the base model's transformer stack with the adapters in it, compiled once for any batch and length."""
         super().__init__()
+        if compile_mode not in COMPILE_MODES:
+            raise ValueError(f"compile mode {compile_mode!r}: choose one of {', '.join(map(str, COMPILE_MODES))}")
         if num_adapters < 1:
             raise ValueError(f"num_adapters must be >= 1, got {num_adapters}")
         if getattr(lora_config, "lora_dropout", 0.0):
@@ -76,6 +81,9 @@ class MultiLoRA(nn.Module):
             parent_name, _, child = path.rpartition(".")
             parent = model.get_submodule(parent_name)
             setattr(parent, child, MultiLoRALinear(getattr(parent, child), self, ab["A"], ab["B"]))
+        stack = model.get_decoder()
+        # one compile for every shape (rows x padded length): the lengths of real batches vary step to step
+        self._stack = [stack if compile_mode is None else torch.compile(stack, mode=compile_mode, dynamic=True)]
 
     # ---- adapter state ---------------------------------------------------------------------------
     def init_adapter(self, k: int, seed: int) -> None:
@@ -105,7 +113,7 @@ class MultiLoRA(nn.Module):
         k = self.num_adapters
         if input_ids.shape[0] % k:
             raise ValueError(f"a batch of {input_ids.shape[0]} rows does not split into {k} equal adapter groups")
-        hidden = self.model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        hidden = self._stack[0](input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         targets = labels[:, 1:]
         where = targets != -100
         logits = self.model.get_output_embeddings()(hidden[:, :-1][where])

@@ -132,17 +132,20 @@ def small_decoder(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_fp8_decoder_matches_its_reference_and_calibrates_once(device):
+@pytest.mark.parametrize("wide_only", [False, True], ids=["all-fp8", "thin-convs-bf16"])
+def test_fp8_decoder_matches_its_reference_and_calibrates_once(device, wide_only):
     """Each layer's fp8 path against decoder_fp8.reference_layer on the same input and scales, and the whole
     decoder against the exact one within e4m3's error; scales are set on the first call only, and
-    ``reset`` sets them again from the next input."""
+    ``reset`` sets them again from the next input. ``wide_only``: this decoder's height convs are all thin,
+    so every layer keeps them (and the path-2 width conv) in bf16 planes."""
     from dnd_fast import decoder_fp8
     from dnd_fast.decoder_plane import layer_plane
 
     reseed()
     dec = small_decoder(device)
     x = torch.randn(2, *dec.config.condition_shape, device=device)
-    with torch.no_grad():
+    with torch.no_grad(), paths.use(fp8_wide_only=wide_only):
+        assert all(decoder_fp8.thin_layer(layer) == wide_only for layer in dec.layers)
         exact = dec(x, backend="torch")
         with paths.use(fp8=True):
             first = dec(x)

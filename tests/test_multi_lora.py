@@ -108,3 +108,44 @@ def test_init_matches_peft_distribution_and_keys():
         else:
             bound = 1 / t.shape[1] ** 0.5
             assert t.abs().max() <= bound and t.abs().max() > 0.8 * bound
+
+
+@pytest.mark.parametrize("device", ["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+def test_compiled_step_matches_eager(device, monkeypatch):
+    """``compile_mode``: the same per-adapter losses and gradients as eager, over batches of two padded lengths
+    (one compile for both: dynamic shapes). On the CPU dynamo and AOT autograd trace it (backend aot_eager:
+    Inductor's C++ build of a whole model takes minutes here); on a GPU Inductor compiles it."""
+    from dnd_fast.collect import pad_batch
+
+    if device == "cpu":
+        real = torch.compile
+        monkeypatch.setattr(torch, "compile", lambda m, mode=None, **kw: real(m, backend="aot_eager", **kw))
+    torch._dynamo.reset()
+    reseed()
+    k, vocab = 2, tiny_model("llama").config.vocab_size
+    steps = []
+    for width, multiple in ((9, 1), (23, 32)):  # two lengths: 9, and 23 padded to 32
+        ids, mask, labels = _batches(1, 2 * k, width, vocab, seed=width)[0]
+        rows = [(i[m.bool()].tolist(), lab[m.bool()].tolist()) for i, m, lab in zip(ids, mask, labels)]
+        steps.append(pad_batch(rows, 0, device, multiple=multiple))
+    assert steps[0]["input_ids"].shape[1] <= 9 and steps[1]["input_ids"].shape[1] == 32
+    results = {}
+    for mode in (None, "default"):
+        multi = MultiLoRA(tiny_model("llama").to(device), lora_config(), k, compile_mode=mode)
+        for a in range(k):
+            multi.init_adapter(a, seed=a)
+        with torch.no_grad():  # a nonzero B: gradients reach A too
+            multi.flat.add_(torch.randn(multi.flat.shape, generator=torch.Generator().manual_seed(7)).to(device) * 0.01)
+        out = []
+        for batch in steps:
+            losses = multi.losses(**batch)
+            losses.sum().backward()
+            out.append((losses.detach().cpu(), multi.flat.grad.detach().cpu()))
+            multi.flat.grad = None
+        results[mode] = out
+    for (loss_e, grad_e), (loss_c, grad_c) in zip(results[None], results["default"]):
+        torch.testing.assert_close(loss_c, loss_e, rtol=1e-5, atol=1e-6)
+        assert grad_e.norm() > 0
+        torch.testing.assert_close(grad_c, grad_e, rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="compile mode 'max-autotune'"):
+        MultiLoRA(tiny_model("llama"), lora_config(), 1, compile_mode="max-autotune")

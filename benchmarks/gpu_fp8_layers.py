@@ -1,0 +1,97 @@
+"""Where the fp8 decoder's time goes: each layer of ``DecoderConfig.paper_qwen05()`` in bf16, in fp8 with every conv
+in e4m3, and in fp8 with the thin convs kept in bf16 (the default, ``Paths.fp8_wide_only``), at each batch; then
+the hardware's GEMM ceiling: cuBLAS bf16 (``torch.mm``) and fp8 (``torch._scaled_mm``) on the implicit GEMM of the
+decoder's largest conv (the last layer's channel conv, 22% of its FLOPs), which bounds what any conv kernel reaches.
+
+Each layer is timed on its own (CUDA events, median of 20 after warm-up: the first call also calibrates the fp8
+scales and picks each conv's tiling) on the bf16 chain's input to that layer.
+Run: python benchmarks/gpu_fp8_layers.py [--batches 1,8] [--csv benchmarks/results/fp8_layers.csv]
+"""
+import argparse
+import datetime
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import append_csv, device_name, median_ms, print_table  # noqa: E402
+
+from dnd_fast import paths  # noqa: E402
+from dnd_fast.decoder import DecoderConfig, HyperConvDecoder, _layer_triton  # noqa: E402
+
+PATHS = {"bf16": {"fp8": False}, "fp8 (all convs)": {"fp8": True, "fp8_wide_only": False},
+         "fp8 (thin convs bf16)": {"fp8": True, "fp8_wide_only": True}}
+
+
+def layer_gflop(fin, fout, batch, k):
+    """The five convs of one layer: 2 x positions x C_in x C_out x k^2 each."""
+    (c, h, w), (c2, h2, w2) = fin, fout
+    macs = h * c * w * w2 + c * w2 * h * h2 + c * w * h * h2 + h2 * c * w * w2 + h2 * w2 * c * c2
+    return 2 * batch * macs * k * k / 1e9
+
+
+def gemm_ceiling(m, k, n):
+    """TFLOP/s of cuBLAS on [m, k] x [k, n]: bf16, and e4m3 with fp32 and with fast accumulation."""
+    a = torch.randn(m, k, device="cuda").to(torch.bfloat16)
+    b = torch.randn(n, k, device="cuda").to(torch.bfloat16)
+    flop = 2 * m * k * n
+    out = {"bf16 torch.mm": flop / median_ms(lambda: torch.mm(a, b.t())) / 1e9}
+    a8, b8 = a.to(torch.float8_e4m3fn), b.to(torch.float8_e4m3fn)
+    one = torch.ones((), device="cuda")
+    for fast in (False, True):
+        def run():
+            return torch._scaled_mm(a8, b8.t(), one, one, out_dtype=torch.bfloat16, use_fast_accum=fast)
+        out[f"e4m3 _scaled_mm{' fast accum' if fast else ''}"] = flop / median_ms(run) / 1e9
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--batches", default="1,8")
+    ap.add_argument("--csv", default=str(Path(__file__).parent / "results" / "fp8_layers.csv"))
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    cfg = DecoderConfig.paper_qwen05()
+    dec = HyperConvDecoder(cfg).cuda().to(torch.bfloat16).eval().requires_grad_(False)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    stamp = datetime.datetime.now().isoformat(timespec="seconds")
+    print(f"device: {device_name()}, commit {commit}", flush=True)
+    csv_rows = []
+    for batch in [int(b) for b in args.batches.split(",")]:
+        h = torch.randn(batch, *cfg.condition_shape, device="cuda", dtype=torch.bfloat16)
+        rows, totals = [], {name: 0.0 for name in PATHS}
+        with torch.no_grad():
+            for i, (layer, fin, fout) in enumerate(zip(dec.layers, cfg.features[:-1], cfg.features[1:])):
+                gflop = layer_gflop(fin, fout, batch, cfg.kernel_size)
+                times = {}
+                for name, switches in PATHS.items():
+                    with paths.use(**switches):
+                        times[name] = median_ms(lambda: _layer_triton(layer, h, fin == fout))
+                    totals[name] += times[name]
+                    csv_rows.append(["fp8_layers", device_name(), commit, stamp, batch, i, name, round(times[name], 4),
+                                     round(gflop / times[name], 1)])
+                rows.append([i, f"{fin} -> {fout}", f"{gflop:.0f}"] +
+                            [f"{t:.3f} ({gflop / t:.0f})" for t in times.values()] +
+                            [f"{times['bf16'] / times['fp8 (thin convs bf16)']:.2f}x"])
+                with paths.use(fp8=False):
+                    h = _layer_triton(layer, h, fin == fout)
+        total_gflop = sum(layer_gflop(a, b, batch, cfg.kernel_size) for a, b in zip(cfg.features[:-1], cfg.features[1:]))
+        rows.append(["all", "", f"{total_gflop:.0f}"] + [f"{t:.2f} ({total_gflop / t:.0f})" for t in totals.values()] +
+                    [f"{totals['bf16'] / totals['fp8 (thin convs bf16)']:.2f}x"])
+        print_table(f"decoder layers at batch {batch}: ms (TFLOP/s)", ["layer", "features", "GFLOP", *PATHS,
+                                                                      "bf16 / fp8 thin-bf16"], rows)
+    # the ceiling: the last layer's channel conv as one GEMM at batch 8 (positions x 81 C_in -> C_out)
+    (c, _, _), (c2, h2, w2) = cfg.features[-2], cfg.features[-1]
+    m, k, n = 8 * h2 * w2, cfg.kernel_size ** 2 * c, -(-c2 // 16) * 16  # _scaled_mm: K and N in 16s
+    ceiling = gemm_ceiling(m, k, n)
+    print_table(f"cuBLAS on the GEMM of L7.ch at batch 8 ({m} x {k} x {n}): TFLOP/s", ["GEMM", "TFLOP/s"],
+                [[name, f"{v:.0f}"] for name, v in ceiling.items()])
+    for name, v in ceiling.items():
+        csv_rows.append(["gemm_ceiling", device_name(), commit, stamp, 8, "L7.ch", name, "", round(v, 1)])
+    append_csv(args.csv, ["benchmark", "gpu", "commit", "timestamp", "batch", "layer", "path", "ms", "tflop_s"], csv_rows)
+
+
+if __name__ == "__main__":
+    main()
