@@ -67,6 +67,17 @@ def print_table(title, header, rows):
         print("| " + " | ".join(str(c).ljust(w) for c, w in zip(r, widths)) + " |")
 
 
+def commit():
+    """The commit measured: ``DND_FAST_COMMIT`` where set (a lent GPU's copy of the checkout may carry a stale
+    .git: pass ``DND_FAST_COMMIT=$(git rev-parse --short HEAD)`` from the machine the command was sent from),
+    else ``git rev-parse``."""
+    import os
+    import subprocess
+
+    return os.environ.get("DND_FAST_COMMIT") or subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip() or "?"
+
+
 def device_name():
     return f"{torch.cuda.get_device_name()} (torch {torch.__version__}, CUDA {torch.version.cuda})"
 

@@ -2,17 +2,21 @@
 
 One LoRA-step = one adapter seeing one batch of 8 examples (real task items, up to 256 tokens).
 Run on the GPU after scripts/gpu/stage.sh: python benchmarks/gpu_collect.py DATA_DIR [DATA_DIR ...] [--ks 1,4,16,64]
-Prints a Markdown table; --csv appends the rows to benchmarks/results/collect.csv.
+[--compile none,default,reduce-overhead]. Prints a Markdown table (with each path's first step: the compile);
+--csv appends each row to benchmarks/results/collect.csv as it is measured.
 """
 import argparse
-import csv
 import dataclasses
-import subprocess
+import sys
 import time
 from pathlib import Path
 
 import torch
 from peft import get_peft_model
+
+sys.path.insert(0, str(Path(__file__).parent))
+import common  # noqa: E402
+from common import append_csv  # noqa: E402
 
 from dnd_fast.collect import CollectConfig, batch_indices, encode_example, lr_at, pad_batch
 from dnd_fast.collect_parallel import _Group, plan_jobs
@@ -81,7 +85,7 @@ def multi(k, store, mode):
         losses.sum().backward()
         group.opt.step(lr)
         group.multi.flat.grad = None
-        float(losses.sum())  # the per-step host sync the real loop has
+        float(losses.detach().sum())  # the per-step host sync the real loop has
         group.steps = [x + 1 for x in group.steps]
     # compiled: past the first few padded lengths (multiples of 32), each new one of which is a recompile or,
     # with reduce-overhead, a CUDA graph recording
@@ -89,12 +93,24 @@ def multi(k, store, mode):
 
 
 gpu = torch.cuda.get_device_name()
-commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip() or "?"  # the device copy may carry a stale .git: check it
+commit = common.commit()
 rows = []
+
+
+def add(row):
+    """One measured row: printed, kept for the table, and appended to the CSV now (a killed run keeps its rows)."""
+    rows.append(row)
+    print(f"{row[0]}: {row[2]:.1f} ms/step, {row[3]:.2f} LoRA-steps/s, peak {row[5]:.1f} GiB, first step {row[6]:.1f} s",
+          flush=True)
+    if args.csv:  # the header's columns (the first step's seconds are printed only)
+        append_csv(args.csv, ["benchmark", "gpu", "commit", "timestamp", "path", "K", "ms_per_step", "lora_steps_per_s",
+                              "vs_reference", "peak_gib"], [["collect", gpu, commit, time.strftime("%Y-%m-%dT%H:%M:%S"),
+                                                             *row[:6]]])
+
+
 torch.cuda.reset_peak_memory_stats()
 ref, ref_first = peft_loop()
-rows.append(["PEFT loop (reference)", 1, ref * 1e3, 1 / ref, 1.0, torch.cuda.max_memory_allocated() / 2**30, ref_first])
-print(f"PEFT loop: {ref * 1e3:.1f} ms/step", flush=True)
+add(["PEFT loop (reference)", 1, ref * 1e3, 1 / ref, 1.0, torch.cuda.max_memory_allocated() / 2**30, ref_first])
 for mode in [None if m == "none" else m for m in args.compile.split(",")]:
     name = "MultiLoRA" + ("" if mode is None else f", compile {mode}")
     for k in [int(x) for x in args.ks.split(",")]:
@@ -104,23 +120,11 @@ for mode in [None if m == "none" else m for m in args.compile.split(",")]:
         try:
             t, first = multi(k, Path(f"/tmp/bench_store_{mode}_{k}"), mode)
         except torch.OutOfMemoryError:
-            rows.append([f"{name} K={k}", k, float("nan"), float("nan"), float("nan"), float("nan"), float("nan")])
             print(f"{name} K={k}: out of memory", flush=True)
             continue
-        rows.append([f"{name} K={k}", k, t * 1e3, k / t, (k / t) * ref, torch.cuda.max_memory_allocated() / 2**30,
-                     first])
-        print(f"{name} K={k}: {t * 1e3:.1f} ms/step, {k / t:.1f} LoRA-steps/s, first step {first:.1f} s", flush=True)
+        add([f"{name} K={k}", k, t * 1e3, k / t, (k / t) * ref, torch.cuda.max_memory_allocated() / 2**30, first])
 print(f"\n{gpu}, commit {commit}, batch 8 x <=256 tokens per adapter, mean of {args.steps} steps after 3 (eager) "
       "or 12 (compiled)\n")
 print("| path | K | ms per step | LoRA-steps/s | vs PEFT loop | peak GPU GiB | first step s |\n|---|---|---|---|---|---|---|")
 for r in rows:
     print(f"| {r[0]} | {r[1]} | {r[2]:.1f} | {r[3]:.2f} | {r[4]:.1f}x | {r[5]:.1f} | {r[6]:.1f} |")
-if args.csv:
-    new = not Path(args.csv).exists()
-    with open(args.csv, "a", newline="") as f:
-        w = csv.writer(f)
-        if new:
-            w.writerow(["benchmark", "gpu", "commit", "timestamp", "path", "K", "ms_per_step", "lora_steps_per_s",
-                        "vs_reference", "peak_gib"])
-        for r in rows:  # the header's columns (the first step's seconds are printed only)
-            w.writerow(["collect", gpu, commit, time.strftime("%Y-%m-%dT%H:%M:%S"), *r[:6]])

@@ -9,13 +9,13 @@ Run: python benchmarks/gpu_fp8_layers.py [--batches 1,8] [--csv benchmarks/resul
 """
 import argparse
 import datetime
-import subprocess
 import sys
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
+import common  # noqa: E402
 from common import append_csv, device_name, median_ms, print_table  # noqa: E402
 
 from dnd_fast import paths  # noqa: E402
@@ -55,7 +55,7 @@ def main():
     torch.manual_seed(0)
     cfg = DecoderConfig.paper_qwen05()
     dec = HyperConvDecoder(cfg).cuda().to(torch.bfloat16).eval().requires_grad_(False)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    commit = common.commit()
     stamp = datetime.datetime.now().isoformat(timespec="seconds")
     print(f"device: {device_name()}, commit {commit}", flush=True)
     csv_rows = []

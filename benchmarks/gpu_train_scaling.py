@@ -10,7 +10,6 @@ Scaling efficiency = samples/s at N GPUs / (N x samples/s at 1 GPU), read from t
 """
 import argparse
 import datetime
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -19,7 +18,7 @@ import torch
 import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import append_csv, device_name  # noqa: E402
+from common import append_csv, commit, device_name  # noqa: E402
 
 from dnd_fast import distributed  # noqa: E402
 from dnd_fast.decoder import DecoderConfig, HyperConvDecoder  # noqa: E402
@@ -65,10 +64,9 @@ def main():
         print(f"{device_name()} x{world.size}: {seconds * 1e3:.0f} ms a step, {samples_s:.2f} samples/s "
               f"(batch {args.batch} per GPU, paper_qwen05, peak {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB)",
               flush=True)
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
         append_csv(args.csv, ["benchmark", "gpu", "commit", "timestamp", "gpus", "batch_per_gpu", "ms_per_step",
                               "samples_per_s"],
-                   [["train_scaling", device_name(), commit or "?", datetime.datetime.now().isoformat(timespec="seconds"),
+                   [["train_scaling", device_name(), commit(), datetime.datetime.now().isoformat(timespec="seconds"),
                      world.size, args.batch, round(seconds * 1e3, 2), round(samples_s, 3)]])
     if dist.is_initialized():
         dist.destroy_process_group()

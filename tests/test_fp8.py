@@ -85,7 +85,8 @@ def test_fp8_output_is_the_reference_rounded_once(device, split_k):
     scale = x.abs().amax() * 2 / 448
     plane, xq = fp8_plane(x, k, scale)
     w8, w_scale = hyperconv.pack_weight_plane_fp8(weight)
-    merged = (torch.tanh(F.conv2d(xq, quantized_weight(weight), padding="same")) + other + extra) / 3
+    conv = F.conv2d(xq, quantized_weight(weight), padding="same")
+    merged = (torch.tanh(conv) + other + extra) / 3
     out_scale = merged.abs().amax() * 0.9 / 448  # values within 10% of the largest clamp
     out = torch.zeros(b, p, q, cout, device=device, dtype=hyperconv.FP8).permute(0, 3, 1, 2)
     hyperconv.conv2d_plane(plane, w8, k, out, None, 1, other, extra, meta=dict(tiling(device, True), SPLIT_K=split_k),
@@ -93,9 +94,12 @@ def test_fp8_output_is_the_reference_rounded_once(device, split_k):
                            out_scale=(1 / out_scale).reshape(1).float())
     expected = quantized(merged, out_scale)
     got = out.float() * out_scale
-    # one e4m3 step where the sums sit on a rounding boundary (the accumulation order differs), else equal
+    # one e4m3 step where the sums sit on a rounding boundary (the accumulation order differs), else equal; near
+    # zero, where a step is far finer than the sums, the fp8 MMA's accumulator error (~6e-5 of the sums on an H100,
+    # moving a value 6 steps) too
     step = 2.0 ** (torch.floor(torch.log2(expected.abs().clamp_min(2 ** -6 * out_scale) / out_scale)) - 3) * out_scale
-    assert bool(((got - expected).abs() <= step * 1.01).all())
+    accumulator = ACC_REL[device] * conv.abs().max() / 3
+    assert bool(((got - expected).abs() <= step * 1.01 + accumulator).all())
     assert (got != expected).float().mean().item() < 0.02
     assert got.abs().max().item() == pytest.approx(448 * out_scale.item(), rel=1e-6)
 
