@@ -50,3 +50,17 @@ def test_generate_end_to_end(benchmark):
     prompts = [f"Question {i}: which of the answers is right? A: one B: two" for i in range(16)]
     adapter = benchmark(dnd_fast.generate, prompts, gen)
     assert len(adapter.state_dict()) == len(LAYOUT.tensors)
+
+
+@pytest.mark.parametrize("path", ["tokenizer call", "fast"])
+def test_prompt_tokenize(benchmark, path):
+    """generate()'s host stage: 128 prompts -> ids and mask trimmed to the longest (the benchmark prompts of
+    gpu_generate.py). "tokenizer call": transformers' padded call, the reference; "fast": PromptEncoder.tokenize."""
+    encoder = dnd_fast.PromptEncoder(max_length=384, num_prompts=128)
+    texts = [f"Question {i} of task 0: which of the four answers is the most likely? A: x B: y C: z D: w"
+             for i in range(128)]
+    benchmark.group = "prompt tokenize, 128 prompts"
+    if path == "fast":
+        benchmark(encoder.tokenize, texts, "cpu", trim=True)
+    else:
+        benchmark(encoder.tokenizer, texts, padding="max_length", truncation=True, max_length=384, return_tensors="pt")

@@ -8,6 +8,7 @@ fixed seed, so the same prompts give the same condition.
 from __future__ import annotations
 
 import copy
+import itertools
 import random
 from collections.abc import Sequence
 
@@ -77,28 +78,38 @@ class PromptEncoder(nn.Module):
         128 short prompts cost a fraction of 384 columns each, and the bucket keeps shapes few
         (a CUDA graph per shape)."""
         backend = self._rust_tokenizer()
+        right = self.tokenizer.padding_side == "right"
         if backend is None:
             enc = self.tokenizer(texts, padding="max_length", truncation=True, max_length=self.max_length,
                                  return_tensors="pt")
             both = torch.stack([enc["input_ids"], enc["attention_mask"]])
+            if trim and right and len(texts):
+                both = both[:, :, :self._trimmed_width(int(both[1].sum(1).max()))]
         else:
             # Padding here, not in the tokenizer: turning 128 x 384 padded ids into Python lists and
-            # back was most of the host time for short prompts.
-            both = np.zeros((2, len(texts), self.max_length), dtype=np.int64)
+            # back was most of the host time for short prompts. encode_batch_fast skips the character
+            # offsets (4.0 against 5.0 ms for 128 short prompts on the 2-core dev machine); the ids go in
+            # with one mask assignment, not a row at a time, into only the columns kept.
+            encode = getattr(backend, "encode_batch_fast", backend.encode_batch)
+            ids = [e.ids for e in encode(texts)]
+            lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+            width = self.max_length
+            if trim and right and len(texts):
+                width = self._trimmed_width(int(lengths.max()))
+            cols = np.arange(width)
+            mask = cols < lengths[:, None] if right else cols >= width - lengths[:, None]
+            both = np.zeros((2, len(texts), width), dtype=np.int64)
             both[0] = self.tokenizer.pad_token_id
-            left = self.tokenizer.padding_side == "left"
-            for row, enc in enumerate(backend.encode_batch(texts)):
-                n = len(enc.ids)
-                cols = slice(self.max_length - n, None) if left else slice(0, n)
-                both[0, row, cols] = enc.ids
-                both[1, row, cols] = 1  # an unpadded encoding attends to every token
+            both[0][mask] = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int64, count=int(lengths.sum()))
+            both[1] = mask  # an unpadded encoding attends to every token
             both = torch.from_numpy(both)
-        if trim and self.tokenizer.padding_side == "right" and len(texts):
-            used = int(both[1].sum(1).max())
-            both = both[:, :, :min(self.max_length, -(-max(used, 1) // self.length_bucket) * self.length_bucket)]
         # One pageable copy for both (pinning a fresh buffer per call cost ~5 ms, more than it saves).
         both = both.to(device)
         return both[0], both[1]
+
+    def _trimmed_width(self, used: int) -> int:
+        """The columns ``tokenize(trim=True)`` keeps: the longest prompt's, rounded up to ``length_bucket``."""
+        return min(self.max_length, -(-max(used, 1) // self.length_bucket) * self.length_bucket)
 
     def _rust_tokenizer(self):
         """A copy of a fast tokenizer's Rust backend set to truncate to ``max_length`` (padding is

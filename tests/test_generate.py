@@ -70,6 +70,16 @@ def test_fast_tokenize_equals_the_tokenizer_call(gen):
     assert enc._rust_tokenizer() is not None  # the fast path ran
     assert torch.equal(ids, ref["input_ids"]) and torch.equal(mask, ref["attention_mask"])
     assert ids.shape == (len(texts), enc.max_length) and mask[2].all() and mask[1].sum() < enc.max_length
+    short = ["", "short", "two\nlines"]  # trimmed: the first columns, up to the longest prompt rounded to the bucket
+    enc.length_bucket = 2
+    try:
+        ids_t, mask_t = enc.tokenize(short, "cpu", trim=True)
+    finally:
+        del enc.length_bucket
+    ref_t = enc.tokenizer(short, padding="max_length", truncation=True, max_length=enc.max_length, return_tensors="pt")
+    longest, width = int(ref_t["attention_mask"].sum(1).max()), ids_t.shape[1]
+    assert width == -(-longest // 2) * 2 < enc.max_length
+    assert torch.equal(ids_t, ref_t["input_ids"][:, :width]) and torch.equal(mask_t, ref_t["attention_mask"][:, :width])
     enc.tokenizer.padding_side = "left"
     try:
         ids, mask = enc.tokenize(texts, "cpu")
