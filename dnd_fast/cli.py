@@ -140,8 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="adapters trained together in one base-model pass (default: 16 on a GPU; on the CPU one "
                         "plain PEFT run per task)")
     c.add_argument("--compile", choices=["default", "reduce-overhead"],
-                   help="torch.compile the base pass with its K adapters (reduce-overhead: with CUDA graphs); a "
-                        "minute or two of compiling first, for a faster step (benchmarks/RESULTS.md, LoRA collection)")
+                   help="torch.compile the base pass with its K adapters (reduce-overhead: with CUDA graphs): "
+                        "minutes of compiling first (7 on an H100), then a faster step (benchmarks/RESULTS.md)")
     c.add_argument("--shards", type=int, default=1,
                    help="adapters per task, each on its own disjoint part of the train split (store entries TASK.sN)")
 

@@ -84,7 +84,8 @@ def encode_example(tokenizer, item: dict, max_length: int) -> tuple[list[int], l
     return prompt + answer, [-100] * len(prompt) + answer
 
 
-def pad_batch(examples: list[tuple[list[int], list[int]]], pad_id: int, device, multiple: int = 1) -> dict[str, torch.Tensor]:
+def pad_batch(examples: list[tuple[list[int], list[int]]], pad_id: int, device,
+              multiple: int = 1) -> dict[str, torch.Tensor]:
     """Right-padded ids, labels (-100 past each example) and attention mask; the width is the longest example
     rounded up to ``multiple`` (few distinct shapes for a compiled or graphed step)."""
     width = -(-max(len(ids) for ids, _ in examples) // multiple) * multiple

@@ -101,7 +101,8 @@ class _Group:
                 rows.append(self.encoded[k][i])
             while len(rows) % self.cfg.batch_size:  # a split smaller than the batch: repeat its rows
                 rows.append(rows[-1])
-        return pad_batch(rows, self.tokenizer.pad_token_id, self.device, multiple=1 if self.cfg.compile is None else 32)
+        multiple = 1 if self.cfg.compile is None else 32  # compiled: few distinct lengths
+        return pad_batch(rows, self.tokenizer.pad_token_id, self.device, multiple=multiple)
 
     def save_state(self, k: int) -> None:
         d = self.store / self.jobs[k].name

@@ -5,9 +5,10 @@ middle ``1h``, path 2's middle ``2w`` and the merged paths ``ch``. Each holds va
 per plane, set on the layer's first fp8 call from a bf16 run of that layer on the same input: scale =
 HEADROOM x (largest |value| written there) / 448, so the calibration input's extremes sit at 448 / HEADROOM and
 later inputs have that much room before they clamp. In a layer whose height convs are thin (``thin_layer``,
-``paths.fp8_wide_only``), the planes those convs read and the path-2 width conv's (``BF16_CONVS``) stay bf16. Weights are e4m3 per output channel
-(``pack_weight_plane_fp8``); a conv's epilogue multiplies its fp32 sums by (its plane's scale x the weight
-channel's), then divides by the next plane's scale before it stores e4m3. ``reset`` forgets the scales.
+``paths.fp8_wide_only``), the planes those convs read and the path-2 width conv's (``BF16_CONVS``) stay bf16.
+Weights are e4m3 per output channel (``pack_weight_plane_fp8``); a conv's epilogue multiplies its fp32 sums by
+(its plane's scale x the weight channel's), then divides by the next plane's scale before it stores e4m3.
+``reset`` forgets the scales.
 """
 from __future__ import annotations
 
@@ -29,8 +30,8 @@ def thin_layer(layer) -> bool:
     convs within the CUDA halo kernel's channels, on any machine, so every machine rounds alike)."""
     from dnd_fast import paths, thin_conv
 
-    hc = layer.hyper
-    return paths.current().fp8_wide_only and max(hc.conv1h.in_channels, hc.conv1h.out_channels) <= thin_conv.MAX_CHANNELS
+    height = layer.hyper.conv1h
+    return paths.current().fp8_wide_only and max(height.in_channels, height.out_channels) <= thin_conv.MAX_CHANNELS
 
 
 def record(amax: dict, name: str, values: torch.Tensor) -> None:

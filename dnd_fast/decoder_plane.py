@@ -101,14 +101,14 @@ def _layer_plane(layer: HyperConvLayer, x: torch.Tensor, residual: bool, saved: 
     norm_outs = [_axes(buf.interior, axes, "CHW") for buf, axes, _ in (in_1w, in_2h)]
     # fp32 LayerNorm parameters, cast once (a bf16 inference decoder would otherwise copy them every call)
     gamma, beta = cast(hc.norm, "weight", torch.float32), cast(hc.norm, "bias", torch.float32)
-    low = [o for o in norm_outs if o.dtype == hyperconv.FP8]
-    if low:
-        hyperconv.layer_norm_into(x, gamma, beta, hc.norm.eps, low, out_scale=fp8["inverse"]["ln"])
-    wide = [o for o in norm_outs if o.dtype != hyperconv.FP8]
-    if wide and layer_norm.usable(x, wide):
-        layer_norm.layer_norm_planes(x, gamma, beta, hc.norm.eps, wide)
-    elif wide:
-        hyperconv.layer_norm_into(x, gamma, beta, hc.norm.eps, wide)
+    e4m3_outs = [o for o in norm_outs if o.dtype == hyperconv.FP8]
+    if e4m3_outs:  # the CUDA LayerNorm writes no e4m3
+        hyperconv.layer_norm_into(x, gamma, beta, hc.norm.eps, e4m3_outs, out_scale=fp8["inverse"]["ln"])
+    other_outs = [o for o in norm_outs if o.dtype != hyperconv.FP8]
+    if other_outs and layer_norm.usable(x, other_outs):
+        layer_norm.layer_norm_planes(x, gamma, beta, hc.norm.eps, other_outs)
+    elif other_outs:
+        hyperconv.layer_norm_into(x, gamma, beta, hc.norm.eps, other_outs)
     if amax is not None:
         decoder_fp8.record(amax, "ln", norm_outs[0])
     # path 1: width as channels over (H, C), then height as channels over (C, W2)
