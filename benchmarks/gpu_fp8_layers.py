@@ -25,13 +25,6 @@ PATHS = {"bf16": {"fp8": False}, "fp8 (all convs)": {"fp8": True, "fp8_wide_only
          "fp8 (thin convs bf16)": {"fp8": True, "fp8_wide_only": True}}
 
 
-def layer_gflop(fin, fout, batch, k):
-    """The five convs of one layer: 2 x positions x C_in x C_out x k^2 each."""
-    (c, h, w), (c2, h2, w2) = fin, fout
-    macs = h * c * w * w2 + c * w2 * h * h2 + c * w * h * h2 + h2 * c * w * w2 + h2 * w2 * c * c2
-    return 2 * batch * macs * k * k / 1e9
-
-
 def gemm_ceiling(m, k, n):
     """TFLOP/s of cuBLAS on [m, k] x [k, n]: bf16, and e4m3 with fp32 and with fast accumulation."""
     a = torch.randn(m, k, device="cuda").to(torch.bfloat16)
@@ -55,29 +48,30 @@ def main():
     torch.manual_seed(0)
     cfg = DecoderConfig.paper_qwen05()
     dec = HyperConvDecoder(cfg).cuda().to(torch.bfloat16).eval().requires_grad_(False)
-    commit = common.commit()
+    commit, gpu = common.commit(), device_name()
     stamp = datetime.datetime.now().isoformat(timespec="seconds")
-    print(f"device: {device_name()}, commit {commit}", flush=True)
+    print(f"device: {gpu}, commit {commit}", flush=True)
     csv_rows = []
     for batch in [int(b) for b in args.batches.split(",")]:
         h = torch.randn(batch, *cfg.condition_shape, device="cuda", dtype=torch.bfloat16)
         rows, totals = [], {name: 0.0 for name in PATHS}
+        layer_gflop = [f / 1e9 for f in cfg.layer_flops(batch)]
         with torch.no_grad():
             for i, (layer, fin, fout) in enumerate(zip(dec.layers, cfg.features[:-1], cfg.features[1:])):
-                gflop = layer_gflop(fin, fout, batch, cfg.kernel_size)
+                gflop = layer_gflop[i]
                 times = {}
                 for name, switches in PATHS.items():
                     with paths.use(**switches):
                         times[name] = median_ms(lambda: _layer_triton(layer, h, fin == fout))
                     totals[name] += times[name]
-                    csv_rows.append(["fp8_layers", device_name(), commit, stamp, batch, i, name, round(times[name], 4),
+                    csv_rows.append(["fp8_layers", gpu, commit, stamp, batch, i, name, round(times[name], 4),
                                      round(gflop / times[name], 1)])
                 rows.append([i, f"{fin} -> {fout}", f"{gflop:.0f}"] +
                             [f"{t:.3f} ({gflop / t:.0f})" for t in times.values()] +
                             [f"{times['bf16'] / times['fp8 (thin convs bf16)']:.2f}x"])
                 with paths.use(fp8=False):
                     h = _layer_triton(layer, h, fin == fout)
-        total_gflop = sum(layer_gflop(a, b, batch, cfg.kernel_size) for a, b in zip(cfg.features[:-1], cfg.features[1:]))
+        total_gflop = sum(layer_gflop)
         rows.append(["all", "", f"{total_gflop:.0f}"] + [f"{t:.2f} ({total_gflop / t:.0f})" for t in totals.values()] +
                     [f"{totals['bf16'] / totals['fp8 (thin convs bf16)']:.2f}x"])
         print_table(f"decoder layers at batch {batch}: ms (TFLOP/s)", ["layer", "features", "GFLOP", *PATHS,
@@ -89,7 +83,7 @@ def main():
     print_table(f"cuBLAS on the GEMM of L7.ch at batch 8 ({m} x {k} x {n}): TFLOP/s", ["GEMM", "TFLOP/s"],
                 [[name, f"{v:.0f}"] for name, v in ceiling.items()])
     for name, v in ceiling.items():
-        csv_rows.append(["gemm_ceiling", device_name(), commit, stamp, 8, "L7.ch", name, "", round(v, 1)])
+        csv_rows.append(["gemm_ceiling", gpu, commit, stamp, 8, "L7.ch", name, "", round(v, 1)])
     append_csv(args.csv, ["benchmark", "gpu", "commit", "timestamp", "batch", "layer", "path", "ms", "tflop_s"], csv_rows)
 
 

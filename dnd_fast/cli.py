@@ -12,6 +12,7 @@ from dnd_fast.cli_bench import cmd_bench
 from dnd_fast.cli_common import DEFAULT_TASKS, check_out_dir, device, table
 from dnd_fast.cli_experiment import cmd_demo, cmd_eval
 from dnd_fast.layout import ALL_MODULES
+from dnd_fast.multi_lora import COMPILE_MODES
 
 
 # ---- collect ------------------------------------------------------------------------------
@@ -139,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--parallel", type=int, metavar="K",
                    help="adapters trained together in one base-model pass (default: 16 on a GPU; on the CPU one "
                         "plain PEFT run per task)")
-    c.add_argument("--compile", choices=["default", "reduce-overhead"],
+    c.add_argument("--compile", choices=[m for m in COMPILE_MODES if m],
                    help="torch.compile the base pass with its K adapters (reduce-overhead: with CUDA graphs): "
                         "minutes of compiling first (7 on an H100), then a faster step (benchmarks/RESULTS.md)")
     c.add_argument("--shards", type=int, default=1,

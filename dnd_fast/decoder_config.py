@@ -63,11 +63,16 @@ class DecoderConfig:
 
     def flops(self, batch: int = 1) -> int:
         """Multiply-adds x 2 of one forward (the convolutions; norms and epilogues excluded)."""
-        k2, total = self.kernel_size ** 2, 0
+        return sum(self.layer_flops(batch))
+
+    def layer_flops(self, batch: int = 1) -> list[int]:
+        """``flops`` of each layer."""
+        k2, out = self.kernel_size ** 2, []
         for (c, h, w), (co, ho, wo) in zip(self.features[:-1], self.features[1:]):
-            total += h * c * wo * w * k2  # path 1, width as channels, over (h, c)
-            total += c * wo * ho * h * k2  # path 1, height as channels, over (c, w')
-            total += c * w * ho * h * k2  # path 2, height as channels, over (c, w)
-            total += ho * c * wo * w * k2  # path 2, width as channels, over (h', c)
-            total += ho * wo * co * c * k2  # channel conv
-        return 2 * batch * total
+            macs = h * c * wo * w * k2  # path 1, width as channels, over (h, c)
+            macs += c * wo * ho * h * k2  # path 1, height as channels, over (c, w')
+            macs += c * w * ho * h * k2  # path 2, height as channels, over (c, w)
+            macs += ho * c * wo * w * k2  # path 2, width as channels, over (h', c)
+            macs += ho * wo * co * c * k2  # channel conv
+            out.append(2 * batch * macs)
+        return out

@@ -82,7 +82,8 @@ class MultiLoRA(nn.Module):
             parent = model.get_submodule(parent_name)
             setattr(parent, child, MultiLoRALinear(getattr(parent, child), self, ab["A"], ab["B"]))
         stack = model.get_decoder()
-        # one compile for every shape (rows x padded length): the lengths of real batches vary step to step
+        # one compile for every shape (rows x padded length): the lengths of real batches vary step to step; in a
+        # list, so the compiled wrapper is no submodule (its parameters would appear twice in state_dict)
         self._stack = [stack if compile_mode is None else torch.compile(stack, mode=compile_mode, dynamic=True)]
 
     # ---- adapter state ---------------------------------------------------------------------------

@@ -4,9 +4,8 @@
 #   bash scripts/gpu/retime.sh decoder  [ENCODER_DIR]   gpu_decoder.py --batches 1,8 --skip-train, gpu_generate.py
 #   bash scripts/gpu/retime.sh pytest   [ENCODER_DIR]   the pytest-benchmark suite (saved, so a second run compares)
 # Logs and the benchmark JSON go to $OUT (device tool) or ./out. Set DND_FAST_COMMIT=$(git rev-parse --short HEAD)
-# in the command sent: the lent machine's copy of .git can be stale (benchmarks/common.commit).
-# Each part fits one 10-minute call on a fresh
-# H100/H200 (the first-call tiling search of every shape is most of it).
+# in the command sent: the lent machine's copy of .git can be stale (benchmarks/common.commit). Each part fits one
+# 10-minute call on a fresh H100/H200 (the first-call tiling search of every shape is most of it).
 set -uo pipefail
 OUT=${OUT:-out}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 PYTHONPATH=${PYTHONPATH:-}:$PWD
