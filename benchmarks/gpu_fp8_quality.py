@@ -2,11 +2,13 @@
 
 For each held-out task of an experiment directory (``generator-TASK/generator``, written by ``dnd-fast demo``),
 the adapter is generated from the same 128 test prompts the experiment used, once with the decoder in bf16 and
-once in fp8 (scales from that call), and both are scored on the task's first ``--limit`` test items:
-  - relative error of each decoder layer's output, fp8 chain against bf16 chain (same condition);
+once in each fp8 path (scales from that call): "mixed" (the default: thin convs in bf16, ``Paths.fp8_wide_only``)
+and "all" (every conv in e4m3), and each is scored on the task's first ``--limit`` test items:
+  - relative error of each decoder layer's output, each fp8 chain against the bf16 chain (same condition);
   - NLL per gold token of each adapter, and the paired relative difference (fp8 - bf16) / bf16 with its
     95% bootstrap interval (the issue's bar: within 0.5% on every task).
 Run: python benchmarks/gpu_fp8_quality.py EXP_DIR --tasks DATA/commonsense DATA/extra [--limit 500] [--csv F]
+[--paths mixed,all]
 """
 import argparse
 import random
@@ -29,8 +31,11 @@ from dnd_fast.layout import make_lora_config  # noqa: E402
 from dnd_fast.models import load_base  # noqa: E402
 
 
-def layer_errors(gen: Generator, prompts: list[str]) -> list[float]:
-    """Relative error of each decoder layer's output, the fp8 chain against the bf16 chain."""
+FP8_PATHS = {"mixed": {"fp8_wide_only": True}, "all": {"fp8_wide_only": False}}
+
+
+def layer_errors(gen: Generator, prompts: list[str], fp8_path: dict) -> list[float]:
+    """Relative error of each decoder layer's output, the fp8 chain (on ``fp8_path``) against the bf16 chain."""
     ids, mask = gen.encoder.tokenize(select_prompts(prompts, gen.encoder.num_prompts, 0), gen.device, trim=True)
     n, length, hidden = gen.encoder.condition_shape
     with torch.no_grad():
@@ -40,7 +45,7 @@ def layer_errors(gen: Generator, prompts: list[str]) -> list[float]:
             x, outs = condition, []
             for layer, fin, fout in zip(gen.decoder.layers, gen.decoder.config.features[:-1],
                                         gen.decoder.config.features[1:]):
-                with paths.use(fp8=fp8):
+                with paths.use(fp8=fp8, **fp8_path):
                     x = layer_plane(layer, x, fin == fout)
                 outs.append(x.float())
             chains[fp8] = outs
@@ -57,6 +62,7 @@ def main():
     ap.add_argument("--limit", type=int, default=500)
     ap.add_argument("--prompts", type=int, default=128)
     ap.add_argument("--csv", default=str(Path(__file__).parent / "results" / "fp8_quality.csv"))
+    ap.add_argument("--paths", default="mixed,all", help=f"comma list of the fp8 paths: {', '.join(FP8_PATHS)}")
     args = ap.parse_args()
     exp = Path(args.exp)
     tasks = scored_tasks(args.tasks, preset("gpu"), log=lambda m: print(m, flush=True))
@@ -73,28 +79,33 @@ def main():
             slot = AdapterSlot(model, make_lora_config(gen.lora_config))
         test = tasks[task].split("test")
         prompts = [it["prompt"] for it in random.Random(0).sample(test, min(args.prompts, len(test)))]
-        errors = layer_errors(gen, prompts)
-        adapters = {p: gen.set_precision(p).make_adapters(gen.generate_to_host([prompts]))[0] for p in ("bf16", "fp8")}
         items = test[:args.limit]
-        scores = {}
-        for p, adapter in adapters.items():
+
+        def score(adapter):
             sums, counts = token_nll(slot.load(adapter.state_dict()), tokenizer, items, batch_size=32)
-            scores[p] = (torch.tensor(sums, dtype=torch.float64), torch.tensor(counts, dtype=torch.float64))
-        nll = {p: (s.sum() / c.sum()).item() for p, (s, c) in scores.items()}
-        # the paired relative difference: sum over items of (fp8 - bf16) NLL, over the bf16 total
-        diff, lo, hi = bootstrap(scores["fp8"][0] - scores["bf16"][0], scores["bf16"][0])
-        rows.append([task, " ".join(f"{e:.3f}" for e in errors), f"{nll['bf16']:.4f}", f"{nll['fp8']:.4f}",
-                     f"{100 * diff:+.2f}% [{100 * lo:+.2f}, {100 * hi:+.2f}]", "yes" if abs(lo) <= 0.005 and abs(hi) <= 0.005
-                     else "no", f"{time.perf_counter() - t0:.0f}"])
-        print(rows[-1], flush=True)
-        csv_rows.append(["fp8_quality", torch.cuda.get_device_name(), task, len(items), nll["bf16"], nll["fp8"],
-                         diff, lo, hi, max(errors)])
+            return torch.tensor(sums, dtype=torch.float64), torch.tensor(counts, dtype=torch.float64)
+
+        bf16 = score(gen.set_precision("bf16").make_adapters(gen.generate_to_host([prompts]))[0])
+        for name in args.paths.split(","):
+            errors = layer_errors(gen, prompts, FP8_PATHS[name])
+            gen.set_precision("bf16").set_precision("fp8")  # fresh scales and CUDA graphs for this path
+            with paths.use(**FP8_PATHS[name]):
+                fp8 = score(gen.make_adapters(gen.generate_to_host([prompts]))[0])
+            nll_bf16, nll_fp8 = (bf16[0].sum() / bf16[1].sum()).item(), (fp8[0].sum() / fp8[1].sum()).item()
+            # the paired relative difference: sum over items of (fp8 - bf16) NLL, over the bf16 total
+            diff, lo, hi = bootstrap(fp8[0] - bf16[0], bf16[0])
+            rows.append([task, name, " ".join(f"{e:.3f}" for e in errors), f"{nll_bf16:.4f}", f"{nll_fp8:.4f}",
+                         f"{100 * diff:+.2f}% [{100 * lo:+.2f}, {100 * hi:+.2f}]",
+                         "yes" if abs(lo) <= 0.005 and abs(hi) <= 0.005 else "no", f"{time.perf_counter() - t0:.0f}"])
+            print(rows[-1], flush=True)
+            csv_rows.append(["fp8_quality", torch.cuda.get_device_name(), task, len(items), nll_bf16, nll_fp8,
+                             diff, lo, hi, max(errors), name])
         del gen
     print_table("fp8 vs bf16 decoder on trained generators (held-out NLL per gold token)",
-                ["held-out", "rel. error per layer (fp8 vs bf16)", "NLL bf16", "NLL fp8", "(fp8 - bf16) / bf16 [95%]",
-                 "within 0.5%", "s"], rows)
+                ["held-out", "fp8 path", "rel. error per layer (fp8 vs bf16)", "NLL bf16", "NLL fp8",
+                 "(fp8 - bf16) / bf16 [95%]", "within 0.5%", "s"], rows)
     append_csv(args.csv, ["benchmark", "gpu", "task", "items", "nll_bf16", "nll_fp8", "rel_diff", "rel_low",
-                          "rel_high", "max_layer_rel_err"], csv_rows)
+                          "rel_high", "max_layer_rel_err", "fp8_path"], csv_rows)
 
 
 if __name__ == "__main__":

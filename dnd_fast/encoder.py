@@ -71,7 +71,13 @@ class PromptEncoder(nn.Module):
         return (self.num_prompts, self.max_length, self.hidden_size)
 
     def tokenize(self, texts: list[str], device, *, trim: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """[n, max_length] input ids and attention mask on ``device``; with ``trim``, only the first
+        """[n, max_length] input ids and attention mask on ``device`` (see ``tokens_on_host``)."""
+        # One pageable copy for both (pinning a fresh buffer per call cost ~5 ms, more than it saves).
+        both = self.tokens_on_host(texts, trim=trim).to(device)
+        return both[0], both[1]
+
+    def tokens_on_host(self, texts: list[str], *, trim: bool = False) -> torch.Tensor:
+        """[2, n, max_length] CPU int64: input ids, then attention mask; with ``trim``, only the first
         columns up to the longest prompt, rounded up to a multiple of ``length_bucket`` (right padding
         only). The encoder's outputs there do not depend on the cut columns: each is a masked key in
         attention and position ids are absolute; ``embed_ids`` pads the result back with zeros.
@@ -103,9 +109,7 @@ class PromptEncoder(nn.Module):
             both[0][mask] = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int64, count=int(lengths.sum()))
             both[1] = mask  # an unpadded encoding attends to every token
             both = torch.from_numpy(both)
-        # One pageable copy for both (pinning a fresh buffer per call cost ~5 ms, more than it saves).
-        both = both.to(device)
-        return both[0], both[1]
+        return both
 
     def _trimmed_width(self, used: int) -> int:
         """The columns ``tokenize(trim=True)`` keeps: the longest prompt's, rounded up to ``length_bucket``."""

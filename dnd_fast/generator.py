@@ -144,11 +144,20 @@ class Generator(nn.Module):
         with nvtx_range("generate.detokenize", self.device):
             return detokenize_flat(tokens, self.stats, self.layout)
 
+    def _host_tokens(self, prompt_sets: list[list[str]], seed: int) -> torch.Tensor:
+        """The host stage: each set's prompts chosen, then [2, B*N, L] ids and mask on the host."""
+        texts = [p for s in prompt_sets for p in select_prompts(s, self.encoder.num_prompts, seed)]
+        return self.encoder.tokens_on_host(texts, trim=True)
+
     @torch.no_grad()
     def generate_flat(self, prompt_sets: list[list[str]], seed: int = 0) -> torch.Tensor:
         """[B, P] flat LoRA buffers on the device, one row per prompt set."""
-        texts = [p for s in prompt_sets for p in select_prompts(s, self.encoder.num_prompts, seed)]
-        ids, mask = self.encoder.tokenize(texts, self.device, trim=True)
+        return self._launch(self._host_tokens(prompt_sets, seed))
+
+    def _launch(self, host_tokens: torch.Tensor) -> torch.Tensor:
+        """[2, B*N, L] host ids and mask -> the device's [B, P] flat buffer; on CUDA the kernels are queued,
+        not waited for."""
+        ids, mask = host_tokens.to(self.device)
         if self.device.type != "cuda" or not self.use_cuda_graphs:
             return self._pipeline(ids, mask)
         key = tuple(ids.shape)  # batch x prompts, and the trimmed length
@@ -170,9 +179,37 @@ class Generator(nn.Module):
         host = torch.empty(flat.shape, dtype=flat.dtype, pin_memory=True)
         return host.copy_(flat)
 
+    @torch.no_grad()
+    def generate_stream(self, prompt_sets: list[list[str]], seed: int = 0, batch_size: int = 8):
+        """Yields [b, P] host flat buffers, ``batch_size`` prompt sets at a time, in order. On a GPU the host's
+        work on one batch (choosing and tokenising its prompts; the caller's use of the batch before) runs while
+        the GPU works on the batch before it: a batch is queued, then the previous one is waited for."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        pending = None
+        for start in range(0, len(prompt_sets), batch_size):
+            flat = self._launch(self._host_tokens(prompt_sets[start:start + batch_size], seed))
+            if flat.device.type == "cuda":  # copied out behind the batch's kernels, before the next batch's
+                host = torch.empty(flat.shape, dtype=flat.dtype, pin_memory=True).copy_(flat, non_blocking=True)
+                done = torch.cuda.Event()
+                done.record()
+            else:
+                host, done = flat, None
+            if pending is not None:
+                yield _wait(*pending)
+            pending = (host, done)
+        if pending is not None:
+            yield _wait(*pending)
+
     def make_adapters(self, flat: torch.Tensor) -> list[GeneratedAdapter]:
         config = make_lora_config(self.lora_config)
         return [GeneratedAdapter(sd, config, self.layout, self.base_model) for sd in self.layout.unflatten(flat)]
+
+
+def _wait(host: torch.Tensor, done) -> torch.Tensor:
+    if done is not None:
+        done.synchronize()
+    return host
 
 
 class _GraphedCall:
@@ -268,16 +305,21 @@ def load_generator(generator, *, device=None, dtype: torch.dtype | None = None) 
 
 
 def generate(prompts: Sequence[str] | Sequence[Sequence[str]], generator, *, device=None,
-             seed: int = 0, precision: str = "bf16") -> GeneratedAdapter | list[GeneratedAdapter]:
+             seed: int = 0, precision: str = "bf16", batch_size: int = 8) -> GeneratedAdapter | list[GeneratedAdapter]:
     """Unlabeled prompts of a task -> a LoRA adapter for the generator's base model.
 
     ``prompts``: a list of strings (one task -> one adapter) or a list of lists (many tasks ->
-    a list of adapters, generated in one batched pass). ``generator``: a :class:`Generator` or
-    a directory saved by :meth:`Generator.save`. ``precision``: "bf16", or "fp8" on a Hopper GPU
-    (:meth:`Generator.set_precision`; its scales come from the first fp8 call's prompts).
+    a list of adapters, ``batch_size`` tasks per batched pass; on a GPU the host's work on one batch
+    overlaps the GPU's on the one before, see :meth:`Generator.generate_stream`). ``generator``: a
+    :class:`Generator` or a directory saved by :meth:`Generator.save`. ``precision``: "bf16", or "fp8"
+    on a Hopper GPU (:meth:`Generator.set_precision`; its scales come from the first fp8 call's prompts).
     """
     sets, single = check_prompt_sets(prompts)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     gen = load_generator(generator, device=device).set_precision(precision)
-    flat = gen.generate_to_host(sets, seed)
-    adapters = gen.make_adapters(flat)
+    if single or len(sets) <= batch_size:
+        adapters = gen.make_adapters(gen.generate_to_host(sets, seed))
+    else:
+        adapters = [a for flat in gen.generate_stream(sets, seed, batch_size) for a in gen.make_adapters(flat)]
     return adapters[0] if single else adapters

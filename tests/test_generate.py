@@ -55,6 +55,24 @@ def test_batch_of_three_tasks_equals_three_single_calls(gen):
     assert not torch.equal(next(iter(a.state_dict().values())), next(iter(b.state_dict().values())))
 
 
+@pytest.mark.parametrize("device", ["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+def test_stream_of_batches_equals_one_call_per_batch(tiny_base, tiny_encoder, device):
+    """generate_stream (the next batch queued before the last is read back) gives, batch by batch and in order,
+    what generate_to_host gives for that batch alone; generate() over more sets than batch_size goes through it."""
+    gen = random_generator(tiny_base, tiny_encoder).for_inference(device)
+    sets = [PROMPTS[i % 4:] + [f"task {i}"] for i in range(7)]
+    streamed = list(gen.generate_stream(sets, seed=2, batch_size=3))
+    assert [tuple(f.shape) for f in streamed] == [(3, gen.layout.num_params)] * 2 + [(1, gen.layout.num_params)]
+    for i, flat in enumerate(streamed):
+        assert flat.device.type == "cpu"
+        torch.testing.assert_close(flat, gen.generate_to_host(sets[3 * i:3 * i + 3], seed=2), atol=0, rtol=0)
+    adapters = dnd_fast.generate(sets, gen, seed=2, batch_size=3)
+    assert len(adapters) == 7
+    torch.testing.assert_close(gen.layout.flatten(adapters[4].state_dict()).cpu()[0], streamed[1][1], atol=0, rtol=0)
+    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+        dnd_fast.generate(sets, gen, batch_size=0)
+
+
 def test_prompt_selection_is_seeded_and_exact():
     assert len(select_prompts(PROMPTS, 10, 0)) == 10  # resampled
     assert select_prompts(PROMPTS, 10, 0) == select_prompts(PROMPTS, 10, 0)
