@@ -334,8 +334,10 @@ def conv2d_plane(x: PaddedPlane, packed_weight, ks, out, bias=None, mode=0, othe
                 windowless = [dict(m, WINDOW=False) for m in candidates]
                 candidates = [m for i, m in enumerate(windowless) if m not in windowless[:i]]
             if tuning.tuning_on(x.buf) and len(candidates) > 1:
-                with tuning.kept_other(other, out, mode):
-                    meta = tuning.CHOSEN[key] = tuning.fastest(candidates, launch)
+                def search(candidates):
+                    with tuning.kept_other(other, out, mode):
+                        return tuning.fastest(candidates, launch)
+                meta = tuning.choose(key, candidates, search, x.buf.device)
             else:
                 meta = candidates[0]
     launch(meta)

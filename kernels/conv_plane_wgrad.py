@@ -86,7 +86,7 @@ def conv2d_plane_wgrad(x: PaddedPlane, grad: PaddedPlane, meta=None) -> torch.Te
         if meta is None:
             candidates = tuning.wgrad_plane_candidates(kc8, COUT, x.buf.dtype)
             if tuning.tuning_on(x.buf) and len(candidates) > 1:
-                meta = tuning.CHOSEN[key] = tuning.fastest(candidates, launch)
+                meta = tuning.choose(key, candidates, lambda c: tuning.fastest(c, launch), x.buf.device)
             else:
                 meta = candidates[0]
     return launch(meta)

@@ -2,12 +2,13 @@
 
 Heuristic block shapes come from searches on an H100 (benchmarks/gpu_convs.py, gpu_plane.py --search,
 gpu_train_convs.py). ``TUNE`` switches the first-call timing on (the default) or off (tests); what
-it chose per shape is in ``CHOSEN``.
+it chose per shape is in ``CHOSEN``, and in a file per GPU model (``choose``) for later processes.
 """
 import contextlib
 import os
 
 import torch
+import triton
 
 from .common import FP8, block, channel_pad, ieee, interpreted, round_up
 
@@ -115,6 +116,60 @@ CHOSEN: dict[tuple, dict] = {}
 
 def tuning_on(buf):
     return TUNE and buf.is_cuda and not torch.cuda.is_current_stream_capturing()
+
+
+# What the timing chose outlives the process: one JSON file per GPU model and Triton version under
+# $DND_FAST_CACHE/tilings (a fresh process otherwise compiles and times every candidate again: minutes for
+# the paper decoder). A remembered tiling is used only while it is still one of the shape's candidates, so a
+# change to the candidates or the kernel's parameters searches again; deleting the file does too.
+def choose(key: tuple, candidates: list[dict], search, device: torch.device) -> dict:
+    """CHOSEN[key]: the tiling remembered for this GPU model if it is one of ``candidates``, else
+    ``search(candidates)``, remembered."""
+    path, text = tilings_file(device), _key_text(key)
+    meta = _read(path).get(text)
+    if meta not in candidates:
+        meta = search(candidates)
+        _write(path, text, meta)
+    CHOSEN[key] = meta
+    return meta
+
+
+def tilings_file(device: torch.device):
+    from pathlib import Path
+
+    cache = Path(os.environ.get("DND_FAST_CACHE", Path.home() / ".cache" / "dnd_fast"))
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+    name = "".join(c if c.isalnum() or c in "-._" else "_" for c in f"{gpu}-triton-{triton.__version__}")
+    return cache / "tilings" / f"{name}.json"
+
+
+def _key_text(key: tuple) -> str:
+    """The key without its device (the file is per GPU model): shapes, flags and dtypes."""
+    return "|".join(str(k) for k in key if not isinstance(k, torch.device))
+
+
+def _read(path) -> dict:
+    import json
+
+    try:
+        found = json.loads(path.read_text())
+    except (OSError, ValueError):  # none yet, or unreadable: time again
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
+def _write(path, text: str, meta: dict) -> None:
+    """Merged into what is there now (another process may have added shapes), written whole under a temporary
+    name and renamed: a reader never sees half a file. A cache that cannot be written is skipped."""
+    import json
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({**_read(path), text: meta}, indent=0, sort_keys=True))
+        os.replace(tmp, path)
+    except OSError:
+        pass
 
 
 @contextlib.contextmanager

@@ -1,0 +1,116 @@
+"""The first-call tiling choice (kernels/tuning.py): timed on the GPU, remembered per GPU model on disk."""
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import reseed
+from test_hyperconv import plane_conv, plane_of, rel_err
+
+from dnd_fast.kernels import tuning
+
+CANDIDATES = [{"BLOCK_M": 64, "BLOCK_N": 64}, {"BLOCK_M": 128, "BLOCK_N": 64}, {"BLOCK_M": 128, "BLOCK_N": 128}]
+KEY = (2, 10, 40, 64, 130, 9, 0, False, torch.bfloat16, torch.bfloat16, torch.device("cpu"), 1)
+
+
+class Search:
+    """A stand-in for the timing: picks ``pick`` and counts its calls."""
+
+    def __init__(self, pick):
+        self.pick, self.calls = pick, 0
+
+    def __call__(self, candidates):
+        self.calls += 1
+        return candidates[self.pick]
+
+
+@pytest.fixture
+def cache(monkeypatch, tmp_path):
+    monkeypatch.setenv("DND_FAST_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(tuning, "CHOSEN", {})
+    return tuning.tilings_file(torch.device("cpu"))
+
+
+def test_a_choice_outlives_the_process(cache):
+    first = Search(2)
+    assert tuning.choose(KEY, CANDIDATES, first, torch.device("cpu")) == CANDIDATES[2]
+    assert first.calls == 1 and tuning.CHOSEN[KEY] == CANDIDATES[2]
+    tuning.CHOSEN.clear()  # a later process: the file, not the dict
+    later = Search(0)
+    assert tuning.choose(KEY, CANDIDATES, later, torch.device("cpu")) == CANDIDATES[2]
+    assert later.calls == 0 and tuning.CHOSEN[KEY] == CANDIDATES[2]
+    # the file is per GPU model: the key's device is not in it
+    assert list(json.loads(cache.read_text())) == ["2|10|40|64|130|9|0|False|torch.bfloat16|torch.bfloat16|1"]
+
+
+def test_a_remembered_tiling_that_is_no_longer_a_candidate_is_searched_again(cache):
+    tuning.choose(KEY, CANDIDATES, Search(2), torch.device("cpu"))
+    tuning.CHOSEN.clear()
+    again = Search(1)
+    assert tuning.choose(KEY, CANDIDATES[:2], again, torch.device("cpu")) == CANDIDATES[1]
+    assert again.calls == 1
+    assert list(json.loads(cache.read_text()).values()) == [CANDIDATES[1]]
+
+
+def test_shapes_from_two_processes_are_merged_and_a_bad_file_is_replaced(cache):
+    other = KEY[:1] + (20,) + KEY[2:]
+    cache.parent.mkdir(parents=True)
+    cache.write_text("{not json")
+    tuning.choose(KEY, CANDIDATES, Search(0), torch.device("cpu"))
+    tuning.choose(other, CANDIDATES, Search(1), torch.device("cpu"))
+    found = json.loads(cache.read_text())
+    assert sorted(found.values(), key=str) == sorted([CANDIDATES[0], CANDIDATES[1]], key=str)
+    assert [p.name for p in cache.parent.iterdir()] == [cache.name]  # no temporary file left behind
+
+
+def test_an_unwritable_cache_still_gives_the_choice(monkeypatch, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    monkeypatch.setenv("DND_FAST_CACHE", str(blocker))  # a file where the cache directory should be
+    monkeypatch.setattr(tuning, "CHOSEN", {})
+    assert tuning.choose(KEY, CANDIDATES, Search(1), torch.device("cpu")) == CANDIDATES[1]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_first_call_keeps_the_fastest_tiling(monkeypatch, tmp_path):
+    from dnd_fast.kernels import hyperconv
+
+    monkeypatch.setenv("DND_FAST_CACHE", str(tmp_path))  # nothing remembered: the timing runs
+    monkeypatch.setattr(hyperconv.tuning, "TUNE", True)
+    monkeypatch.setattr(hyperconv.tuning, "CHOSEN", {})
+    reseed()
+    b, cin, p, q, cout, k = 2, 64, 10, 40, 130, 9
+    x = torch.randn(b, cin, p, q, device="cuda").bfloat16()
+    weight = torch.randn(cout, cin, k, k, device="cuda").bfloat16()
+    exact = F.conv2d(x.double(), weight.double(), padding="same")
+    for _ in range(2):  # timed on the first call, looked up on the second
+        assert rel_err(plane_conv(x, weight, None, False, "cuda", torch.bfloat16), exact) < 4e-3
+    (chosen,) = hyperconv.tuning.CHOSEN.values()
+    assert chosen in hyperconv.plane_candidates(cin, cout, torch.bfloat16)
+    (remembered,) = json.loads(hyperconv.tuning.tilings_file(torch.device("cuda")).read_text()).values()
+    assert remembered == chosen
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_first_call_timing_keeps_an_in_place_accumulation(monkeypatch, tmp_path):
+    """MODE 2 adding into its own output (the decoder's backward): the tiling choice runs the conv many
+    times, and the result must still be the output's old contents plus one conv."""
+    from dnd_fast.kernels import hyperconv
+
+    monkeypatch.setenv("DND_FAST_CACHE", str(tmp_path))
+    reseed()
+    b, cin, p, q, cout, k = 2, 24, 10, 40, 48, 9
+    x = torch.randn(b, cin, p, q, device="cuda").bfloat16()
+    weight = torch.randn(cout, cin, k, k, device="cuda").bfloat16()
+    start = torch.randn(b, p, q, cout, device="cuda").permute(0, 3, 1, 2)
+    plane, packed = plane_of(x, k, torch.bfloat16), hyperconv.pack_weight_plane(weight, torch.bfloat16)
+    results = []
+    for tune in (False, True):
+        monkeypatch.setattr(hyperconv.tuning, "TUNE", tune)
+        monkeypatch.setattr(hyperconv.tuning, "CHOSEN", {})
+        acc = start.clone()
+        hyperconv.conv2d_plane(plane, packed, k, acc, mode=2, other=acc)
+        results.append(acc)
+    assert len(hyperconv.tuning.CHOSEN) == 1  # the timing ran
+    exact = F.conv2d(x.double(), weight.double(), padding="same") + start.double()
+    assert rel_err(results[0], exact) < 4e-3 and rel_err(results[1], exact) < 4e-3
