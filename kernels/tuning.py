@@ -5,7 +5,9 @@ gpu_train_convs.py). ``TUNE`` switches the first-call timing on (the default) or
 it chose per shape is in ``CHOSEN``, and in a file per GPU model (``choose``) for later processes.
 """
 import contextlib
+import json
 import os
+from pathlib import Path
 
 import torch
 import triton
@@ -134,9 +136,7 @@ def choose(key: tuple, candidates: list[dict], search, device: torch.device) -> 
     return meta
 
 
-def tilings_file(device: torch.device):
-    from pathlib import Path
-
+def tilings_file(device: torch.device) -> Path:
     cache = Path(os.environ.get("DND_FAST_CACHE", Path.home() / ".cache" / "dnd_fast"))
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
     name = "".join(c if c.isalnum() or c in "-._" else "_" for c in f"{gpu}-triton-{triton.__version__}")
@@ -148,9 +148,7 @@ def _key_text(key: tuple) -> str:
     return "|".join(str(k) for k in key if not isinstance(k, torch.device))
 
 
-def _read(path) -> dict:
-    import json
-
+def _read(path: Path) -> dict:
     try:
         found = json.loads(path.read_text())
     except (OSError, ValueError):  # none yet, or unreadable: time again
@@ -158,18 +156,17 @@ def _read(path) -> dict:
     return found if isinstance(found, dict) else {}
 
 
-def _write(path, text: str, meta: dict) -> None:
+def _write(path: Path, text: str, meta: dict) -> None:
     """Merged into what is there now (another process may have added shapes), written whole under a temporary
     name and renamed: a reader never sees half a file. A cache that cannot be written is skipped."""
-    import json
-
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         tmp.write_text(json.dumps({**_read(path), text: meta}, indent=0, sort_keys=True))
         os.replace(tmp, path)
     except OSError:
-        pass
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
