@@ -105,7 +105,7 @@ def add(row):
     if args.csv:  # the header's columns (the first step's seconds are printed only)
         append_csv(args.csv, ["benchmark", "gpu", "commit", "timestamp", "path", "K", "ms_per_step", "lora_steps_per_s",
                               "vs_reference", "peak_gib"], [["collect", gpu, commit, time.strftime("%Y-%m-%dT%H:%M:%S"),
-                                                             *row[:6]]])
+                                                             *row[:2], *(round(x, 3) for x in row[2:6])]])
 
 
 torch.cuda.reset_peak_memory_stats()
