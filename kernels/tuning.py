@@ -143,6 +143,11 @@ def tilings_file(device: torch.device) -> Path:
     return cache / "tilings" / f"{name}.json"
 
 
+def remembered(device: torch.device) -> dict:
+    """The tilings remembered for ``device``'s GPU model: {shape key text: tiling}."""
+    return _read(tilings_file(device))
+
+
 def _key_text(key: tuple) -> str:
     """The key without its device (the file is per GPU model): shapes, flags and dtypes."""
     return "|".join(str(k) for k in key if not isinstance(k, torch.device))
