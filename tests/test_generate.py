@@ -1,4 +1,5 @@
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -8,7 +9,7 @@ from transformers import AutoModelForCausalLM
 
 import dnd_fast
 from dnd_fast.decoder import plane_convs_run_on
-from dnd_fast.encoder import select_prompts
+from dnd_fast.encoder import PromptEncoder, select_prompts
 
 PROMPTS = ["What is the capital of France?", "Name a prime number larger than ten.", "Is the sky green?",
            "Which metal is liquid at room temperature?"]
@@ -106,6 +107,14 @@ def test_fast_tokenize_equals_the_tokenizer_call(gen):
     finally:
         enc.tokenizer.padding_side = "right"
     assert torch.equal(ids, ref["input_ids"]) and torch.equal(mask, ref["attention_mask"]) and mask[1, -1] == 1
+
+
+@pytest.mark.parametrize("used,width", [(1, 16), (16, 16), (17, 32), (33, 64), (64, 64), (65, 128), (130, 192),
+                                        (383, 384), (384, 384)])
+def test_trimmed_width_is_a_power_of_two_under_the_bucket_then_its_multiple(used, width):
+    encoder = SimpleNamespace(length_bucket=PromptEncoder.length_bucket, shortest_width=PromptEncoder.shortest_width,
+                              max_length=384)
+    assert PromptEncoder._trimmed_width(encoder, used) == width
 
 
 def test_trimmed_prompt_columns_give_the_same_condition(gen):
