@@ -14,6 +14,10 @@ def qwen05_lora():
     return LoRALayout.from_config(qwen05_model_config(), lora), lora
 
 
+# the fp8 decoder's two paths (``Paths`` switches): every conv in e4m3 (the default), or thin layers' convs in bf16
+FP8_PATHS = {"all": {"fp8_wide_only": False}, "mixed": {"fp8_wide_only": True}}
+
+
 def median_ms(fn, warmup=3, rep=20):
     """Median wall time of fn() in ms, measured with CUDA events after warm-up."""
     for _ in range(warmup):

@@ -1,12 +1,12 @@
 """Does the fp8 tiling search leave time on the table? Each e4m3 conv of ``DecoderConfig.paper_qwen05()`` (those the
-default fp8 path runs in e4m3) at one batch: every tiling the first-call search times (``tuning.plane_candidates``),
+fp8 path ``--path`` runs in e4m3: all, the default, or mixed) at one batch: every tiling the first-call search times (``tuning.plane_candidates``),
 then variations of its three fastest (pipeline depth, warps, GROUP_M), each timed alone (do_bench, median), beside
 cuBLAS's e4m3 GEMM (``torch._scaled_mm``) of the conv's implicit-GEMM shape (M capped at 65536), which bounds any
 conv kernel. Prints per conv the search's best, the best variation and the gain, and their sums.
 
 The compiles (minutes: a few hundred Triton kernels) run first in ``--workers`` processes, which fill Triton's disk
 cache; then this process times every tiling from that cache.
-Run: python benchmarks/gpu_fp8_convs.py [--batch 8] [--only L0.1w,L7.ch] [--workers 12]
+Run: python benchmarks/gpu_fp8_convs.py [--batch 8] [--path all|mixed] [--only L0.1w,L7.ch] [--workers 12]
 """
 import argparse
 import datetime
@@ -27,14 +27,14 @@ KS = 9
 WRITES_PLANE = ("1w", "2h", "2w")  # these convs store e4m3 (the next conv's plane); 1h and ch store bf16
 
 
-def e4m3_convs(config, all_convs=False):
-    """(name, C_in, C_out, P, Q, stores e4m3) of every conv the fp8 path runs in e4m3, P <= Q: by default (thin
-    layers' height convs and path-2 width conv in bf16) or with ``all_convs``."""
+def e4m3_convs(config, mixed=False):
+    """(name, C_in, C_out, P, Q, stores e4m3) of every conv the fp8 path runs in e4m3, P <= Q: all of them, or with
+    ``mixed`` (``Paths.fp8_wide_only``) all but thin layers' height convs and path-2 width conv."""
     from dnd_fast import decoder_fp8, thin_conv
 
     out = []
     for li, ((c, h, w), (co, ho, wo)) in enumerate(zip(config.features[:-1], config.features[1:])):
-        thin = max(h, ho) <= thin_conv.MAX_CHANNELS and not all_convs
+        thin = max(h, ho) <= thin_conv.MAX_CHANNELS and mixed
         for name, cin, cout, a, b in [("1w", w, wo, c, h), ("1h", h, ho, c, wo), ("2h", h, ho, c, w),
                                       ("2w", w, wo, ho, c), ("ch", c, co, ho, wo)]:
             if thin and f"conv{name}" in decoder_fp8.BF16_CONVS:
@@ -126,7 +126,7 @@ def main():
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--only", default="", help="comma-separated conv names (e.g. L0.1w,L7.ch)")
     ap.add_argument("--workers", type=int, default=12, help="processes that compile the tilings first (0: none)")
-    ap.add_argument("--all-e4m3", action="store_true", help="every conv in e4m3 (Paths.fp8_wide_only off)")
+    ap.add_argument("--path", choices=["all", "mixed"], default="all", help="the fp8 path (common.FP8_PATHS)")
     ap.add_argument("--csv", default=str(Path(__file__).parent / "results" / "fp8_convs.csv"))
     args = ap.parse_args()
     from dnd_fast.decoder import DecoderConfig
@@ -135,7 +135,7 @@ def main():
 
     print(device_name(), flush=True)
     only = set(filter(None, args.only.split(",")))
-    specs = [s for s in e4m3_convs(DecoderConfig.paper_qwen05(), args.all_e4m3) if not only or s[0] in only]
+    specs = [s for s in e4m3_convs(DecoderConfig.paper_qwen05(), args.path == "mixed") if not only or s[0] in only]
     searched = {s: tuning.plane_candidates(s[1], s[2], FP8, args.batch * s[3] * (s[4] + KS // 2)) for s in specs}
     failed: set = set()
 
@@ -156,7 +156,6 @@ def main():
     compile_jobs(extra)
     rows, csv_rows, sums = [], [], [0.0, 0.0]
     stamp, commit = datetime.date.today().isoformat(), common.commit()
-    convs = "all e4m3" if args.all_e4m3 else "default"
     for s in specs:
         name, cin, cout, P, Q, _ = s
         flop = 2 * args.batch * P * Q * cout * cin * KS * KS
@@ -171,7 +170,7 @@ def main():
         rows.append([name, f"{cin}->{cout} on {P}x{Q}", f"{best_ms:.3f} ({flop / best_ms / 1e9:.0f})",
                      short(best_meta), f"{var_ms:.3f} ({flop / var_ms / 1e9:.0f})" if more else "-",
                      short(var_meta) if var_meta else "-", f"{gain:+.1%}", f"{ceiling:.0f}"])
-        csv_rows.append([stamp, commit, torch.cuda.get_device_name(), args.batch, convs, name, round(best_ms, 4),
+        csv_rows.append([stamp, commit, torch.cuda.get_device_name(), args.batch, args.path, name, round(best_ms, 4),
                          short(best_meta), round(var_ms, 4) if more else "", short(var_meta) if var_meta else "",
                          round(ceiling)])
         print(rows[-1], flush=True)
@@ -179,7 +178,7 @@ def main():
     print_table(f"fp8 convs of paper_qwen05() at batch {args.batch}: ms (TFLOP/s)",
                 ["conv", "shape", "search's best", "its tiling", "best variation", "its tiling", "gain",
                  "cuBLAS e4m3 TFLOP/s"], rows)
-    append_csv(args.csv, ["date", "commit", "device", "batch", "convs", "conv", "search_ms", "search_tiling",
+    append_csv(args.csv, ["date", "commit", "device", "batch", "fp8_path", "conv", "search_ms", "search_tiling",
                           "variation_ms", "variation_tiling", "cublas_tflops"], csv_rows)
 
 

@@ -1,5 +1,5 @@
 """Where the fp8 decoder's time goes: each layer of ``DecoderConfig.paper_qwen05()`` in bf16, in fp8 with every conv
-in e4m3, and in fp8 with the thin convs kept in bf16 (the default, ``Paths.fp8_wide_only``), at each batch; then
+in e4m3 (the default), and in fp8 with the thin convs kept in bf16 (``Paths.fp8_wide_only``), at each batch; then
 the hardware's GEMM ceiling: cuBLAS bf16 (``torch.mm``) and fp8 (``torch._scaled_mm``) on the implicit GEMM of the
 decoder's largest conv (the last layer's channel conv, 22% of its FLOPs), which bounds what any conv kernel reaches.
 

@@ -2,8 +2,8 @@
 
 For each held-out task of an experiment directory (``generator-TASK/generator``, written by ``dnd-fast demo``),
 the adapter is generated from the same 128 test prompts the experiment used, once with the decoder in bf16 and
-once in each fp8 path (scales from that call): "mixed" (the default: thin convs in bf16, ``Paths.fp8_wide_only``)
-and "all" (every conv in e4m3), and each is scored on the task's first ``--limit`` test items:
+once in each fp8 path (scales from that call): "all" (every conv in e4m3, the default) and "mixed" (thin layers'
+convs in bf16, ``Paths.fp8_wide_only``), and each is scored on the task's first ``--limit`` test items:
   - relative error of each decoder layer's output, each fp8 chain against the bf16 chain (same condition);
   - NLL per gold token of each adapter, and the paired relative difference (fp8 - bf16) / bf16 with its
     95% bootstrap interval (the issue's bar: within 0.5% on every task).
@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import append_csv, device_name, print_table  # noqa: E402
+from common import FP8_PATHS, append_csv, device_name, print_table  # noqa: E402
 
 from dnd_fast import decoder_fp8, paths  # noqa: E402
 from dnd_fast.decoder_plane import layer_plane  # noqa: E402
@@ -29,9 +29,6 @@ from dnd_fast.experiment import preset, scored_tasks  # noqa: E402
 from dnd_fast.generator import Generator  # noqa: E402
 from dnd_fast.layout import make_lora_config  # noqa: E402
 from dnd_fast.models import load_base  # noqa: E402
-
-
-FP8_PATHS = {"mixed": {"fp8_wide_only": True}, "all": {"fp8_wide_only": False}}
 
 
 def layer_errors(gen: Generator, prompts: list[str], fp8_path: dict) -> list[float]:

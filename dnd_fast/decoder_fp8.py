@@ -4,8 +4,9 @@ A layer's convs read four planes: the LayerNorm's output ``ln`` (read by both pa
 middle ``1h``, path 2's middle ``2w`` and the merged paths ``ch``. Each holds value / scale in e4m3, one scale
 per plane, set on the layer's first fp8 call from a bf16 run of that layer on the same input: scale =
 HEADROOM x (largest |value| written there) / 448, so the calibration input's extremes sit at 448 / HEADROOM and
-later inputs have that much room before they clamp. In a layer whose height convs are thin (``thin_layer``,
-``paths.fp8_wide_only``), the planes those convs read and the path-2 width conv's (``BF16_CONVS``) stay bf16.
+later inputs have that much room before they clamp. With ``paths.fp8_wide_only`` (off by default), in a layer
+whose height convs are thin (``thin_layer``) the planes those convs read and the path-2 width conv's
+(``BF16_CONVS``) stay bf16.
 Weights are e4m3 per output channel (``pack_weight_plane_fp8``); a conv's epilogue multiplies its fp32 sums by
 (its plane's scale x the weight channel's), then divides by the next plane's scale before it stores e4m3.
 ``reset`` forgets the scales.
