@@ -68,6 +68,7 @@ setup(
     python_requires=">=3.10",
     packages=["dnd_fast", "dnd_fast.kernels"],
     package_dir={"dnd_fast": "dnd_fast", "dnd_fast.kernels": "kernels"},
+    package_data={"dnd_fast.kernels": ["tilings/*.json"]},  # the tiling choices searched on the lent GPUs
     ext_modules=[ext],
     cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
     # Loose on purpose: the GPU machine keeps its own torch (2.11); the CPU pins are in

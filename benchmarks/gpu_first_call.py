@@ -1,8 +1,9 @@
 """What a fresh process pays on its first decoder call: ``paper_qwen05()`` at one batch and precision, the first
 call (fp8: calibrating the plane scales; every conv shape's tiling search, or the choice remembered under
 ``$DND_FAST_CACHE/tilings``; Triton's compiles, or its disk cache), then the second call. Run it twice with the same
-``DND_FAST_CACHE`` to see the remembered tilings skip the search.
-Run: DND_FAST_CACHE=DIR python benchmarks/gpu_first_call.py [--batch 8] [--precision fp8]
+``DND_FAST_CACHE`` (and ``--ignore-shipped``: not the package's tilings) to see the remembered tilings skip the
+search.
+Run: DND_FAST_CACHE=DIR python benchmarks/gpu_first_call.py [--batch 8] [--precision fp8] [--ignore-shipped]
 """
 import argparse
 import os
@@ -23,7 +24,10 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--precision", choices=["bf16", "fp8"], default="fp8")
+    ap.add_argument("--ignore-shipped", action="store_true", help="not the package's tilings (tuning.SHIPPED)")
     args = ap.parse_args()
+    if args.ignore_shipped:
+        tuning.SHIPPED = Path("/nonexistent")
     tilings = tuning.tilings_file(torch.device("cuda"))
     remembered = len(tuning.remembered(torch.device("cuda")))
     decoder = HyperConvDecoder(DecoderConfig.paper_qwen05()).to("cuda", torch.bfloat16).eval().requires_grad_(False)

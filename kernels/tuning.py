@@ -123,12 +123,19 @@ def tuning_on(buf):
 # What the timing chose outlives the process: one JSON file per GPU model and Triton version under
 # $DND_FAST_CACHE/tilings (a fresh process otherwise compiles and times every candidate again: minutes for
 # the paper decoder). A remembered tiling is used only while it is still one of the shape's candidates, so a
-# change to the candidates or the kernel's parameters searches again; deleting the file does too.
+# change to the candidates or the kernel's parameters searches again; deleting the file does too. Files of the
+# same name under SHIPPED come with the package (searched on the lent GPUs: the paper decoder's shapes at
+# batch 1 and 8), so a fresh machine of that model skips those searches; the machine's own file comes first.
+SHIPPED = Path(__file__).parent / "tilings"
+
+
 def choose(key: tuple, candidates: list[dict], search, device: torch.device) -> dict:
-    """CHOSEN[key]: the tiling remembered for this GPU model if it is one of ``candidates``, else
-    ``search(candidates)``, remembered."""
+    """CHOSEN[key]: the tiling remembered for this GPU model (this machine's file, else the shipped one) if it
+    is one of ``candidates``, else ``search(candidates)``, remembered."""
     path, text = tilings_file(device), _key_text(key)
     meta = _read(path).get(text)
+    if meta not in candidates:
+        meta = _read(SHIPPED / path.name).get(text)
     if meta not in candidates:
         meta = search(candidates)
         _write(path, text, meta)
@@ -167,11 +174,17 @@ def _write(path: Path, text: str, meta: dict) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps({**_read(path), text: meta}, indent=0, sort_keys=True))
+        tmp.write_text(_dumps({**_read(path), text: meta}))
         os.replace(tmp, path)
     except OSError:
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
+
+
+def _dumps(found: dict) -> str:
+    """One shape a line, sorted: a file to read, diff and ship (``SHIPPED``) as it is."""
+    rows = (f"{json.dumps(k)}: {json.dumps(m, sort_keys=True)}" for k, m in sorted(found.items()))
+    return "{\n" + ",\n".join(rows) + "\n}\n"
 
 
 @contextlib.contextmanager

@@ -28,6 +28,7 @@ class Search:
 def cache(monkeypatch, tmp_path):
     monkeypatch.setenv("DND_FAST_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(tuning, "CHOSEN", {})
+    monkeypatch.setattr(tuning, "SHIPPED", tmp_path / "shipped")
     return tuning.tilings_file(torch.device("cpu"))
 
 
@@ -61,6 +62,29 @@ def test_shapes_from_two_processes_are_merged_and_a_bad_file_is_replaced(cache):
     found = json.loads(cache.read_text())
     assert sorted(found.values(), key=str) == sorted([CANDIDATES[0], CANDIDATES[1]], key=str)
     assert [p.name for p in cache.parent.iterdir()] == [cache.name]  # no temporary file left behind
+
+
+def test_a_shipped_tiling_is_used_unless_this_machine_chose_or_it_is_no_candidate(cache):
+    shipped = tuning.SHIPPED / cache.name
+    shipped.parent.mkdir(parents=True)
+    shipped.write_text(json.dumps({tuning._key_text(KEY): CANDIDATES[1]}))
+    none = Search(2)
+    assert tuning.choose(KEY, CANDIDATES, none, torch.device("cpu")) == CANDIDATES[1] and none.calls == 0
+    assert not cache.exists()  # nothing searched, nothing written
+    tuning.CHOSEN.clear()
+    searched = Search(0)  # the shipped tiling is no longer a candidate: searched, and this machine's file wins after
+    assert tuning.choose(KEY, CANDIDATES[::2], searched, torch.device("cpu")) == CANDIDATES[0] and searched.calls == 1
+    tuning.CHOSEN.clear()
+    assert tuning.choose(KEY, CANDIDATES, Search(2), torch.device("cpu")) == CANDIDATES[0]
+
+
+def test_the_shipped_tilings_parse_and_name_gpu_models_and_triton_versions():
+    files = sorted(tuning.SHIPPED.glob("*.json"))
+    assert files, f"no shipped tilings in {tuning.SHIPPED}"
+    for f in files:
+        assert "-triton-" in f.stem
+        found = json.loads(f.read_text())
+        assert found and all(isinstance(m, dict) and {"BLOCK_M", "BLOCK_N", "BLOCK_K"} <= set(m) for m in found.values())
 
 
 def test_an_unwritable_cache_still_gives_the_choice(monkeypatch, tmp_path):

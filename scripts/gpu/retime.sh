@@ -4,7 +4,7 @@
 #   bash scripts/gpu/retime.sh decoder  [ENCODER_DIR]   gpu_decoder.py --batches 1,8 --skip-train, gpu_generate.py
 #   bash scripts/gpu/retime.sh pytest   [ENCODER_DIR]   the pytest-benchmark suite (saved, so a second run compares)
 #   bash scripts/gpu/retime.sh generate [ENCODER_DIR]   gpu_generate.py alone, batch 8 (and its streamed rows) first
-# Logs and the benchmark JSON go to $OUT (device tool) or ./out. Set DND_FAST_COMMIT=$(git rev-parse --short HEAD)
+# Logs, the benchmark JSON and the searched tilings go to $OUT (device tool) or ./out. Set DND_FAST_COMMIT=$(git rev-parse --short HEAD)
 # in the command sent: the lent machine's copy of .git can be stale (benchmarks/common.commit). Each part fits one
 # 10-minute call on a fresh H100/H200 (the first-call tiling search of every shape is most of it).
 set -uo pipefail
@@ -29,3 +29,5 @@ case "${1:-decoder}" in
       ${DND_FAST_COMMIT:+--commit "$DND_FAST_COMMIT"} ;;
   *) echo "usage: $0 decoder|generate|pytest [ENCODER_DIR]" >&2; exit 2 ;;
 esac
+# the tilings this machine searched: copy new shapes into kernels/tilings/ to ship them (kernels/tuning.SHIPPED)
+cp -r "${DND_FAST_CACHE:-$HOME/.cache/dnd_fast}/tilings" "$OUT/" 2>/dev/null
