@@ -79,8 +79,9 @@ class PromptEncoder(nn.Module):
 
     def tokens_on_host(self, texts: list[str], *, trim: bool = False) -> torch.Tensor:
         """[2, n, max_length] CPU int64: input ids, then attention mask; with ``trim``, only the first
-        columns up to the longest prompt, rounded up (``_trimmed_width``; right padding only). The encoder's outputs there do not depend on the cut columns: each is a masked key in
-        attention and position ids are absolute; ``embed_ids`` pads the result back with zeros.
+        columns up to the longest prompt, rounded up (``_trimmed_width``; right padding only). The encoder's
+        outputs there do not depend on the cut columns: each is a masked key in attention and position ids are
+        absolute; ``embed_ids`` pads the result back with zeros.
         128 short prompts cost a fraction of 384 columns each, and the bucket keeps shapes few
         (a CUDA graph per shape)."""
         backend = self._rust_tokenizer()
