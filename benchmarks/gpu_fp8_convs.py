@@ -22,26 +22,29 @@ from triton.testing import do_bench
 sys.path.insert(0, str(Path(__file__).parent))
 import common  # noqa: E402
 from common import append_csv, device_name, print_table  # noqa: E402
+from gpu_plane import planes  # noqa: E402
 
 KS = 9
 WRITES_PLANE = ("1w", "2h", "2w")  # these convs store e4m3 (the next conv's plane); 1h and ch store bf16
 
 
 def e4m3_convs(config, mixed=False):
-    """(name, C_in, C_out, P, Q, stores e4m3) of every conv the fp8 path runs in e4m3, P <= Q: all of them, or with
-    ``mixed`` (``Paths.fp8_wide_only``) all but thin layers' height convs and path-2 width conv."""
+    """(name, C_in, C_out, P, Q, stores e4m3) of every conv the fp8 path runs in e4m3, P <= Q (``gpu_plane.planes``):
+    all of them, or with ``mixed`` (``Paths.fp8_wide_only``) all but thin layers' height convs and path-2 width conv."""
     from dnd_fast import decoder_fp8, thin_conv
 
+    convs = planes(config)
+    # a layer is thin when its height convs (1h: the layer's height in and out as channels) are
+    thin = {name.split(".")[0] for name, cin, cout, _, _ in convs
+            if name.endswith(".1h") and max(cin, cout) <= thin_conv.MAX_CHANNELS} if mixed else set()
     out = []
-    for li, ((c, h, w), (co, ho, wo)) in enumerate(zip(config.features[:-1], config.features[1:])):
-        thin = max(h, ho) <= thin_conv.MAX_CHANNELS and mixed
-        for name, cin, cout, a, b in [("1w", w, wo, c, h), ("1h", h, ho, c, wo), ("2h", h, ho, c, w),
-                                      ("2w", w, wo, ho, c), ("ch", c, co, ho, wo)]:
-            if thin and f"conv{name}" in decoder_fp8.BF16_CONVS:
-                continue
-            # in a thin layer conv1w stores into a bf16 plane (conv1h's), and conv2w reads bf16
-            stores_e4m3 = name in WRITES_PLANE and not (thin and name == "1w")
-            out.append((f"L{li}.{name}", cin, cout, min(a, b), max(a, b), stores_e4m3))
+    for name, cin, cout, p, q in convs:
+        layer, conv = name.split(".")
+        if layer in thin and f"conv{conv}" in decoder_fp8.BF16_CONVS:
+            continue
+        # in a thin layer conv1w stores into a bf16 plane (conv1h's), and conv2w reads bf16
+        stores_e4m3 = conv in WRITES_PLANE and not (layer in thin and conv == "1w")
+        out.append((name, cin, cout, p, q, stores_e4m3))
     return out
 
 
@@ -131,7 +134,7 @@ def main():
     args = ap.parse_args()
     from dnd_fast.decoder import DecoderConfig
     from dnd_fast.kernels import tuning
-    from dnd_fast.kernels.common import FP8
+    from dnd_fast.kernels.common import FP8, round_up
 
     print(device_name(), flush=True)
     only = set(filter(None, args.only.split(",")))
@@ -162,7 +165,7 @@ def main():
         best_ms, best_meta = first[s][0]
         more = timed(conv_call(s, args.batch), extra[s], failed)
         var_ms, var_meta = more[0] if more else (float("inf"), None)
-        m, k, n = min(args.batch * P * Q, 65536), common_round(KS * KS * cin), common_round(cout)
+        m, k, n = min(args.batch * P * Q, 65536), round_up(KS * KS * cin, 16), round_up(cout, 16)
         ceiling = gemm_tflops(m, k, n)
         gain = best_ms / min(var_ms, best_ms) - 1
         sums[0] += best_ms
@@ -180,10 +183,6 @@ def main():
                  "cuBLAS e4m3 TFLOP/s"], rows)
     append_csv(args.csv, ["date", "commit", "device", "batch", "fp8_path", "conv", "search_ms", "search_tiling",
                           "variation_ms", "variation_tiling", "cublas_tflops"], csv_rows)
-
-
-def common_round(v):
-    return (v + 15) // 16 * 16
 
 
 if __name__ == "__main__":

@@ -216,13 +216,9 @@ def _copy_out(flat: torch.Tensor) -> tuple[torch.Tensor, torch.cuda.Event | None
     return host, done
 
 
-_COPY_STREAMS: dict = {}
-
-
+@functools.cache
 def _copy_stream(device: torch.device) -> torch.cuda.Stream:
-    if device not in _COPY_STREAMS:
-        _COPY_STREAMS[device] = torch.cuda.Stream(device)
-    return _COPY_STREAMS[device]
+    return torch.cuda.Stream(device)
 
 
 def _wait(host: torch.Tensor, done) -> torch.Tensor:
