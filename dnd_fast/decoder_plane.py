@@ -111,16 +111,22 @@ def _layer_plane(layer: HyperConvLayer, x: torch.Tensor, residual: bool, saved: 
         hyperconv.layer_norm_into(x, gamma, beta, hc.norm.eps, other_outs)
     if amax is not None:
         decoder_fp8.record(amax, "ln", norm_outs[0])
-    # path 1: width as channels over (H, C), then height as channels over (C, W2)
-    in_1h = plane(("C", "W2"), "H", "conv1h")
-    conv(hc.conv1w, in_1w, "W2", in_1h[0].interior, in_1h[1], names=("ln", "1h"))
-    in_ch = plane(("H2", "W2"), "C", "conv")
+    in_1h, in_ch, in_2w = plane(("C", "W2"), "H", "conv1h"), plane(("H2", "W2"), "C", "conv"), \
+        plane(("H2", "C"), "W", "conv2w")
     p1_axes = in_ch[1]  # p1 in the channel conv's memory order: the merge below reads it where it writes
     p1 = torch.empty(B, *(size[a] for a in p1_axes), device=x.device, dtype=cdtype)
+    side = _side_stream(x.device) if not train and amax is None and _concurrent(x.device) else None
+    if side is not None:
+        side.wait_stream(torch.cuda.current_stream(x.device))
+    with torch.cuda.stream(side):  # None: the current stream
+        # path 2's first conv, height as channels over (C, W)
+        conv(hc.conv2h, in_2h, "H2", in_2w[0].interior, in_2w[1], names=("ln", "2w"))
+    # path 1: width as channels over (H, C), then height as channels over (C, W2)
+    conv(hc.conv1w, in_1w, "W2", in_1h[0].interior, in_1h[1], names=("ln", "1h"))
     conv(hc.conv1h, in_1h, "H2", p1, p1_axes, names=("1h", None))
-    # path 2: height as channels over (C, W), then width as channels over (H2, C), merged with p1
-    in_2w = plane(("H2", "C"), "W", "conv2w")
-    conv(hc.conv2h, in_2h, "H2", in_2w[0].interior, in_2w[1], names=("ln", "2w"))
+    if side is not None:
+        torch.cuda.current_stream(x.device).wait_stream(side)
+    # path 2: width as channels over (H2, C), merged with p1
     if train:  # p2 kept for the backward (tanh'), the merge in fp32 as autocast's reference computes it
         p2 = torch.empty_like(p1)
         conv(hc.conv2w, in_2w, "W2", p2, p1_axes)
@@ -139,6 +145,19 @@ def _layer_plane(layer: HyperConvLayer, x: torch.Tensor, residual: bool, saved: 
     conv(layer.conv, in_ch, "C2", out, ("C2", "H2", "W2"), conv_bias, 2 if residual else 0, other=residual,
          names=("ch", None))
     return out
+
+
+def _concurrent(device: torch.device) -> bool:
+    """Whether an inference call runs each layer's path-2 height conv on a side stream, beside path 1's convs
+    (``paths.concurrent_paths``, GPUs): the paths are independent up to their merge, and at batch 1 one conv
+    alone leaves SMs idle. The planes are allocated on the current stream, which waits for the side stream
+    before it merges, so their memory is not reused early; a CUDA graph captures both streams."""
+    return device.type == "cuda" and paths.current().concurrent_paths
+
+
+@functools.cache
+def _side_stream(device: torch.device) -> torch.cuda.Stream:
+    return torch.cuda.Stream(device)
 
 
 def _plane(B, size, k, dtype, device, spatial, channel):

@@ -27,6 +27,9 @@ class Paths:
     # default): every conv in e4m3, 5% faster at batch 8 (78.6 against 83.6 ms a streamed batch, H200), with the
     # same held-out NLL on nine trained generators (benchmarks/RESULTS.md, FP8)
     fp8_wide_only: bool = False
+    # inference on a GPU: each layer's path-2 height conv on a side stream, beside path 1's two convs (a CUDA graph
+    # captures both streams)
+    concurrent_paths: bool = False
 
 
 _CURRENT: contextvars.ContextVar[Paths] = contextvars.ContextVar("dnd_fast_paths", default=Paths())
