@@ -8,16 +8,17 @@ eager PyTorch (bf16 autocast, torch decoder, torch detokenize). Both include the
 tokenization of the prompts and the copy of the LoRA to the host. Untrained weights: timing only.
 "fast, fp8" rows: the same with the decoder in e4m3 (Generator.set_precision("fp8"); scales from the first call),
 its error against the bf16 fast path's output in the last column; ``--fp8-paths all,mixed``: a row set per fp8 path
-(every conv in e4m3, the default; thin layers' convs in bf16: Paths.fp8_wide_only); ``--concurrent off,on``: each
-row set with each layer's path-2 height conv on a side stream or not (Paths.concurrent_paths; default: as Paths has it).
+(every conv in e4m3, the default; thin layers' convs in bf16: Paths.fp8_wide_only). ``--vary A,B``: each row set
+with each of the named ``Paths`` switches off and on (every combination); otherwise as ``Paths`` has them.
 "streamed" rows (batches above 1): ``--stream`` tasks (default 64) through Generator.generate_stream in batches of
 that size (what generate() does for more tasks than its batch_size): the host's tokenisation of one batch overlaps
 the GPU's work on the one before; ms per batch is the whole stream's time over its batches.
 Run: python benchmarks/gpu_generate.py --encoder DIR [--batches 1,8] [--precisions bf16,fp8] [--stream 64]
-[--fp8-paths all,mixed] [--concurrent off,on]
+[--fp8-paths all,mixed] [--vary concurrent_paths,store_ordered_planes]
 """
 import argparse
 import datetime
+import itertools
 import sys
 from pathlib import Path
 
@@ -38,8 +39,7 @@ def main():
     ap.add_argument("--fp8-paths", default="all",
                     help="comma list of the fp8 rows' paths: all (every conv in e4m3, the default), mixed (thin bf16)")
     ap.add_argument("--csv", default=str(Path(__file__).parent / "results" / "generate.csv"))
-    ap.add_argument("--concurrent", default=None,
-                    help="comma list of off, on: Paths.concurrent_paths for every row set (default: the default)")
+    ap.add_argument("--vary", default="", help="comma list of Paths switches, each run off and on")
     ap.add_argument("--stream", type=int, default=64, help="tasks generated as a stream of batches (0: no such rows)")
     args = ap.parse_args()
     torch.manual_seed(0)
@@ -63,9 +63,10 @@ def main():
         return detokenize_flat(tokens.float(), stats, layout, backend="torch").cpu()
 
     rows = []
-    concurrent = [None] if args.concurrent is None else [c == "on" for c in args.concurrent.split(",")]
-    variants = [(p, fp8_path, c) for p in args.precisions.split(",")
-                for fp8_path in (args.fp8_paths.split(",") if p == "fp8" else [None]) for c in concurrent]
+    varied = [name for name in args.vary.split(",") if name]
+    settings = [dict(zip(varied, values)) for values in itertools.product((False, True), repeat=len(varied))]
+    variants = [(p, fp8_path, setting) for p in args.precisions.split(",")
+                for fp8_path in (args.fp8_paths.split(",") if p == "fp8" else [None]) for setting in settings]
 
     def task_sets(n):
         return [[f"Question {i} of task {b}: which of the four answers is the most likely? A: x B: y C: z D: w"
@@ -77,11 +78,10 @@ def main():
         rows.append([batch, "reference (eager torch)", f"{ref_ms:.1f}", f"{ref_ms / batch:.1f}",
                      f"{batch * 1e3 / ref_ms:.1f}", "1.00x", ""])
         bf16_out = None
-        for precision, fp8_path, side in variants:
-            label = (precision if fp8_path is None else f"fp8 {fp8_path}") + \
-                ("" if side is None else ", 2 streams" if side else ", 1 stream")
-            switches = {**FP8_PATHS.get(fp8_path, {}), **({} if side is None else {"concurrent_paths": side})}
-            with paths.use(**switches):
+        for precision, fp8_path, setting in variants:
+            label = "".join([precision if fp8_path is None else f"fp8 {fp8_path}"] +
+                            [f", {name} {'on' if on else 'off'}" for name, on in setting.items()])
+            with paths.use(**FP8_PATHS.get(fp8_path, {}), **setting):
                 gen.set_precision("bf16").set_precision(precision)  # afresh: no graph or fp8 scale of another path
                 results = {}
                 for mode in ("eager", "cuda graph"):

@@ -66,7 +66,7 @@ def _layer_plane(layer: HyperConvLayer, x: torch.Tensor, residual: bool, saved: 
     def plane(spatial, channel, reader):
         """The input plane of conv ``reader`` (an attribute of ``hc``, or "conv"): e4m3 on the fp8 path unless kept."""
         dtype = hyperconv.FP8 if fp8 and reader not in kept else cdtype
-        return _plane(B, size, k, dtype, x.device, spatial, channel)
+        return _plane(B, size, k, dtype, x.device, spatial, channel, None if train else STORE_AXIS[reader])
 
     def conv(module, src, out_channel, dest, dest_axes, bias=None, mode=0, other=None, extra=None, names=(None, None)):
         """``names``: the (input, output) planes' names among the fp8 scales (None: an output that is no plane)."""
@@ -160,12 +160,23 @@ def _side_stream(device: torch.device) -> torch.cuda.Stream:
     return torch.cuda.Stream(device)
 
 
-def _plane(B, size, k, dtype, device, spatial, channel):
+# The axis innermost in memory where each conv of a layer stores: the next plane's channel axis (conv1h's p1 and
+# conv2w's merge are in the channel conv's plane, channels innermost), and W2 in the layer's output [B, C2, H2, W2].
+STORE_AXIS = {"conv1w": "H", "conv1h": "C", "conv2h": "W", "conv2w": "C", "conv": "W2"}
+
+
+def _plane(B, size, k, dtype, device, spatial, channel, store_axis=None):
     """The input plane of a conv over logical (spatial[0], spatial[1]) with ``channel`` as channels:
-    (PaddedPlane, its axis names (p, q, channel), whether (p, q) is ``spatial`` transposed)."""
+    (PaddedPlane, its axis names (p, q, channel), whether (p, q) is ``spatial`` transposed). The smaller axis
+    is p (fewer spare positions; the kernel skips taps along p that miss the image), except that an inference
+    conv's ``store_axis`` (``STORE_AXIS``) is q where ``paths.store_ordered_planes`` is on and its rows would be
+    at most 1/8 spare: a tile's rows run along q, and stored along any other axis each row lands in its own
+    memory sector (the paper decoder's conv2w of layer 0, at batch 8 on an H200: 52% of the e4m3 rate conv1w reaches)."""
     from dnd_fast.kernels import hyperconv
 
     p, q = sorted(spatial, key=lambda a: size[a])
+    if store_axis == p and paths.current().store_ordered_planes and size[p] >= 7 * ((k - 1) // 2):
+        p, q = q, p
     buf = hyperconv.PaddedPlane(B, size[p], size[q], size[channel], k, dtype, device, zero_interior=False)
     return buf, (p, q, channel), (p, q) != tuple(spatial)
 

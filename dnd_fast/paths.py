@@ -30,6 +30,9 @@ class Paths:
     # inference on a GPU: each layer's path-2 height conv on a side stream, beside path 1's two convs (a CUDA graph
     # captures both streams)
     concurrent_paths: bool = False
+    # inference: each conv's input plane ordered so that its output rows store to consecutive addresses
+    # (decoder_plane._plane); off: the smaller axis outer
+    store_ordered_planes: bool = True
 
 
 _CURRENT: contextvars.ContextVar[Paths] = contextvars.ContextVar("dnd_fast_paths", default=Paths())
