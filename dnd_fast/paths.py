@@ -27,11 +27,9 @@ class Paths:
     # default): every conv in e4m3, 5% faster at batch 8 (78.6 against 83.6 ms a streamed batch, H200), with the
     # same held-out NLL on nine trained generators (benchmarks/RESULTS.md, FP8)
     fp8_wide_only: bool = False
-    # inference on a GPU: each layer's path-2 height conv on a side stream, beside path 1's two convs (a CUDA graph
-    # captures both streams)
-    concurrent_paths: bool = False
-    # inference: each conv's input plane ordered so that its output rows store to consecutive addresses
-    # (decoder_plane._plane); off: the smaller axis outer
+    # fp8: each conv's input plane ordered so that its output rows store to consecutive addresses
+    # (decoder_plane._plane; off: the smaller axis outer, as bf16 keeps it). An H200 streams batches of 8 in 75.3
+    # against 79.6 ms; bf16 measured 0.5-5% slower so, within noise streamed (benchmarks/RESULTS.md, FP8)
     store_ordered_planes: bool = True
 
 
