@@ -14,7 +14,7 @@ with each of the named ``Paths`` switches off and on (every combination); otherw
 that size (what generate() does for more tasks than its batch_size): the host's tokenisation of one batch overlaps
 the GPU's work on the one before; ms per batch is the whole stream's time over its batches.
 Run: python benchmarks/gpu_generate.py --encoder DIR [--batches 1,8] [--precisions bf16,fp8] [--stream 64]
-[--fp8-paths all,mixed] [--vary concurrent_paths,store_ordered_planes]
+[--fp8-paths all,mixed] [--vary store_ordered_planes]
 """
 import argparse
 import datetime
