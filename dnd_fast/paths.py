@@ -28,8 +28,8 @@ class Paths:
     # same held-out NLL on nine trained generators (benchmarks/RESULTS.md, FP8)
     fp8_wide_only: bool = False
     # fp8: each conv's input plane ordered so that its output rows store to consecutive addresses
-    # (decoder_plane._plane; off: the smaller axis outer, as bf16 keeps it). An H200 streams batches of 8 in 75.3
-    # against 79.6 ms; bf16 measured 0.5-5% slower so, within noise streamed (benchmarks/RESULTS.md, FP8)
+    # (decoder_plane._plane; off: the smaller axis outer). An H200 streams batches of 8 in 75.3 against 79.6 ms;
+    # bf16 ran 0.5-5% slower so and keeps planes by size (benchmarks/RESULTS.md, FP8)
     store_ordered_planes: bool = True
 
 
