@@ -62,12 +62,12 @@ def _layer_plane(layer: HyperConvLayer, x: torch.Tensor, residual: bool, saved: 
     size = {"C": C, "H": H, "W": W, "C2": layer.conv.out_channels, "H2": hc.conv1h.out_channels,
             "W2": hc.conv1w.out_channels}
     kept = decoder_fp8.BF16_CONVS if fp8 and decoder_fp8.thin_layer(layer) else ()
+    store_axes = STORE_AXIS if fp8 is not None or amax is not None else {}  # the fp8 path, or its calibration run
 
     def plane(spatial, channel, reader):
         """The input plane of conv ``reader`` (an attribute of ``hc``, or "conv"): e4m3 on the fp8 path unless kept."""
         dtype = hyperconv.FP8 if fp8 and reader not in kept else cdtype
-        e4m3 = fp8 is not None or amax is not None  # the fp8 path, or its calibration run
-        return _plane(B, size, k, dtype, x.device, spatial, channel, STORE_AXIS[reader] if e4m3 else None)
+        return _plane(B, size, k, dtype, x.device, spatial, channel, store_axes.get(reader))
 
     def conv(module, src, out_channel, dest, dest_axes, bias=None, mode=0, other=None, extra=None, names=(None, None)):
         """``names``: the (input, output) planes' names among the fp8 scales (None: an output that is no plane)."""

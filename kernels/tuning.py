@@ -5,6 +5,7 @@ gpu_train_convs.py). ``TUNE`` switches the first-call timing on (the default) or
 it chose per shape is in ``CHOSEN``, and in a file per GPU model (``choose``) for later processes.
 """
 import contextlib
+import functools
 import json
 import os
 from pathlib import Path
@@ -135,7 +136,7 @@ def choose(key: tuple, candidates: list[dict], search, device: torch.device) -> 
     path, text = tilings_file(device), _key_text(key)
     meta = _read(path).get(text)
     if meta not in candidates:
-        meta = _read(SHIPPED / path.name).get(text)
+        meta = _shipped(SHIPPED / path.name).get(text)
     if meta not in candidates:
         meta = search(candidates)
         _write(path, text, meta)
@@ -153,6 +154,13 @@ def tilings_file(device: torch.device) -> Path:
 def remembered(device: torch.device) -> dict:
     """The tilings remembered for ``device``'s GPU model: {shape key text: tiling}."""
     return _read(tilings_file(device))
+
+
+@functools.cache
+def _shipped(path: Path) -> dict:
+    """A shipped tilings file, read once a process (package data does not change; this machine's own file is read
+    afresh for each shape, since another process may have added to it)."""
+    return _read(path)
 
 
 def _key_text(key: tuple) -> str:
