@@ -1,10 +1,108 @@
 // The Python module dnd_fast._C: importing it loads the library, which registers the ops
-// (torch_bindings.cpp), and binds tokenize_cuda directly for the latency path.
+// (torch_bindings.cpp), binds tokenize_cuda directly for the latency path, and binds the host WordPiece
+// (wordpiece.h) that generate() encodes prompts with.
+#define PY_SSIZE_T_CLEAN  // Py_BuildValue's "y#" takes a Py_ssize_t length
 #include <Python.h>
 
 #include <torch/csrc/autograd/python_variable.h>
 
+#include <memory>
+
 #include "ops.h"
+#include "wordpiece.h"
+
+namespace {
+
+const char* const kWordPieceCapsule = "dnd_fast.WordPiece";
+
+bool strings_of(PyObject* list, std::vector<std::string>& out, const char* what) {
+  if (!PyList_Check(list)) {
+    PyErr_Format(PyExc_TypeError, "%s must be a list of str", what);
+    return false;
+  }
+  out.reserve(PyList_GET_SIZE(list));
+  for (Py_ssize_t i = 0; i < PyList_GET_SIZE(list); ++i) {
+    Py_ssize_t size = 0;
+    const char* text = PyUnicode_AsUTF8AndSize(PyList_GET_ITEM(list, i), &size);
+    if (text == nullptr) return false;
+    out.emplace_back(text, static_cast<size_t>(size));
+  }
+  return true;
+}
+
+void free_wordpiece(PyObject* capsule) {
+  delete static_cast<dnd_fast::WordPiece*>(PyCapsule_GetPointer(capsule, kWordPieceCapsule));
+}
+
+// wordpiece_new(vocab: list[str], prefix, unk, cls, sep, max_chars_per_word, lowercase, added: list[str])
+PyObject* wordpiece_new_py(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
+  if (nargs != 8) {
+    PyErr_SetString(PyExc_TypeError, "wordpiece_new(vocab, prefix, unk, cls, sep, max_chars_per_word, lowercase, "
+                                     "added)");
+    return nullptr;
+  }
+  std::vector<std::string> vocab, prefix, added;
+  PyObject* prefix_list = PyList_New(1);
+  if (prefix_list == nullptr) return nullptr;
+  Py_INCREF(args[1]);
+  PyList_SET_ITEM(prefix_list, 0, args[1]);
+  const bool ok = strings_of(args[0], vocab, "vocab") && strings_of(prefix_list, prefix, "prefix") &&
+                  strings_of(args[7], added, "added");
+  Py_DECREF(prefix_list);
+  if (!ok) return nullptr;
+  const int64_t unk = PyLong_AsLongLong(args[2]), cls = PyLong_AsLongLong(args[3]), sep = PyLong_AsLongLong(args[4]);
+  const int64_t max_chars = PyLong_AsLongLong(args[5]);
+  const int lowercase = PyObject_IsTrue(args[6]);
+  if (PyErr_Occurred()) return nullptr;
+  auto wp = std::make_unique<dnd_fast::WordPiece>(std::move(vocab), std::move(prefix[0]), unk, cls, sep, max_chars,
+                                                  lowercase != 0, std::move(added));
+  PyObject* capsule = PyCapsule_New(wp.get(), kWordPieceCapsule, free_wordpiece);
+  if (capsule != nullptr) wp.release();
+  return capsule;
+}
+
+// wordpiece_encode(capsule, texts: list[str], max_length) -> (ids: bytes of int64, lengths: bytes of int64):
+// each text's ids one after another; a length of -1 marks a text left to the reference (not ASCII, or
+// holding an added token), which has no ids there.
+PyObject* wordpiece_encode_py(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
+  if (nargs != 3 || !PyList_Check(args[1])) {
+    PyErr_SetString(PyExc_TypeError, "wordpiece_encode(wordpiece, texts: list[str], max_length)");
+    return nullptr;
+  }
+  auto* wp = static_cast<dnd_fast::WordPiece*>(PyCapsule_GetPointer(args[0], kWordPieceCapsule));
+  const int64_t max_length = PyLong_AsLongLong(args[2]);
+  if (wp == nullptr || PyErr_Occurred()) return nullptr;
+  const Py_ssize_t n = PyList_GET_SIZE(args[1]);
+  std::vector<int64_t> ids, lengths(static_cast<size_t>(n), -1);
+  ids.reserve(static_cast<size_t>(n) * 48);
+  for (Py_ssize_t i = 0; i < n; ++i) {
+    PyObject* item = PyList_GET_ITEM(args[1], i);
+    if (!PyUnicode_Check(item)) {
+      PyErr_Format(PyExc_TypeError, "wordpiece_encode: texts[%zd] is not a str", i);
+      return nullptr;
+    }
+    if (!PyUnicode_IS_ASCII(item)) continue;  // the reference's (length -1)
+    Py_ssize_t size = 0;
+    const char* text = PyUnicode_AsUTF8AndSize(item, &size);  // an ASCII str's own bytes: no copy
+    if (text == nullptr) return nullptr;
+    const size_t before = ids.size();
+    if (wp->encode(std::string_view(text, static_cast<size_t>(size)), max_length, ids)) {
+      lengths[static_cast<size_t>(i)] = static_cast<int64_t>(ids.size() - before);
+    }
+  }
+  return Py_BuildValue("(y#y#)", reinterpret_cast<const char*>(ids.data()),
+                       static_cast<Py_ssize_t>(ids.size() * sizeof(int64_t)),
+                       reinterpret_cast<const char*>(lengths.data()),
+                       static_cast<Py_ssize_t>(lengths.size() * sizeof(int64_t)));
+}
+
+}  // namespace
+
+#define DND_FAST_FASTCALL(fn) reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)(void)>(fn))
+#define DND_FAST_WORDPIECE_METHODS                                                                        \
+  {"wordpiece_new", DND_FAST_FASTCALL(wordpiece_new_py), METH_FASTCALL, "a host WordPiece (wordpiece.h)"}, \
+  {"wordpiece_encode", DND_FAST_FASTCALL(wordpiece_encode_py), METH_FASTCALL,                             \
+   "(ids, lengths) as int64 bytes; length -1: left to the reference"},
 
 #if DND_FAST_WITH_CUDA
 // tokenize(flat, meta, h, w, stats or None, eps) on CUDA tensors, called from Python without the
@@ -39,11 +137,12 @@ static PyObject* tokenize_cuda_py(PyObject*, PyObject* const* args, Py_ssize_t n
 }
 
 static PyMethodDef methods[] = {
-    {"tokenize_cuda", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)(void)>(tokenize_cuda_py)),
-     METH_FASTCALL, "tokenize on CUDA tensors, without the dispatcher (see torch.ops.dnd_fast.tokenize)"},
+    DND_FAST_WORDPIECE_METHODS
+    {"tokenize_cuda", DND_FAST_FASTCALL(tokenize_cuda_py), METH_FASTCALL,
+     "tokenize on CUDA tensors, without the dispatcher (see torch.ops.dnd_fast.tokenize)"},
     {nullptr, nullptr, 0, nullptr}};
 #else
-static PyMethodDef methods[] = {{nullptr, nullptr, 0, nullptr}};
+static PyMethodDef methods[] = {DND_FAST_WORDPIECE_METHODS {nullptr, nullptr, 0, nullptr}};
 #endif
 
 // A Python module so `import dnd_fast._C` loads the library (and so registers the ops).
