@@ -15,7 +15,10 @@ def qwen05_lora():
 
 
 # the fp8 decoder's two paths (``Paths`` switches): every conv in e4m3 (the default), or thin layers' convs in bf16
-FP8_PATHS = {"all": {"fp8_wide_only": False}, "mixed": {"fp8_wide_only": True}}
+FP8_PATHS = {"all": {"fp8_wide_only": False}, "mixed": {"fp8_wide_only": True},
+             # the accumulation A/B (Paths.fp8_precise_acc), on the all-e4m3 path
+             "imprecise": {"fp8_wide_only": False, "fp8_precise_acc": False},
+             "precise": {"fp8_wide_only": False, "fp8_precise_acc": True}}
 
 
 def median_ms(fn, warmup=3, rep=20):

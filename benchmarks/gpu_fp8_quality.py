@@ -10,7 +10,7 @@ convs in bf16, ``Paths.fp8_wide_only``), and each is scored on the task's first 
 Yardsticks for the bar (``--yardsticks fp32,noise``), each against the same bf16 adapter:
   - "fp32": the generator in fp32 on the reference (torch) decoder, TF32 off: how far bf16 itself is from exact;
   - "noise": the bf16 decoder's output tokens plus Gaussian noise as large as fp8's error there (relative
-    error = the "all" path's last-layer error, ``--noise-draws`` seeds): how far any perturbation that size
+    error = the last ``--paths`` path's last-layer error, ``--noise-draws`` seeds): how far any perturbation that size
     moves the NLL, so whether fp8's shift is more than its size alone explains.
 Run: python benchmarks/gpu_fp8_quality.py EXP_DIR --tasks DATA/commonsense DATA/extra [--limit 500] [--csv F]
 [--paths mixed,all] [--yardsticks fp32,noise] [--noise-draws 4]
@@ -148,7 +148,7 @@ def main():
         if "fp32" in yardsticks:
             report("fp32", score(fp32_adapter(exp / f"generator-{task}" / "generator", prompts)))
         if "noise" in yardsticks:
-            relative = last_error.get("all") or next(iter(last_error.values()), 0.05)
+            relative = list(last_error.values())[-1] if last_error else 0.05  # the last fp8 path's
             for draw, adapter in enumerate(noisy_adapters(gen, prompts, relative, args.noise_draws)):
                 report(f"noise {relative:.3f}", score(adapter), extra=f" #{draw}")
         del gen

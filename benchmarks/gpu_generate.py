@@ -14,7 +14,7 @@ with each of the named ``Paths`` switches off and on (every combination); otherw
 that size (what generate() does for more tasks than its batch_size): the host's tokenisation of one batch overlaps
 the GPU's work on the one before; ms per batch is the whole stream's time over its batches.
 Run: python benchmarks/gpu_generate.py --encoder DIR [--batches 1,8] [--precisions bf16,fp8] [--stream 64]
-[--fp8-paths all,mixed] [--vary store_ordered_planes]
+[--fp8-paths all,mixed] [--vary store_ordered_planes] [--reps 10]
 """
 import argparse
 import datetime
@@ -41,6 +41,7 @@ def main():
     ap.add_argument("--csv", default=str(Path(__file__).parent / "results" / "generate.csv"))
     ap.add_argument("--vary", default="", help="comma list of Paths switches, each run off and on")
     ap.add_argument("--stream", type=int, default=64, help="tasks generated as a stream of batches (0: no such rows)")
+    ap.add_argument("--reps", type=int, default=10, help="timed calls per fast row (the median is reported)")
     args = ap.parse_args()
     torch.manual_seed(0)
     layout, lora = qwen05_lora()
@@ -86,7 +87,7 @@ def main():
                 results = {}
                 for mode in ("eager", "cuda graph"):
                     gen.use_cuda_graphs = mode == "cuda graph"
-                    results[mode] = wall_ms(lambda: gen.generate_to_host(sets))
+                    results[mode] = wall_ms(lambda: gen.generate_to_host(sets), rep=args.reps)
                 fast = gen.generate_to_host(sets)
                 if precision == "bf16" and bf16_out is None:
                     bf16_out = fast
@@ -95,7 +96,7 @@ def main():
                     against = bf16_out if bf16_out is not None else reference(sets)
                     err = f"{((fast - against).norm() / against.norm()).item():.2e} (rel. to bf16)"
                 for mode, ms in results.items():
-                    rows.append([batch, f"fast, {label}, {mode}", f"{ms:.1f}", f"{ms / batch:.1f}",
+                    rows.append([batch, f"fast, {label}, {mode}", f"{ms:.2f}", f"{ms / batch:.2f}",
                                  f"{batch * 1e3 / ms:.1f}", f"{ref_ms / ms:.2f}x", err if mode == "cuda graph" else ""])
                     print(rows[-1], flush=True)
                 if batch > 1 and args.stream > batch:

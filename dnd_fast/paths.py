@@ -31,6 +31,9 @@ class Paths:
     # (decoder_plane._plane; off: the smaller axis outer). An H200 streams batches of 8 in 75.3 against 79.6 ms;
     # bf16 ran 0.5-5% slower so and keeps planes by size (benchmarks/RESULTS.md, FP8)
     store_ordered_planes: bool = True
+    # fp8: each K block's e4m3 products summed apart and added in fp32 (kernels/common.mma). Off: Hopper's fp8 MMA
+    # accumulates the whole K loop keeping ~14 bits, which shrinks long sums (a bias; benchmarks/RESULTS.md, FP8)
+    fp8_precise_acc: bool = True
 
 
 _CURRENT: contextvars.ContextVar[Paths] = contextvars.ContextVar("dnd_fast_paths", default=Paths())

@@ -109,8 +109,8 @@ def _conv_plane_kernel(x_desc, w_desc, w_desc2, w_desc3, bias_ptr, other_ptr, ex
                        KS: tl.constexpr, MODE: tl.constexpr, HAS_BIAS: tl.constexpr, IEEE: tl.constexpr,
                        WINDOW: tl.constexpr, GROUP_M: tl.constexpr, SPLIT_K: tl.constexpr, A_PTR: tl.constexpr,
                        W_LAYOUT: tl.constexpr, PARTS: tl.constexpr, CPAD: tl.constexpr, SCALED: tl.constexpr,
-                       QUANT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_N2: tl.constexpr, BLOCK_N3: tl.constexpr,
-                       BLOCK_K: tl.constexpr):
+                       QUANT: tl.constexpr, PRECISE_ACC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                       BLOCK_N2: tl.constexpr, BLOCK_N3: tl.constexpr, BLOCK_K: tl.constexpr):
     """A_PTR: ``x_desc`` is the plane's pointer and the input tiles are plain loads (see
     ``_plane_tile``), not TMA loads. W_LAYOUT: 0 the weight is [KS*KS*C8, COUT]; 1 [COUT, KS*KS*C8]
     (tiles loaded [N, K] and transposed); 2 the input gradient of a conv whose out-major weight is
@@ -119,7 +119,8 @@ def _conv_plane_kernel(x_desc, w_desc, w_desc2, w_desc3, bias_ptr, other_ptr, ex
     PARTS 2 or 3: a tile is BLOCK_N + BLOCK_N2 (+ BLOCK_N3) columns wide, one accumulator and weight
     descriptor each, all multiplied by the same input tile (200 columns as 128 + 64 + 16, not 256).
     CPAD: the plane's channel rounding (``channel_pad``). SCALED (fp8 inputs): the sums times the column's
-    scale (input plane's scale x the weight channel's) before the epilogue; QUANT: see ``epilogue``."""
+    scale (input plane's scale x the weight channel's) before the epilogue; QUANT: see ``epilogue``;
+    PRECISE_ACC: see ``common.mma``."""
     pad: tl.constexpr = (KS - 1) // 2
     # tiles in groups of GROUP_M along M, so the CTAs running together share weight columns and inputs
     pid, grid_m, grid_n = tl.program_id(0), tl.num_programs(0), tl.num_programs(1)
@@ -157,7 +158,7 @@ def _conv_plane_kernel(x_desc, w_desc, w_desc2, w_desc3, bias_ptr, other_ptr, ex
             else:
                 a = x_desc.load([m0 + (i - pad) * QP - pad, k0])
             acc, acc2, acc3 = _mma_parts(acc, acc2, acc3, a, w_desc, w_desc2, w_desc3, i * KS * C8 + k0, n0,
-                                         W_LAYOUT, PARTS, IEEE, BLOCK_N, BLOCK_N2)
+                                         W_LAYOUT, PARTS, IEEE, PRECISE_ACC, BLOCK_N, BLOCK_N2)
     else:
         cblocks = tl.cdiv(C, BLOCK_K)
         for kk in range(0, (i_hi - i_lo) * KS * cblocks):
@@ -174,7 +175,7 @@ def _conv_plane_kernel(x_desc, w_desc, w_desc2, w_desc3, bias_ptr, other_ptr, ex
             else:
                 k, n = (i * KS + j) * C8 + c0, n0
             acc, acc2, acc3 = _mma_parts(acc, acc2, acc3, a, w_desc, w_desc2, w_desc3, k, n, W_LAYOUT, PARTS, IEEE,
-                                         BLOCK_N, BLOCK_N2)
+                                         PRECISE_ACC, BLOCK_N, BLOCK_N2)
     r = r0 + tl.arange(0, BLOCK_M)
     _plane_store(acc, r, n0 + tl.arange(0, BLOCK_N), b, P, Q, QP, COUT, TILES, bias_ptr, other_ptr, extra_ptr,
                  out_ptr, part_ptr, col_scale_ptr, out_scale_ptr, sob, soc, sop, soq, srb, src, srp, srq, seb, sec,
@@ -201,12 +202,12 @@ def _w_tile(w_desc, k, n, W_LAYOUT: tl.constexpr):
 
 @triton.jit
 def _mma_parts(acc, acc2, acc3, a, w_desc, w_desc2, w_desc3, k, n, W_LAYOUT: tl.constexpr, PARTS: tl.constexpr,
-               IEEE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_N2: tl.constexpr):
-    acc = mma(acc, a, _w_tile(w_desc, k, n, W_LAYOUT), IEEE)
+               IEEE: tl.constexpr, PRECISE_ACC: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_N2: tl.constexpr):
+    acc = mma(acc, a, _w_tile(w_desc, k, n, W_LAYOUT), IEEE, PRECISE_ACC)
     if PARTS > 1:
-        acc2 = mma(acc2, a, _w_tile(w_desc2, k, n + BLOCK_N, W_LAYOUT), IEEE)
+        acc2 = mma(acc2, a, _w_tile(w_desc2, k, n + BLOCK_N, W_LAYOUT), IEEE, PRECISE_ACC)
     if PARTS > 2:
-        acc3 = mma(acc3, a, _w_tile(w_desc3, k, n + BLOCK_N + BLOCK_N2, W_LAYOUT), IEEE)
+        acc3 = mma(acc3, a, _w_tile(w_desc3, k, n + BLOCK_N + BLOCK_N2, W_LAYOUT), IEEE, PRECISE_ACC)
     return acc, acc2, acc3
 
 
@@ -244,7 +245,7 @@ def _plane_tile(x_ptr, row, k0, WIDTH, C8, X_ROWS, BLOCK_M: tl.constexpr, BLOCK_
 
 
 def conv2d_plane(x: PaddedPlane, packed_weight, ks, out, bias=None, mode=0, other=None, extra=None, meta=None,
-                 w_layout=0, col_scale=None, out_scale=None):
+                 w_layout=0, col_scale=None, out_scale=None, precise_acc=False):
     """The 'same' conv of ``x`` over its (P, Q) plane into ``out``, a [B, C_out, P, Q] view (any
     strides: e.g. the next conv's plane interior, permuted, so that conv reads it without a copy).
     ``packed_weight``: ``pack_weight_plane`` (``w_layout`` 0), its ``out_major`` form (1), or (2) the
@@ -252,7 +253,8 @@ def conv2d_plane(x: PaddedPlane, packed_weight, ks, out, bias=None, mode=0, othe
     the backward reads the forward's weight). Epilogue MODE, ``other``, ``extra``: as ``conv2d_same``.
     fp8 (an e4m3 plane): the weight is ``pack_weight_plane_fp8``'s (W_LAYOUT 1) and ``col_scale`` [C_out] fp32
     = the plane's scale x the weight's; an e4m3 ``out`` (the next plane) takes ``out_scale`` = 1 / its scale
-    (a one-element fp32 tensor on the device)."""
+    (a one-element fp32 tensor on the device); ``precise_acc``: each K block of e4m3 products summed apart and
+    added in fp32 (``common.mma``)."""
     from triton.tools.tensor_descriptor import TensorDescriptor
 
     B, P, Q, C = x.shape
@@ -316,6 +318,7 @@ def conv2d_plane(x: PaddedPlane, packed_weight, ks, out, bias=None, mode=0, othe
                 out if col_scale is None else col_scale, out if out_scale is None else out_scale, P, Q, C, COUT, tiles, x.lead, n_off, sum(block_ns), x_rows, *out.stride(), *other.stride(),
                 *extra.stride(), KS=ks, MODE=mode, HAS_BIAS=bias is not None, IEEE=ieee(x.buf.dtype),
                 W_LAYOUT=w_layout, PARTS=len(block_ns), CPAD=cpad, SCALED=fp8_in, QUANT=quant,
+                PRECISE_ACC=bool(precise_acc and fp8_in),
                 **dict(meta, BLOCK_N=block_ns[0]),
                 BLOCK_N2=(block_ns + [16, 16])[1], BLOCK_N3=(block_ns + [16, 16])[2])
         if split_k > 1:

@@ -70,6 +70,28 @@ def test_fp8_plane_conv_matches_its_reference(device, window, shape):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("split_k", [1, 2])
+def test_fp8_precise_accumulation_adds_in_fp32(device, split_k):
+    """``precise_acc``: a long K (here 2304 or 576 terms) of e4m3 products summed to fp32's precision, without the
+    bias of Hopper's fp8 MMA accumulator, which keeps ~14 bits over the whole K loop and so shrinks long sums."""
+    from dnd_fast.decoder_fp8 import quantized_weight
+    from dnd_fast.kernels import hyperconv
+
+    reseed()
+    b, cin, p, q, cout, k = (1, 256, 9, 23, 40, 3) if device == "cuda" else (1, 64, 3, 5, 9, 3)
+    x = torch.randn(b, cin, p, q, device=device)
+    weight = torch.randn(cout, cin, k, k, device=device) / (cin * k * k) ** 0.5
+    plane, xq = fp8_plane(x, k, torch.tensor(1.0, device=device))
+    w8, w_scale = hyperconv.pack_weight_plane_fp8(weight)
+    exact = F.conv2d(xq.double(), quantized_weight(weight).double(), padding="same")
+    out = torch.full((b, p, q, cout), float("nan"), device=device).permute(0, 3, 1, 2)
+    hyperconv.conv2d_plane(plane, w8, k, out, meta=dict(tiling(device, True), SPLIT_K=split_k), w_layout=1,
+                           col_scale=w_scale.contiguous(), precise_acc=True)
+    assert rel_err(out, exact) < 2e-6  # fp32 adds of 2304 terms: ~sqrt(K) x 2^-24
+    assert abs(((out.double() - exact) * exact).sum().item() / exact.square().sum().item()) < 1e-6  # no bias
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("split_k", [1, 3])
 def test_fp8_output_is_the_reference_rounded_once(device, split_k):
     """Into an e4m3 plane (the merge epilogue, MODE 1): the fp32 result divided by the plane's scale and
