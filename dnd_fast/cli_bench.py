@@ -33,12 +33,14 @@ def cmd_bench(args) -> int:
     import dnd_fast
     from dnd_fast import paths
     from dnd_fast.decoder import DecoderConfig, HyperConvDecoder, plane_convs_run_on
+    from dnd_fast.generator import PRECISION_PATHS
     from dnd_fast.models import resolve_base
 
     device = args.device
-    if args.precision == "fp8" and not (device.type == "cuda" and "triton" in dnd_fast.backends(device)
-                                        and plane_convs_run_on(device)):
-        raise ValueError("--precision fp8 needs a Hopper GPU (H100, H200): the e4m3 kernels are plane kernels")
+    fp8 = args.precision != "bf16"
+    if fp8 and not (device.type == "cuda" and "triton" in dnd_fast.backends(device) and plane_convs_run_on(device)):
+        raise ValueError(f"--precision {args.precision} needs a Hopper GPU (H100, H200): the e4m3 kernels are plane "
+                         "kernels")
     console = Console()
     from transformers import AutoConfig
 
@@ -71,12 +73,12 @@ def cmd_bench(args) -> int:
             ref = ref or ms
             rows.append([name, backend, f"{ms:.3f}", f"{ref / ms:.1f}x"])
     fast = "triton" in dnd_fast.backends(device) and device.type == "cuda"
-    decoder_backends = ["torch"] + (["triton"] if fast else []) + (["triton, fp8"] if args.precision == "fp8" else [])
+    decoder_backends = ["torch"] + (["triton"] if fast else []) + ([f"triton, {args.precision}"] if fp8 else [])
     ref = None
     for backend in decoder_backends:
         def forward(b=backend):
             with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"), \
-                    paths.use(fp8=b.endswith("fp8")):
+                    paths.use(**PRECISION_PATHS[b.split(", ")[1] if ", " in b else "bf16"]):
                 return decoder(condition, backend=b.split(",")[0])
         ms = _median_ms(forward, device, args.reps)
         ref = ref or ms
@@ -112,7 +114,7 @@ def _profile_generate(args, layout, config, device) -> list[list]:
     prompts = [[f"benchmark prompt {i} of task {b}: which answer is right?" for i in range(n)]
                for b in range(args.batch)]
     rows = []
-    for precision in ["bf16"] + (["fp8"] if args.precision == "fp8" else []):
+    for precision in ["bf16"] + ([args.precision] if args.precision != "bf16" else []):
         gen.set_precision(precision)
         for graphs in ([False, True] if device.type == "cuda" else [False]):
             gen.use_cuda_graphs = graphs

@@ -29,7 +29,11 @@ from dnd_fast.tokenizer import detokenize_flat
 FORMAT = "dnd_fast.generator"
 CONFIG_FILE, WEIGHTS_FILE = "generator.json", "generator.safetensors"
 ADAPTER_FILES = {"adapter_config.json", "adapter_model.safetensors", "README.md"}
-PRECISIONS = ("bf16", "fp8")
+# the decoder's precision at inference -> its kernel paths (dnd_fast.paths). "fp8": e4m3 planes and weights, each K
+# block's products added in fp32 (Paths.fp8_precise_acc, on by default); "fp8-fast": accumulated whole by the fp8
+# MMA (~14 bits), 1.4x the throughput of "fp8" with held-out NLL up to 1.2% off bf16's (benchmarks/RESULTS.md, FP8)
+PRECISION_PATHS = {"bf16": {}, "fp8": {"fp8": True}, "fp8-fast": {"fp8": True, "fp8_precise_acc": False}}
+PRECISIONS = tuple(PRECISION_PATHS)
 
 
 class Generator(nn.Module):
@@ -50,7 +54,7 @@ class Generator(nn.Module):
         self.lora_config = lora_config_dict(lora_config)
         self._graphs: dict[tuple[int, int], _GraphedCall] = {}
         self.use_cuda_graphs = True
-        self.precision = "bf16"  # of the decoder at inference; set_precision("fp8"): e4m3 on Hopper
+        self.precision = "bf16"  # of the decoder at inference; set_precision("fp8" or "fp8-fast"): e4m3 on Hopper
 
     # ---- persistence ------------------------------------------------------------------------
     def config_dict(self) -> dict:
@@ -113,12 +117,12 @@ class Generator(nn.Module):
         return self.eval().requires_grad_(False)
 
     def set_precision(self, precision: str) -> Generator:
-        """"bf16" (the default) or "fp8": the decoder's convs on e4m3 planes and weights (Hopper GPUs; per-plane
-        scales set from the next call's prompts, see decoder_fp8.py)."""
+        """"bf16" (the default), "fp8" or "fp8-fast" (``PRECISION_PATHS``): the decoder's convs on e4m3 planes and
+        weights (Hopper GPUs; per-plane scales set from the next call's prompts, see decoder_fp8.py)."""
         if precision not in PRECISIONS:
-            raise ValueError(f"precision {precision!r}: choose {' or '.join(PRECISIONS)}")
-        if precision == "fp8" and not plane_convs_run_on(self.device):
-            raise ValueError(f"precision fp8 needs a Hopper GPU (H100, H200) for the e4m3 plane kernels; the generator "
+            raise ValueError(f"precision {precision!r}: choose {', '.join(PRECISIONS)}")
+        if precision != "bf16" and not plane_convs_run_on(self.device):
+            raise ValueError(f"precision {precision} needs a Hopper GPU (H100, H200) for the e4m3 plane kernels; the generator "
                              f"is on {self.device}" + (f" ({torch.cuda.get_device_name(self.device)})"
                                                        if self.device.type == "cuda" else ""))
         if precision != self.precision:
@@ -138,8 +142,8 @@ class Generator(nn.Module):
         batch = input_ids.shape[0] // n
         with nvtx_range("generate.encoder", self.device):
             condition = self.encoder.embed_ids(input_ids, attention_mask).view(batch, n, length, hidden)
-        fp8 = self.precision == "fp8"
-        with paths.use(fp8=fp8):  # an e4m3 path only the plane kernels have (on a CPU: the interpreter's)
+        fp8 = self.precision != "bf16"
+        with paths.use(**PRECISION_PATHS[self.precision]):  # e4m3: only the plane kernels (a CPU: the interpreter's)
             tokens = self.decoder(condition, backend="triton" if fp8 else None)
         with nvtx_range("generate.detokenize", self.device):
             return detokenize_flat(tokens, self.stats, self.layout)
@@ -326,8 +330,8 @@ def generate(prompts: Sequence[str] | Sequence[Sequence[str]], generator, *, dev
     ``prompts``: a list of strings (one task -> one adapter) or a list of lists (many tasks ->
     a list of adapters, ``batch_size`` tasks per batched pass; on a GPU the host's work on one batch
     overlaps the GPU's on the one before, see :meth:`Generator.generate_stream`). ``generator``: a
-    :class:`Generator` or a directory saved by :meth:`Generator.save`. ``precision``: "bf16", or "fp8"
-    on a Hopper GPU (:meth:`Generator.set_precision`; its scales come from the first fp8 call's prompts).
+    :class:`Generator` or a directory saved by :meth:`Generator.save`. ``precision``: "bf16", or on a Hopper GPU
+    "fp8" or "fp8-fast" (:meth:`Generator.set_precision`; the scales come from the first fp8 call's prompts).
     """
     sets, single = check_prompt_sets(prompts)
     gen = load_generator(generator, device=device).set_precision(precision)

@@ -74,10 +74,11 @@ def test_zero_counts_are_refused_before_any_work(capsys, argv, words):
 
 @pytest.mark.skipif(importlib.util.find_spec("torch") is None or __import__("torch").cuda.is_available(),
                     reason="needs a machine without a GPU")
-def test_fp8_off_hopper_is_one_line_before_any_work(capsys):
-    assert main(["bench", "--device", "cpu", "--precision", "fp8"]) == 2
+@pytest.mark.parametrize("precision", ["fp8", "fp8-fast"])
+def test_fp8_off_hopper_is_one_line_before_any_work(capsys, precision):
+    assert main(["bench", "--device", "cpu", "--precision", precision]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "--precision fp8 needs a Hopper GPU" in err
+    assert err.count("\n") == 1 and f"--precision {precision} needs a Hopper GPU" in err
 
 
 def test_cuda_without_a_gpu_is_one_line(capsys):

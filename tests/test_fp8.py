@@ -72,13 +72,15 @@ def test_fp8_plane_conv_matches_its_reference(device, window, shape):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("split_k", [1, 2])
 def test_fp8_precise_accumulation_adds_in_fp32(device, split_k):
-    """``precise_acc``: a long K (here 2304 or 576 terms) of e4m3 products summed to fp32's precision, without the
-    bias of Hopper's fp8 MMA accumulator, which keeps ~14 bits over the whole K loop and so shrinks long sums."""
+    """``precise_acc``: a long K (here 4608 or 576 terms) of e4m3 products without the bias of Hopper's fp8 MMA
+    accumulator, which keeps ~14 bits over the whole K loop and so shrinks long sums. Within a K block the MMA still
+    adds narrowly: on an H200 (benchmarks/gpu_fp8_accumulation.py, K of 810 to 165888) that left a relative error of
+    4e-5 to 8e-5 and a bias of -0.003%, against 5e-4 to 1e-2 and -0.01% to -0.26% when the MMA accumulates whole."""
     from dnd_fast.decoder_fp8 import quantized_weight
     from dnd_fast.kernels import hyperconv
 
     reseed()
-    b, cin, p, q, cout, k = (1, 256, 9, 23, 40, 3) if device == "cuda" else (1, 64, 3, 5, 9, 3)
+    b, cin, p, q, cout, k = (1, 512, 9, 23, 40, 3) if device == "cuda" else (1, 64, 3, 5, 9, 3)
     x = torch.randn(b, cin, p, q, device=device)
     weight = torch.randn(cout, cin, k, k, device=device) / (cin * k * k) ** 0.5
     plane, xq = fp8_plane(x, k, torch.tensor(1.0, device=device))
@@ -87,8 +89,9 @@ def test_fp8_precise_accumulation_adds_in_fp32(device, split_k):
     out = torch.full((b, p, q, cout), float("nan"), device=device).permute(0, 3, 1, 2)
     hyperconv.conv2d_plane(plane, w8, k, out, meta=dict(tiling(device, True), SPLIT_K=split_k), w_layout=1,
                            col_scale=w_scale.contiguous(), precise_acc=True)
-    assert rel_err(out, exact) < 2e-6  # fp32 adds of 2304 terms: ~sqrt(K) x 2^-24
-    assert abs(((out.double() - exact) * exact).sum().item() / exact.square().sum().item()) < 1e-6  # no bias
+    # whole-K accumulation of 4608 terms: ~1.3e-3 and -1.5e-4 (interpolated from the H200's table)
+    assert rel_err(out, exact) < 3e-4
+    assert abs(((out.double() - exact) * exact).sum().item() / exact.square().sum().item()) < 1e-4
 
 
 @pytest.mark.parametrize("device", DEVICES)

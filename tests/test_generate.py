@@ -239,3 +239,27 @@ def test_fp8_generation_is_near_bf16_and_switches_back_exactly(tiny_base, tiny_e
     assert 0 < ((again - default).norm() / default.norm()).item() < 0.2  # 2 layers of 3 e4m3 roundings each
     gen.set_precision("bf16")
     torch.testing.assert_close(gen.generate_flat([PROMPTS]).cpu(), default, atol=0, rtol=0)
+
+
+def test_each_precision_runs_its_paths(tiny_base, tiny_encoder, monkeypatch):
+    """"fp8" adds each K block's products in fp32, "fp8-fast" leaves the whole K loop to the fp8 MMA, "bf16" runs
+    no e4m3; each set afresh (scales and graphs reset on a change)."""
+    from dnd_fast import paths
+    from dnd_fast.generator import PRECISIONS
+
+    gen = random_generator(tiny_base, tiny_encoder)
+    seen = []
+    forward = type(gen.decoder).forward
+    monkeypatch.setattr(type(gen.decoder), "forward", lambda self, *a, **k: seen.append(paths.current()) or
+                        forward(self, *a, **k))
+    chosen = {}
+    for precision in PRECISIONS:
+        if precision != "bf16" and not plane_convs_run_on(gen.device):
+            continue
+        gen.set_precision(precision).generate_flat([PROMPTS])
+        chosen[precision] = (seen[-1].fp8, seen[-1].fp8 and seen[-1].fp8_precise_acc)
+    assert chosen["bf16"] == (False, False)
+    if "fp8" in chosen:
+        assert chosen["fp8"] == (True, True) and chosen["fp8-fast"] == (True, False)
+    with pytest.raises(ValueError, match="choose bf16, fp8, fp8-fast"):
+        gen.set_precision("fp4")
