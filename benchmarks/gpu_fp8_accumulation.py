@@ -8,6 +8,7 @@ fp8 MMA accumulating the whole K loop) and on (each K block summed apart, added 
 Run: python benchmarks/gpu_fp8_accumulation.py [--batch 1] [--only L0.1w,L7.ch]
 """
 import argparse
+import datetime
 import sys
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import torch.nn.functional as F
 from triton.testing import do_bench
 
 sys.path.insert(0, str(Path(__file__).parent))
+import common  # noqa: E402
 from common import append_csv, device_name, print_table  # noqa: E402
 from gpu_fp8_convs import KS, e4m3_convs  # noqa: E402
 
@@ -63,11 +65,11 @@ def main():
         rows.append([name, f"{cin * KS * KS}", *(f"{r[p][0]:.2e}" for p in (False, True)),
                      *(f"{100 * r[p][1]:+.3f}%" for p in (False, True)), *(f"{r[p][2]:.3f}" for p in (False, True))])
         print(rows[-1], flush=True)
-        csv_rows += [[torch.cuda.get_device_name(), args.batch, name, cin * KS * KS, p, *r[p]] for p in (False, True)]
+        csv_rows += [[datetime.date.today().isoformat(), common.commit(), torch.cuda.get_device_name(), args.batch, name, cin * KS * KS, p, *r[p]] for p in (False, True)]
     print_table(f"fp8 conv sums against exact sums of the same e4m3 values (batch {args.batch})",
                 ["conv", "K terms", "rel. error, whole-K MMA accumulation", "rel. error, per-block fp32 adds",
                  "bias, whole-K", "bias, per-block", "ms, whole-K", "ms, per-block"], rows)
-    append_csv(args.csv, ["gpu", "batch", "conv", "k_terms", "precise_acc", "rel_err", "bias", "ms"], csv_rows)
+    append_csv(args.csv, ["date", "commit", "gpu", "batch", "conv", "k_terms", "precise_acc", "rel_err", "bias", "ms"], csv_rows)
 
 
 if __name__ == "__main__":

@@ -22,18 +22,20 @@ from triton.testing import do_bench
 sys.path.insert(0, str(Path(__file__).parent))
 import common  # noqa: E402
 from common import append_csv, device_name, print_table  # noqa: E402
-from gpu_plane import planes  # noqa: E402
+
+from dnd_fast.decoder_plane import conv_planes  # noqa: E402
 
 KS = 9
 WRITES_PLANE = ("1w", "2h", "2w")  # these convs store e4m3 (the next conv's plane); 1h and ch store bf16
 
 
 def e4m3_convs(config, mixed=False):
-    """(name, C_in, C_out, P, Q, stores e4m3) of every conv the fp8 path runs in e4m3, P <= Q (``gpu_plane.planes``):
+    """(name, C_in, C_out, P, Q, stores e4m3) of every conv the fp8 path runs in e4m3, on its plane (P x Q, ordered
+    by stores as that path orders it: ``decoder_plane.conv_planes``):
     all of them, or with ``mixed`` (``Paths.fp8_wide_only``) all but thin layers' height convs and path-2 width conv."""
     from dnd_fast import decoder_fp8, thin_conv
 
-    convs = planes(config)
+    convs = conv_planes(config, fp8=True)
     # a layer is thin when its height convs (1h: the layer's height in and out as channels) are
     thin = {name.split(".")[0] for name, cin, cout, _, _ in convs
             if name.endswith(".1h") and max(cin, cout) <= thin_conv.MAX_CHANNELS} if mixed else set()

@@ -2,7 +2,7 @@
 cuDNN and, for thin convs, the CUDA halo-tile kernel (``thin_conv``), on every convolution of
 ``DecoderConfig.paper_qwen05()`` at its real sizes.
 
-Each conv is run as the decoder runs it: channel axis innermost, the smaller plane axis outer.
+Each conv is run as the decoder's bf16 path runs it: channel axis innermost, the smaller plane axis outer.
 Prints per conv: the plane kernel's time with the tiling its first call picks (or, with --search,
 the best of a wider set), the strided kernel with its heuristic, cuDNN on a channels-last input,
 the plane kernel's max error against an fp32 conv (relative to the output's max), and the meta
@@ -23,17 +23,8 @@ from common import device_name, print_table  # noqa: E402
 
 from dnd_fast import thin_conv  # noqa: E402
 from dnd_fast.decoder import DecoderConfig  # noqa: E402
+from dnd_fast.decoder_plane import conv_planes  # noqa: E402
 from dnd_fast.kernels import hyperconv  # noqa: E402
-
-
-def planes(config):
-    """(name, C_in, C_out, P, Q) of every conv, P <= Q."""
-    out = []
-    for li, ((c, h, w), (co, ho, wo)) in enumerate(zip(config.features[:-1], config.features[1:])):
-        for name, cin, cout, a, b in [("1w", w, wo, c, h), ("1h", h, ho, c, wo), ("2h", h, ho, c, w),
-                                      ("2w", w, wo, ho, c), ("ch", c, co, ho, wo)]:
-            out.append((f"L{li}.{name}", cin, cout, min(a, b), max(a, b)))
-    return out
 
 
 def candidates(cin, cout):
@@ -73,7 +64,7 @@ def main():
     only = set(filter(None, args.only.split(",")))
     for batch in [int(b) for b in args.batches.split(",")]:
         rows, tot = [], [0.0] * 6
-        for name, cin, cout, P, Q in planes(DecoderConfig.paper_qwen05()):
+        for name, cin, cout, P, Q in conv_planes(DecoderConfig.paper_qwen05()):
             thin = thin_conv.usable(cin, cout, dt, torch.device("cuda"))
             if (only and name not in only) or (args.thin and not thin):
                 continue

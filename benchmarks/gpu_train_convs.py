@@ -13,9 +13,9 @@ from triton.testing import do_bench
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import device_name, print_table  # noqa: E402
-from gpu_plane import planes  # noqa: E402
 
 from dnd_fast.decoder import DecoderConfig  # noqa: E402
+from dnd_fast.decoder_plane import conv_planes  # noqa: E402
 from dnd_fast.kernels import hyperconv  # noqa: E402
 
 
@@ -29,7 +29,7 @@ def main():
     ks, dt, b = 9, torch.bfloat16, args.batch
     only = set(filter(None, args.only.split(",")))
     rows, total = [], [0.0, 0.0, 0.0, 0.0]
-    for name, cin, cout, P, Q in planes(DecoderConfig.paper_qwen05()):
+    for name, cin, cout, P, Q in conv_planes(DecoderConfig.paper_qwen05()):
         if only and name not in only:
             continue
         w = torch.randn(cout, cin, ks, ks, device="cuda") / (cin * ks * ks) ** 0.5

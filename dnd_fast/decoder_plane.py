@@ -64,10 +64,10 @@ def _layer_plane(layer: HyperConvLayer, x: torch.Tensor, residual: bool, saved: 
     kept = decoder_fp8.BF16_CONVS if fp8 and decoder_fp8.thin_layer(layer) else ()
     store_axes = STORE_AXIS if fp8 is not None or amax is not None else {}  # the fp8 path, or its calibration run
 
-    def plane(spatial, channel, reader):
+    def plane(reader):
         """The input plane of conv ``reader`` (an attribute of ``hc``, or "conv"): e4m3 on the fp8 path unless kept."""
         dtype = hyperconv.FP8 if fp8 and reader not in kept else cdtype
-        return _plane(B, size, k, dtype, x.device, spatial, channel, store_axes.get(reader))
+        return _plane(B, size, k, dtype, x.device, *CONV_INPUTS[reader], store_axes.get(reader))
 
     def conv(module, src, out_channel, dest, dest_axes, bias=None, mode=0, other=None, extra=None, names=(None, None)):
         """``names``: the (input, output) planes' names among the fp8 scales (None: an output that is no plane)."""
@@ -98,7 +98,7 @@ def _layer_plane(layer: HyperConvLayer, x: torch.Tensor, residual: bool, saved: 
         if amax is not None and names[1]:
             decoder_fp8.record(amax, names[1], dest_view)
 
-    in_1w, in_2h = plane(("H", "C"), "W", "conv1w"), plane(("C", "W"), "H", "conv2h")
+    in_1w, in_2h = plane("conv1w"), plane("conv2h")
     norm_outs = [_axes(buf.interior, axes, "CHW") for buf, axes, _ in (in_1w, in_2h)]
     # fp32 LayerNorm parameters, cast once (a bf16 inference decoder would otherwise copy them every call)
     gamma, beta = cast(hc.norm, "weight", torch.float32), cast(hc.norm, "bias", torch.float32)
@@ -113,14 +113,14 @@ def _layer_plane(layer: HyperConvLayer, x: torch.Tensor, residual: bool, saved: 
     if amax is not None:
         decoder_fp8.record(amax, "ln", norm_outs[0])
     # path 1: width as channels over (H, C), then height as channels over (C, W2)
-    in_1h = plane(("C", "W2"), "H", "conv1h")
+    in_1h = plane("conv1h")
     conv(hc.conv1w, in_1w, "W2", in_1h[0].interior, in_1h[1], names=("ln", "1h"))
-    in_ch = plane(("H2", "W2"), "C", "conv")
+    in_ch = plane("conv")
     p1_axes = in_ch[1]  # p1 in the channel conv's memory order: the merge below reads it where it writes
     p1 = torch.empty(B, *(size[a] for a in p1_axes), device=x.device, dtype=cdtype)
     conv(hc.conv1h, in_1h, "H2", p1, p1_axes, names=("1h", None))
     # path 2: height as channels over (C, W), then width as channels over (H2, C), merged with p1
-    in_2w = plane(("H2", "C"), "W", "conv2w")
+    in_2w = plane("conv2w")
     conv(hc.conv2h, in_2h, "H2", in_2w[0].interior, in_2w[1], names=("ln", "2w"))
     if train:  # p2 kept for the backward (tanh'), the merge in fp32 as autocast's reference computes it
         p2 = torch.empty_like(p1)
@@ -145,20 +145,43 @@ def _layer_plane(layer: HyperConvLayer, x: torch.Tensor, residual: bool, saved: 
 # The axis innermost in memory where each conv of a layer stores: the next plane's channel axis (conv1h's p1 and
 # conv2w's merge are in the channel conv's plane, channels innermost), and W2 in the layer's output [B, C2, H2, W2].
 STORE_AXIS = {"conv1w": "H", "conv1h": "C", "conv2h": "W", "conv2w": "C", "conv": "W2"}
+# Each conv's input plane: its two spatial axes, the axis it reads as channels, and the one it writes as channels.
+CONV_INPUTS = {"conv1w": (("H", "C"), "W"), "conv1h": (("C", "W2"), "H"), "conv2h": (("C", "W"), "H"),
+               "conv2w": (("H2", "C"), "W"), "conv": (("H2", "W2"), "C")}
+CONV_OUTPUT = {"conv1w": "W2", "conv1h": "H2", "conv2h": "H2", "conv2w": "W2", "conv": "C2"}
+
+
+def conv_planes(config, fp8: bool = False) -> list[tuple[str, int, int, int, int]]:
+    """(name "L{layer}.{1w|1h|2h|2w|ch}", C_in, C_out, P, Q) of every conv of ``config`` on the plane the inference
+    path lays out for it (``fp8``: that path's, ordered by stores where ``paths`` say so): what benchmarks time."""
+    out = []
+    for i, ((c, h, w), (c2, h2, w2)) in enumerate(zip(config.features[:-1], config.features[1:])):
+        size = {"C": c, "H": h, "W": w, "C2": c2, "H2": h2, "W2": w2}
+        for reader, short in (("conv1w", "1w"), ("conv1h", "1h"), ("conv2h", "2h"), ("conv2w", "2w"), ("conv", "ch")):
+            spatial, channel = CONV_INPUTS[reader]
+            p, q = plane_axes(size, spatial, config.kernel_size, STORE_AXIS[reader] if fp8 else None)
+            out.append((f"L{i}.{short}", size[channel], size[CONV_OUTPUT[reader]], size[p], size[q]))
+    return out
+
+
+def plane_axes(size: dict, spatial, k: int, store_axis: Optional[str] = None) -> tuple[str, str]:
+    """(p, q) of a plane over ``spatial``: the smaller axis p (fewer spare positions; the kernel skips taps along p
+    that miss the image), except that an fp8 conv's ``store_axis`` (``STORE_AXIS``) is q where
+    ``paths.store_ordered_planes`` is on and its rows would be at most 1/8 spare: a tile's rows run along q, and
+    stored along another axis each row lands in its own memory sector (the paper decoder's layer-0 conv2w at batch 8
+    on an H200: 6.2 ms, 4.4 with its plane ordered so)."""
+    p, q = sorted(spatial, key=lambda a: size[a])
+    if store_axis == p and paths.current().store_ordered_planes and size[p] >= 7 * ((k - 1) // 2):
+        p, q = q, p
+    return p, q
 
 
 def _plane(B, size, k, dtype, device, spatial, channel, store_axis=None):
     """The input plane of a conv over logical (spatial[0], spatial[1]) with ``channel`` as channels:
-    (PaddedPlane, its axis names (p, q, channel), whether (p, q) is ``spatial`` transposed). The smaller axis
-    is p (fewer spare positions; the kernel skips taps along p that miss the image), except that an fp8 conv's
-    ``store_axis`` (``STORE_AXIS``) is q where ``paths.store_ordered_planes`` is on and its rows would be at most
-    1/8 spare: a tile's rows run along q, and stored along another axis each row lands in its own memory sector
-    (the paper decoder's layer-0 conv2w at batch 8 on an H200: 6.2 ms, 4.4 with its plane ordered so)."""
+    (PaddedPlane, its axis names (p, q, channel), whether (p, q) is ``spatial`` transposed); (p, q): ``plane_axes``."""
     from dnd_fast.kernels import hyperconv
 
-    p, q = sorted(spatial, key=lambda a: size[a])
-    if store_axis == p and paths.current().store_ordered_planes and size[p] >= 7 * ((k - 1) // 2):
-        p, q = q, p
+    p, q = plane_axes(size, spatial, k, store_axis)
     buf = hyperconv.PaddedPlane(B, size[p], size[q], size[channel], k, dtype, device, zero_interior=False)
     return buf, (p, q, channel), (p, q) != tuple(spatial)
 

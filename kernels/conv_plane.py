@@ -330,6 +330,8 @@ def conv2d_plane(x: PaddedPlane, packed_weight, ks, out, bias=None, mode=0, othe
 
     if meta is None:
         key = (B, P, Q, C, COUT, ks, mode, bias is not None, x.buf.dtype, out.dtype, x.buf.device, w_layout)
+        if precise_acc and fp8_in:  # another kernel: its own timing (whole-K keys stay those of the shipped files)
+            key += ("precise_acc",)
         meta = tuning.CHOSEN.get(key)
         if meta is None:
             candidates = tuning.plane_candidates(C, COUT, x.buf.dtype, B * P * (Q + x.pad))

@@ -36,6 +36,33 @@ def test_inference_planes_put_the_store_axis_last_unless_mostly_spare():
         assert axes(("C", "W2"), "C") == ("C", "W2", "H")
 
 
+@pytest.mark.parametrize("fp8", [False, True])
+def test_conv_planes_lists_the_planes_the_layer_builds(monkeypatch, fp8):
+    """``conv_planes`` (what benchmarks time) is each conv's plane as ``_layer_plane`` lays it out: spied on a
+    decoder whose fp8 planes swap (the store axis where rows would be mostly spare stays outer)."""
+    from dnd_fast import decoder_plane
+
+    config = DecoderConfig(((8, 12, 10), (12, 9, 14), (10, 8, 9)), 3)
+    built = []
+    plane = decoder_plane._plane
+    monkeypatch.setattr(decoder_plane, "_plane", lambda B, size, k, dtype, device, spatial, channel, store=None:
+                        built.append((size, plane(B, size, k, dtype, device, spatial, channel, store)[1])) or
+                        plane(B, size, k, dtype, device, spatial, channel, store))
+    layers = HyperConvDecoder(config).layers
+    x = torch.randn(1, *config.condition_shape)
+    for layer, fin, fout in zip(layers, config.features[:-1], config.features[1:]):
+        # the calibration run lays out the fp8 path's planes (in the order the layer builds them)
+        decoder_plane._layer_plane(layer, x, fin == fout, amax={} if fp8 else None)
+        x = torch.randn(1, *fout)
+    order = {"1w": 0, "2h": 1, "1h": 2, "ch": 3, "2w": 4}  # the order _layer_plane makes them in
+    listed = decoder_plane.conv_planes(config, fp8)
+    for i in range(len(layers)):
+        mine = sorted(listed[5 * i:5 * i + 5], key=lambda c: order[c[0].split(".")[1]])
+        for (name, cin, cout, p, q), (size, (pa, qa, ca)) in zip(mine, built[5 * i:5 * i + 5]):
+            assert (cin, p, q) == (size[ca], size[pa], size[qa]), name
+    assert fp8 == any(p > q for _, _, _, p, q in listed)  # ordered planes put some larger axis outer
+
+
 def rel_err(a, b):
     return ((a.double() - b.double()).norm() / b.double().norm()).item()
 
