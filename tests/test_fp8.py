@@ -208,7 +208,8 @@ def test_fp8_needs_the_plane_kernels():
     torch.nn.Module.__init__(gen)
     gen.register_buffer("stats", torch.zeros(1, 2))
     gen.precision = "bf16"
-    with paths.use(plane_convs=False), pytest.raises(ValueError, match="precision fp8 needs a Hopper GPU"):
-        gen.set_precision("fp8")
-    with pytest.raises(ValueError, match="choose bf16 or fp8"):
+    for precision in ("fp8", "fp8-fast"):
+        with paths.use(plane_convs=False), pytest.raises(ValueError, match=f"precision {precision} needs a Hopper GPU"):
+            gen.set_precision(precision)
+    with pytest.raises(ValueError, match="choose bf16, fp8, fp8-fast"):
         gen.set_precision("fp16")
