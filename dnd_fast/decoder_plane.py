@@ -145,7 +145,7 @@ def _layer_plane(layer: HyperConvLayer, x: torch.Tensor, residual: bool, saved: 
 # The axis innermost in memory where each conv of a layer stores: the next plane's channel axis (conv1h's p1 and
 # conv2w's merge are in the channel conv's plane, channels innermost), and W2 in the layer's output [B, C2, H2, W2].
 STORE_AXIS = {"conv1w": "H", "conv1h": "C", "conv2h": "W", "conv2w": "C", "conv": "W2"}
-# Each conv's input plane: its two spatial axes, the axis it reads as channels, and the one it writes as channels.
+# Each conv's input plane (its two spatial axes, the axis it reads as channels), and the axis it writes as channels.
 CONV_INPUTS = {"conv1w": (("H", "C"), "W"), "conv1h": (("C", "W2"), "H"), "conv2h": (("C", "W"), "H"),
                "conv2w": (("H2", "C"), "W"), "conv": (("H2", "W2"), "C")}
 CONV_OUTPUT = {"conv1w": "W2", "conv1h": "H2", "conv2h": "H2", "conv2w": "W2", "conv": "C2"}
