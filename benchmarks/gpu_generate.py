@@ -37,7 +37,8 @@ def main():
     ap.add_argument("--batches", default="1,8")
     ap.add_argument("--precisions", default="bf16,fp8", help="comma list of bf16, fp8 (the fast path's decoder)")
     ap.add_argument("--fp8-paths", default="all",
-                    help="comma list of the fp8 rows' paths: all (every conv in e4m3, the default), mixed (thin bf16)")
+                    help="comma list of the fp8 rows' paths: all (every conv in e4m3, the default), mixed (thin bf16), "
+                         "precise / imprecise (per-block fp32 adds on / off: precision fp8 / fp8-fast)")
     ap.add_argument("--csv", default=str(Path(__file__).parent / "results" / "generate.csv"))
     ap.add_argument("--vary", default="", help="comma list of Paths switches, each run off and on")
     ap.add_argument("--stream", type=int, default=64, help="tasks generated as a stream of batches (0: no such rows)")
