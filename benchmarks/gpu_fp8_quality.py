@@ -28,7 +28,6 @@ from common import FP8_PATHS, append_csv, device_name, print_table  # noqa: E402
 
 from dnd_fast import decoder_fp8, paths  # noqa: E402
 from dnd_fast.decoder_plane import layer_plane  # noqa: E402
-from dnd_fast.encoder import select_prompts  # noqa: E402
 from dnd_fast.evaluate import AdapterSlot, bootstrap, token_nll  # noqa: E402
 from dnd_fast.experiment import preset, scored_tasks  # noqa: E402
 from dnd_fast.generator import Generator  # noqa: E402
@@ -39,10 +38,8 @@ from dnd_fast.tokenizer import detokenize_flat  # noqa: E402
 
 def layer_errors(gen: Generator, prompts: list[str], fp8_path: dict) -> list[float]:
     """Relative error of each decoder layer's output, the fp8 chain (on ``fp8_path``) against the bf16 chain."""
-    ids, mask = gen.encoder.tokenize(select_prompts(prompts, gen.encoder.num_prompts, 0), gen.device, trim=True)
-    n, length, hidden = gen.encoder.condition_shape
+    condition = gen.encoder(prompts)  # [1, N, L, C] from the prompts generate() selects (seed 0)
     with torch.no_grad():
-        condition = gen.encoder.embed_ids(ids, mask).view(1, n, length, hidden)
         chains, errors = {}, []
         for fp8 in (False, True):
             x, outs = condition, []
@@ -60,10 +57,8 @@ def layer_errors(gen: Generator, prompts: list[str], fp8_path: dict) -> list[flo
 
 def decoder_tokens(gen: Generator, prompts: list[str], backend: str | None = None) -> torch.Tensor:
     """The decoder's output tokens [1, T, h, w] (normalised, before detokenize) for the task's prompts."""
-    ids, mask = gen.encoder.tokenize(select_prompts(prompts, gen.encoder.num_prompts, 0), gen.device, trim=True)
     with torch.no_grad():
-        condition = gen.encoder.embed_ids(ids, mask).view(1, *gen.encoder.condition_shape)
-        return gen.decoder(condition, backend=backend).float()
+        return gen.decoder(gen.encoder(prompts), backend=backend).float()
 
 
 def adapter_of(gen: Generator, tokens: torch.Tensor):

@@ -15,17 +15,22 @@ namespace {
 
 const char* const kWordPieceCapsule = "dnd_fast.WordPiece";
 
+bool string_of(PyObject* str, std::string& out) {
+  Py_ssize_t size = 0;
+  const char* text = PyUnicode_AsUTF8AndSize(str, &size);
+  if (text == nullptr) return false;
+  out.assign(text, static_cast<size_t>(size));
+  return true;
+}
+
 bool strings_of(PyObject* list, std::vector<std::string>& out, const char* what) {
   if (!PyList_Check(list)) {
     PyErr_Format(PyExc_TypeError, "%s must be a list of str", what);
     return false;
   }
-  out.reserve(PyList_GET_SIZE(list));
+  out.resize(PyList_GET_SIZE(list));
   for (Py_ssize_t i = 0; i < PyList_GET_SIZE(list); ++i) {
-    Py_ssize_t size = 0;
-    const char* text = PyUnicode_AsUTF8AndSize(PyList_GET_ITEM(list, i), &size);
-    if (text == nullptr) return false;
-    out.emplace_back(text, static_cast<size_t>(size));
+    if (!string_of(PyList_GET_ITEM(list, i), out[i])) return false;
   }
   return true;
 }
@@ -41,20 +46,16 @@ PyObject* wordpiece_new_py(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
                                      "added)");
     return nullptr;
   }
-  std::vector<std::string> vocab, prefix, added;
-  PyObject* prefix_list = PyList_New(1);
-  if (prefix_list == nullptr) return nullptr;
-  Py_INCREF(args[1]);
-  PyList_SET_ITEM(prefix_list, 0, args[1]);
-  const bool ok = strings_of(args[0], vocab, "vocab") && strings_of(prefix_list, prefix, "prefix") &&
-                  strings_of(args[7], added, "added");
-  Py_DECREF(prefix_list);
-  if (!ok) return nullptr;
+  std::vector<std::string> vocab, added;
+  std::string prefix;
+  if (!strings_of(args[0], vocab, "vocab") || !string_of(args[1], prefix) || !strings_of(args[7], added, "added")) {
+    return nullptr;
+  }
   const int64_t unk = PyLong_AsLongLong(args[2]), cls = PyLong_AsLongLong(args[3]), sep = PyLong_AsLongLong(args[4]);
   const int64_t max_chars = PyLong_AsLongLong(args[5]);
   const int lowercase = PyObject_IsTrue(args[6]);
   if (PyErr_Occurred()) return nullptr;
-  auto wp = std::make_unique<dnd_fast::WordPiece>(std::move(vocab), std::move(prefix[0]), unk, cls, sep, max_chars,
+  auto wp = std::make_unique<dnd_fast::WordPiece>(std::move(vocab), std::move(prefix), unk, cls, sep, max_chars,
                                                   lowercase != 0, std::move(added));
   PyObject* capsule = PyCapsule_New(wp.get(), kWordPieceCapsule, free_wordpiece);
   if (capsule != nullptr) wp.release();

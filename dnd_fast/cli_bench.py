@@ -73,16 +73,19 @@ def cmd_bench(args) -> int:
             ref = ref or ms
             rows.append([name, backend, f"{ms:.3f}", f"{ref / ms:.1f}x"])
     fast = "triton" in dnd_fast.backends(device) and device.type == "cuda"
-    decoder_backends = ["torch"] + (["triton"] if fast else []) + ([f"triton, {args.precision}"] if fp8 else [])
+    # (backend, precision) of each decoder row
+    decoder_runs = [("torch", "bf16")] + ([("triton", "bf16")] if fast else []) + ([("triton", args.precision)] if fp8
+                                                                                   else [])
     ref = None
-    for backend in decoder_backends:
-        def forward(b=backend):
+    for backend, precision in decoder_runs:
+        def forward(backend=backend, precision=precision):
             with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"), \
-                    paths.use(**PRECISION_PATHS[b.split(", ")[1] if ", " in b else "bf16"]):
-                return decoder(condition, backend=b.split(",")[0])
+                    paths.use(**PRECISION_PATHS[precision]):
+                return decoder(condition, backend=backend)
         ms = _median_ms(forward, device, args.reps)
         ref = ref or ms
-        rows.append(["decoder forward", backend, f"{ms:.2f}", f"{ref / ms:.1f}x"])
+        rows.append(["decoder forward", backend if precision == "bf16" else f"{backend}, {precision}", f"{ms:.2f}",
+                     f"{ref / ms:.1f}x"])
     if args.profile:
         rows += _profile_generate(args, layout, config, device)
     with torch.no_grad():
