@@ -16,9 +16,18 @@ def qwen05_lora():
 
 # the fp8 decoder's two paths (``Paths`` switches): every conv in e4m3 (the default), or thin layers' convs in bf16
 FP8_PATHS = {"all": {"fp8_wide_only": False}, "mixed": {"fp8_wide_only": True},
-             # the accumulation A/B (Paths.fp8_precise_acc), on the all-e4m3 path
-             "imprecise": {"fp8_wide_only": False, "fp8_precise_acc": False},
-             "precise": {"fp8_wide_only": False, "fp8_precise_acc": True}}
+             # the fp8 MMA accumulating the whole K (precision "fp8-fast"); ``fp8_path("accN")``: sums added in fp32
+             # every N K terms (Paths.fp8_acc_terms). Before session 20 "precise" added every K block's sum in fp32
+             "imprecise": {"fp8_wide_only": False, "fp8_acc_terms": 0}}
+
+
+def fp8_path(name):
+    """The ``Paths`` switches of an fp8 path named in FP8_PATHS, or "accN" (all-e4m3, sums added every N terms)."""
+    if name in FP8_PATHS:
+        return FP8_PATHS[name]
+    if name.startswith("acc") and name[3:].isdigit():
+        return {"fp8_wide_only": False, "fp8_acc_terms": int(name[3:])}
+    raise SystemExit(f"unknown fp8 path {name!r}: one of {', '.join(FP8_PATHS)} or accN (N: K terms a sum)")
 
 
 def median_ms(fn, warmup=3, rep=20):

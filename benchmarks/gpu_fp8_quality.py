@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import FP8_PATHS, append_csv, device_name, print_table  # noqa: E402
+from common import FP8_PATHS, append_csv, device_name, fp8_path as fp8_switches, print_table  # noqa: E402
 
 from dnd_fast import decoder_fp8, paths  # noqa: E402
 from dnd_fast.decoder_plane import layer_plane  # noqa: E402
@@ -93,7 +93,7 @@ def main():
     ap.add_argument("--limit", type=int, default=500)
     ap.add_argument("--prompts", type=int, default=128)
     ap.add_argument("--csv", default=str(Path(__file__).parent / "results" / "fp8_quality.csv"))
-    ap.add_argument("--paths", default="mixed,all", help=f"comma list of the fp8 paths: {', '.join(FP8_PATHS)}")
+    ap.add_argument("--paths", default="mixed,all", help=f"comma list of the fp8 paths: {', '.join(FP8_PATHS)}, or accN")
     ap.add_argument("--yardsticks", default="", help="comma list of fp32, noise (see above; default none)")
     ap.add_argument("--noise-draws", type=int, default=4)
     args = ap.parse_args()
@@ -134,10 +134,10 @@ def main():
 
         last_error = {}
         for name in [p for p in args.paths.split(",") if p]:
-            errors = layer_errors(gen, prompts, FP8_PATHS[name])
+            errors = layer_errors(gen, prompts, fp8_switches(name))
             last_error[name] = errors[-1]
             gen.set_precision("bf16").set_precision("fp8")  # fresh scales and CUDA graphs for this path
-            with paths.use(**FP8_PATHS[name]):
+            with paths.use(**fp8_switches(name)):
                 report(name, score(gen.make_adapters(gen.generate_to_host([prompts]))[0]), errors)
         yardsticks = [y for y in args.yardsticks.split(",") if y]
         if "fp32" in yardsticks:

@@ -80,7 +80,7 @@ def _layer_plane(layer: HyperConvLayer, x: torch.Tensor, residual: bool, saved: 
         if buf.buf.dtype == hyperconv.FP8:
             w, col_scale = decoder_fp8.packed_weight(module, transposed, fp8, names[0])
             hyperconv.conv2d_plane(buf, w, k, dest_view, bias, mode, *others, w_layout=1, col_scale=col_scale,
-                                   out_scale=out_scale, precise_acc=paths.current().fp8_precise_acc)
+                                   out_scale=out_scale, acc_terms=paths.current().fp8_acc_terms)
         elif not train and mode == 0 and bias is None and out_scale is None and \
                 thin_conv.usable(module.in_channels, module.out_channels, cdtype, x.device):
             w = cached(module, ("thin", transposed), module.weight, cdtype,

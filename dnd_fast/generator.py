@@ -29,10 +29,10 @@ from dnd_fast.tokenizer import detokenize_flat
 FORMAT = "dnd_fast.generator"
 CONFIG_FILE, WEIGHTS_FILE = "generator.json", "generator.safetensors"
 ADAPTER_FILES = {"adapter_config.json", "adapter_model.safetensors", "README.md"}
-# the decoder's precision at inference -> its kernel paths (dnd_fast.paths). "fp8": e4m3 planes and weights, each K
-# block's products added in fp32 (Paths.fp8_precise_acc, on by default); "fp8-fast": accumulated whole by the fp8
-# MMA (~14 bits), 1.4x the throughput of "fp8" with held-out NLL up to 1.2% off bf16's (benchmarks/RESULTS.md, FP8)
-PRECISION_PATHS = {"bf16": {}, "fp8": {"fp8": True}, "fp8-fast": {"fp8": True, "fp8_precise_acc": False}}
+# the decoder's precision at inference -> its kernel paths (dnd_fast.paths). "fp8": e4m3 planes and weights, the fp8
+# MMA's sums added in fp32 every Paths.fp8_acc_terms K terms; "fp8-fast": accumulated over the whole K by the MMA
+# (~14 bits), which moved held-out NLL up to 1.2% off bf16's (benchmarks/RESULTS.md, FP8)
+PRECISION_PATHS = {"bf16": {}, "fp8": {"fp8": True}, "fp8-fast": {"fp8": True, "fp8_acc_terms": 0}}
 PRECISIONS = tuple(PRECISION_PATHS)
 
 

@@ -31,11 +31,11 @@ class Paths:
     # (decoder_plane._plane; off: the smaller axis outer). An H200 streams batches of 8 in 75.3 against 79.6 ms;
     # bf16 ran 0.5-5% slower so and keeps planes by size (benchmarks/RESULTS.md, FP8)
     store_ordered_planes: bool = True
-    # fp8: each K block's e4m3 products summed apart and added in fp32 (kernels/common.mma). Off (precision
-    # "fp8-fast"): Hopper's fp8 MMA accumulates the whole K loop keeping ~14 bits, which shrinks the paper decoder's
-    # sums by 0.01-0.26% a conv; on nine trained generators that moved held-out NLL up to 1.2% from bf16's, on
-    # within 0.37%; off is 1.4x faster (H200: 73.8 against 103.5 ms a streamed batch of 8; benchmarks/RESULTS.md)
-    fp8_precise_acc: bool = True
+    # fp8: the e4m3 products summed by Hopper's fp8 MMA at most this many K terms at a time, each such sum added in
+    # fp32 (kernels/conv_plane.acc_group). The MMA's accumulator keeps ~14 bits, so a sum over the whole K (0, the
+    # precision "fp8-fast") shrinks the paper decoder's convs by 0.01-0.26% and moved held-out NLL up to 1.2% from
+    # bf16's on nine trained generators (benchmarks/RESULTS.md, FP8)
+    fp8_acc_terms: int = 2048
 
 
 _CURRENT: contextvars.ContextVar[Paths] = contextvars.ContextVar("dnd_fast_paths", default=Paths())

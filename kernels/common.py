@@ -43,16 +43,11 @@ def block(n, smallest=16, largest=128):
 
 
 @triton.jit
-def mma(acc, a, b, IEEE: tl.constexpr, PRECISE_ACC: tl.constexpr = False):
+def mma(acc, a, b, IEEE: tl.constexpr):
     """acc + a @ b. IEEE: exact fp32 products, used for fp32 inputs and under the interpreter,
-    whose bf16 tl.dot returns garbage (seen with triton 3.9). PRECISE_ACC (e4m3 inputs): this block's products
-    summed in a fresh accumulator, then added to ``acc`` in fp32. Hopper's fp8 MMA adds into its accumulator
-    keeping about 14 bits and dropping the rest, so over thousands of K terms the sums shrink: a bias, not noise
-    (benchmarks/gpu_fp8_accumulation.py)."""
+    whose bf16 tl.dot returns garbage (seen with triton 3.9)."""
     if IEEE:
         return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
-    if PRECISE_ACC:
-        return tl.dot(a, b, acc, max_num_imprecise_acc=a.shape[1])
     return tl.dot(a, b, acc)
 
 

@@ -109,7 +109,7 @@ def _conv_plane_kernel(x_desc, w_desc, w_desc2, w_desc3, bias_ptr, other_ptr, ex
                        KS: tl.constexpr, MODE: tl.constexpr, HAS_BIAS: tl.constexpr, IEEE: tl.constexpr,
                        WINDOW: tl.constexpr, GROUP_M: tl.constexpr, SPLIT_K: tl.constexpr, A_PTR: tl.constexpr,
                        W_LAYOUT: tl.constexpr, PARTS: tl.constexpr, CPAD: tl.constexpr, SCALED: tl.constexpr,
-                       QUANT: tl.constexpr, PRECISE_ACC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                       QUANT: tl.constexpr, ACC_GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                        BLOCK_N2: tl.constexpr, BLOCK_N3: tl.constexpr, BLOCK_K: tl.constexpr):
     """A_PTR: ``x_desc`` is the plane's pointer and the input tiles are plain loads (see
     ``_plane_tile``), not TMA loads. W_LAYOUT: 0 the weight is [KS*KS*C8, COUT]; 1 [COUT, KS*KS*C8]
@@ -119,8 +119,10 @@ def _conv_plane_kernel(x_desc, w_desc, w_desc2, w_desc3, bias_ptr, other_ptr, ex
     PARTS 2 or 3: a tile is BLOCK_N + BLOCK_N2 (+ BLOCK_N3) columns wide, one accumulator and weight
     descriptor each, all multiplied by the same input tile (200 columns as 128 + 64 + 16, not 256).
     CPAD: the plane's channel rounding (``channel_pad``). SCALED (fp8 inputs): the sums times the column's
-    scale (input plane's scale x the weight channel's) before the epilogue; QUANT: see ``epilogue``;
-    PRECISE_ACC: see ``common.mma``."""
+    scale (input plane's scale x the weight channel's) before the epilogue; QUANT: see ``epilogue``.
+    ACC_GROUP (e4m3 inputs) > 0: the sums of every ACC_GROUP K blocks added into the tile's sums in fp32. Hopper's
+    fp8 MMA adds into its accumulator keeping about 14 bits and dropping the rest, so over thousands of K terms
+    the sums shrink: a bias, not noise (benchmarks/gpu_fp8_accumulation.py). 0: the MMA accumulates the whole K."""
     pad: tl.constexpr = (KS - 1) // 2
     # tiles in groups of GROUP_M along M, so the CTAs running together share weight columns and inputs
     pid, grid_m, grid_n = tl.program_id(0), tl.num_programs(0), tl.num_programs(1)
@@ -145,37 +147,29 @@ def _conv_plane_kernel(x_desc, w_desc, w_desc2, w_desc3, bias_ptr, other_ptr, ex
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     acc2 = tl.zeros((BLOCK_M, BLOCK_N2), dtype=tl.float32)
     acc3 = tl.zeros((BLOCK_M, BLOCK_N3), dtype=tl.float32)
-    if WINDOW:
-        # K runs over one tap row's (j, channel) pairs: the descriptor views the plane with rows
-        # KS * C8 long and C8 apart, so a tap row's inputs are one tile, without per-tap rounding.
-        kblocks = tl.cdiv(KS * C8, BLOCK_K)
-        for kk in range(0, (i_hi - i_lo) * kblocks):
-            ii = kk // kblocks
-            k0 = (kk - ii * kblocks) * BLOCK_K
-            i = i_lo + ii
-            if A_PTR:
-                a = _plane_tile(x_desc, m0 + (i - pad) * QP - pad, k0, KS * C8, C8, X_ROWS, BLOCK_M, BLOCK_K)
-            else:
-                a = x_desc.load([m0 + (i - pad) * QP - pad, k0])
-            acc, acc2, acc3 = _mma_parts(acc, acc2, acc3, a, w_desc, w_desc2, w_desc3, i * KS * C8 + k0, n0,
-                                         W_LAYOUT, PARTS, IEEE, PRECISE_ACC, BLOCK_N, BLOCK_N2)
+    if WINDOW:  # K blocks per tap row
+        row_blocks = tl.cdiv(KS * C8, BLOCK_K)
     else:
-        cblocks = tl.cdiv(C, BLOCK_K)
-        for kk in range(0, (i_hi - i_lo) * KS * cblocks):
-            t = kk // cblocks
-            c0 = (kk - t * cblocks) * BLOCK_K
-            i = i_lo + t // KS
-            j = t - (t // KS) * KS
-            if A_PTR:
-                a = _plane_tile(x_desc, m0 + (i - pad) * QP + (j - pad), c0, C8, C8, X_ROWS, BLOCK_M, BLOCK_K)
-            else:
-                a = x_desc.load([m0 + (i - pad) * QP + (j - pad), c0])
-            if W_LAYOUT == 2:
-                k, n = c0, (KS * KS - 1 - i * KS - j) * ((COUT + 7) // 8 * 8) + n0
-            else:
-                k, n = (i * KS + j) * C8 + c0, n0
-            acc, acc2, acc3 = _mma_parts(acc, acc2, acc3, a, w_desc, w_desc2, w_desc3, k, n, W_LAYOUT, PARTS, IEEE,
-                                         PRECISE_ACC, BLOCK_N, BLOCK_N2)
+        row_blocks = KS * tl.cdiv(C, BLOCK_K)
+    steps = (i_hi - i_lo) * row_blocks
+    if ACC_GROUP == 0:
+        for kk in range(0, steps):
+            acc, acc2, acc3 = _k_step(kk, acc, acc2, acc3, x_desc, w_desc, w_desc2, w_desc3, i_lo, m0, n0, QP, C,
+                                      C8, COUT, X_ROWS, KS, WINDOW, A_PTR, W_LAYOUT, PARTS, IEEE, BLOCK_M, BLOCK_N,
+                                      BLOCK_N2, BLOCK_K)
+    else:
+        # the fp8 MMA's narrow accumulator sums ACC_GROUP K blocks, then they are added in fp32; flattened into one
+        # loop so that loads and MMAs stay pipelined across groups; then the last steps, fewer than a group
+        for g in tl.range(0, steps // ACC_GROUP, flatten=True):
+            part, part2, part3 = _k_steps(g * ACC_GROUP, ACC_GROUP, x_desc, w_desc, w_desc2, w_desc3, i_lo, m0, n0,
+                                          QP, C, C8, COUT, X_ROWS, KS, WINDOW, A_PTR, W_LAYOUT, PARTS, IEEE, BLOCK_M,
+                                          BLOCK_N, BLOCK_N2, BLOCK_N3, BLOCK_K)
+            acc, acc2, acc3 = acc + part, acc2 + part2, acc3 + part3
+        tail = steps // ACC_GROUP * ACC_GROUP
+        part, part2, part3 = _k_steps(tail, steps - tail, x_desc, w_desc, w_desc2, w_desc3, i_lo, m0, n0, QP, C, C8,
+                                      COUT, X_ROWS, KS, WINDOW, A_PTR, W_LAYOUT, PARTS, IEEE, BLOCK_M, BLOCK_N,
+                                      BLOCK_N2, BLOCK_N3, BLOCK_K)
+        acc, acc2, acc3 = acc + part, acc2 + part2, acc3 + part3
     r = r0 + tl.arange(0, BLOCK_M)
     _plane_store(acc, r, n0 + tl.arange(0, BLOCK_N), b, P, Q, QP, COUT, TILES, bias_ptr, other_ptr, extra_ptr,
                  out_ptr, part_ptr, col_scale_ptr, out_scale_ptr, sob, soc, sop, soq, srb, src, srp, srq, seb, sec,
@@ -191,6 +185,58 @@ def _conv_plane_kernel(x_desc, w_desc, w_desc2, w_desc3, bias_ptr, other_ptr, ex
 
 
 @triton.jit
+def _k_steps(first, count, x_desc, w_desc, w_desc2, w_desc3, i_lo, m0, n0, QP, C, C8, COUT, X_ROWS,
+             KS: tl.constexpr, WINDOW: tl.constexpr, A_PTR: tl.constexpr, W_LAYOUT: tl.constexpr, PARTS: tl.constexpr,
+             IEEE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_N2: tl.constexpr,
+             BLOCK_N3: tl.constexpr, BLOCK_K: tl.constexpr):
+    """The sums of K steps ``first`` .. ``first + count - 1``, from zero."""
+    part = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    part2 = tl.zeros((BLOCK_M, BLOCK_N2), dtype=tl.float32)
+    part3 = tl.zeros((BLOCK_M, BLOCK_N3), dtype=tl.float32)
+    for u in range(0, count):
+        part, part2, part3 = _k_step(first + u, part, part2, part3, x_desc, w_desc, w_desc2, w_desc3, i_lo, m0, n0,
+                                     QP, C, C8, COUT, X_ROWS, KS, WINDOW, A_PTR, W_LAYOUT, PARTS, IEEE, BLOCK_M,
+                                     BLOCK_N, BLOCK_N2, BLOCK_K)
+    return part, part2, part3
+
+
+@triton.jit
+def _k_step(kk, acc, acc2, acc3, x_desc, w_desc, w_desc2, w_desc3, i_lo, m0, n0, QP, C, C8, COUT, X_ROWS,
+            KS: tl.constexpr, WINDOW: tl.constexpr, A_PTR: tl.constexpr, W_LAYOUT: tl.constexpr, PARTS: tl.constexpr,
+            IEEE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_N2: tl.constexpr,
+            BLOCK_K: tl.constexpr):
+    """K step ``kk`` of the tile: one input tile times one weight tile per part, added into the accumulators."""
+    pad: tl.constexpr = (KS - 1) // 2
+    if WINDOW:
+        # K runs over one tap row's (j, channel) pairs: the descriptor views the plane with rows
+        # KS * C8 long and C8 apart, so a tap row's inputs are one tile, without per-tap rounding.
+        kblocks = tl.cdiv(KS * C8, BLOCK_K)
+        ii = kk // kblocks
+        k0 = (kk - ii * kblocks) * BLOCK_K
+        i = i_lo + ii
+        if A_PTR:
+            a = _plane_tile(x_desc, m0 + (i - pad) * QP - pad, k0, KS * C8, C8, X_ROWS, BLOCK_M, BLOCK_K)
+        else:
+            a = x_desc.load([m0 + (i - pad) * QP - pad, k0])
+        k, n = i * KS * C8 + k0, n0
+    else:
+        cblocks = tl.cdiv(C, BLOCK_K)
+        t = kk // cblocks
+        c0 = (kk - t * cblocks) * BLOCK_K
+        i = i_lo + t // KS
+        j = t - (t // KS) * KS
+        if A_PTR:
+            a = _plane_tile(x_desc, m0 + (i - pad) * QP + (j - pad), c0, C8, C8, X_ROWS, BLOCK_M, BLOCK_K)
+        else:
+            a = x_desc.load([m0 + (i - pad) * QP + (j - pad), c0])
+        if W_LAYOUT == 2:
+            k, n = c0, (KS * KS - 1 - i * KS - j) * ((COUT + 7) // 8 * 8) + n0
+        else:
+            k, n = (i * KS + j) * C8 + c0, n0
+    return _mma_parts(acc, acc2, acc3, a, w_desc, w_desc2, w_desc3, k, n, W_LAYOUT, PARTS, IEEE, BLOCK_N, BLOCK_N2)
+
+
+@triton.jit
 def _w_tile(w_desc, k, n, W_LAYOUT: tl.constexpr):
     """The weight tile at K row ``k``, column ``n`` as [BLOCK_K, width] (W_LAYOUT 1: stored [width, BLOCK_K])."""
     if W_LAYOUT == 1:
@@ -202,12 +248,12 @@ def _w_tile(w_desc, k, n, W_LAYOUT: tl.constexpr):
 
 @triton.jit
 def _mma_parts(acc, acc2, acc3, a, w_desc, w_desc2, w_desc3, k, n, W_LAYOUT: tl.constexpr, PARTS: tl.constexpr,
-               IEEE: tl.constexpr, PRECISE_ACC: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_N2: tl.constexpr):
-    acc = mma(acc, a, _w_tile(w_desc, k, n, W_LAYOUT), IEEE, PRECISE_ACC)
+               IEEE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_N2: tl.constexpr):
+    acc = mma(acc, a, _w_tile(w_desc, k, n, W_LAYOUT), IEEE)
     if PARTS > 1:
-        acc2 = mma(acc2, a, _w_tile(w_desc2, k, n + BLOCK_N, W_LAYOUT), IEEE, PRECISE_ACC)
+        acc2 = mma(acc2, a, _w_tile(w_desc2, k, n + BLOCK_N, W_LAYOUT), IEEE)
     if PARTS > 2:
-        acc3 = mma(acc3, a, _w_tile(w_desc3, k, n + BLOCK_N + BLOCK_N2, W_LAYOUT), IEEE, PRECISE_ACC)
+        acc3 = mma(acc3, a, _w_tile(w_desc3, k, n + BLOCK_N + BLOCK_N2, W_LAYOUT), IEEE)
     return acc, acc2, acc3
 
 
@@ -244,8 +290,17 @@ def _plane_tile(x_ptr, row, k0, WIDTH, C8, X_ROWS, BLOCK_M: tl.constexpr, BLOCK_
     return tl.load(x_ptr + off, mask=(rows < X_ROWS)[:, None] & (cols < WIDTH)[None, :], other=0.0)
 
 
+def acc_group(row_blocks, ks, block_k, acc_terms):
+    """The K blocks the fp8 MMA sums before they are added in fp32: as many as hold at most ``acc_terms`` terms,
+    at least one; 0 (never added apart) where ``acc_terms`` is 0 or the whole K (``ks`` tap rows of
+    ``row_blocks`` blocks) fits in it."""
+    if not acc_terms or ks * row_blocks * block_k <= acc_terms:
+        return 0
+    return max(1, acc_terms // block_k)
+
+
 def conv2d_plane(x: PaddedPlane, packed_weight, ks, out, bias=None, mode=0, other=None, extra=None, meta=None,
-                 w_layout=0, col_scale=None, out_scale=None, precise_acc=False):
+                 w_layout=0, col_scale=None, out_scale=None, acc_terms=0):
     """The 'same' conv of ``x`` over its (P, Q) plane into ``out``, a [B, C_out, P, Q] view (any
     strides: e.g. the next conv's plane interior, permuted, so that conv reads it without a copy).
     ``packed_weight``: ``pack_weight_plane`` (``w_layout`` 0), its ``out_major`` form (1), or (2) the
@@ -253,8 +308,8 @@ def conv2d_plane(x: PaddedPlane, packed_weight, ks, out, bias=None, mode=0, othe
     the backward reads the forward's weight). Epilogue MODE, ``other``, ``extra``: as ``conv2d_same``.
     fp8 (an e4m3 plane): the weight is ``pack_weight_plane_fp8``'s (W_LAYOUT 1) and ``col_scale`` [C_out] fp32
     = the plane's scale x the weight's; an e4m3 ``out`` (the next plane) takes ``out_scale`` = 1 / its scale
-    (a one-element fp32 tensor on the device); ``precise_acc``: each K block of e4m3 products summed apart and
-    added in fp32 (``common.mma``)."""
+    (a one-element fp32 tensor on the device); ``acc_terms`` > 0: the e4m3 products summed by the fp8 MMA at most
+    that many K terms at a time, those sums added in fp32 (``acc_group``); 0: the MMA accumulates the whole K."""
     from triton.tools.tensor_descriptor import TensorDescriptor
 
     B, P, Q, C = x.shape
@@ -280,6 +335,7 @@ def conv2d_plane(x: PaddedPlane, packed_weight, ks, out, bias=None, mode=0, othe
     other = out if other is None else other
     extra = out if extra is None else extra
     rows = x.buf.shape[0]
+    grouped = fp8_in and 0 < acc_terms < ks * ks * c8  # else one kernel: the MMA accumulates the whole K
 
     def launch(meta):
         meta = dict(meta)
@@ -288,6 +344,8 @@ def conv2d_plane(x: PaddedPlane, packed_weight, ks, out, bias=None, mode=0, othe
         split_k = meta.setdefault("SPLIT_K", 1)
         meta.setdefault("A_PTR", False)
         bm, bn, bk = meta["BLOCK_M"], meta["BLOCK_N"], meta["BLOCK_K"]
+        row_blocks = triton.cdiv(ks * c8, bk) if meta["WINDOW"] else ks * triton.cdiv(C, bk)
+        group = acc_group(row_blocks, ks, bk, acc_terms) if grouped else 0
         widths = [bn] + [w for w in (meta.pop("BLOCK_N2", 0), meta.pop("BLOCK_N3", 0)) if w]
         if split_n and len(widths) > 1:
             raise ValueError("conv2d_plane: SPLIT_N and BLOCK_N2/BLOCK_N3 do not combine")
@@ -318,7 +376,7 @@ def conv2d_plane(x: PaddedPlane, packed_weight, ks, out, bias=None, mode=0, othe
                 out if col_scale is None else col_scale, out if out_scale is None else out_scale, P, Q, C, COUT, tiles, x.lead, n_off, sum(block_ns), x_rows, *out.stride(), *other.stride(),
                 *extra.stride(), KS=ks, MODE=mode, HAS_BIAS=bias is not None, IEEE=ieee(x.buf.dtype),
                 W_LAYOUT=w_layout, PARTS=len(block_ns), CPAD=cpad, SCALED=fp8_in, QUANT=quant,
-                PRECISE_ACC=bool(precise_acc and fp8_in),
+                ACC_GROUP=group,
                 **dict(meta, BLOCK_N=block_ns[0]),
                 BLOCK_N2=(block_ns + [16, 16])[1], BLOCK_N3=(block_ns + [16, 16])[2])
         if split_k > 1:
@@ -330,11 +388,12 @@ def conv2d_plane(x: PaddedPlane, packed_weight, ks, out, bias=None, mode=0, othe
 
     if meta is None:
         key = (B, P, Q, C, COUT, ks, mode, bias is not None, x.buf.dtype, out.dtype, x.buf.device, w_layout)
-        if precise_acc and fp8_in:  # another kernel: its own timing (whole-K keys stay those of the shipped files)
-            key += ("precise_acc",)
+        if grouped:  # another kernel: its own timing (whole-K keys stay those of the shipped files)
+            key += ("acc_terms", acc_terms)
         meta = tuning.CHOSEN.get(key)
         if meta is None:
-            candidates = tuning.plane_candidates(C, COUT, x.buf.dtype, B * P * (Q + x.pad))
+            candidates = tuning.plane_candidates(C, COUT, x.buf.dtype, B * P * (Q + x.pad),
+                                                 two_accumulators=grouped)
             if w_layout == 2:  # K runs over one tap's channels: the flipped taps are not one window
                 windowless = [dict(m, WINDOW=False) for m in candidates]
                 candidates = [m for i, m in enumerate(windowless) if m not in windowless[:i]]

@@ -206,14 +206,27 @@ def kept_other(other, out, mode):
         other.copy_(kept)
 
 
-def plane_candidates(CIN, COUT, dtype, positions=0):
+def plane_candidates(CIN, COUT, dtype, positions=0, two_accumulators=False):
     """``plane_meta`` first, then the other tilings worth timing for this conv (``positions``: the
-    plane's output rows, B * P * (Q + pad), which bound the SPLIT_K partial-sum buffer)."""
+    plane's output rows, B * P * (Q + pad), which bound the SPLIT_K partial-sum buffer). ``two_accumulators``
+    (fp8 sums added in fp32 every few K blocks): only tiles whose two fp32 accumulators fit in registers."""
     first = {"A_PTR": False, **plane_meta(CIN, COUT, dtype)}  # every key named: equal tilings compare equal
     if interpreted() or ieee(dtype):
         return [first]
     if dtype.itemsize == 1:
-        return _fp8_candidates(plane_candidates(CIN, COUT, torch.bfloat16, positions), CIN)
+        out = _fp8_candidates(plane_candidates(CIN, COUT, torch.bfloat16, positions), CIN)
+        if two_accumulators:
+            fit = [m for m in out if _accumulator_regs(m) <= MAX_ACC_REGS]
+            # the heuristic's tile, halved to 128 x 128 on 8 warps where its accumulators would not fit, then
+            # that tile's variations (K depth, stages, SPLIT_K as above)
+            first = out[0] if fit[:1] == out[:1] else dict(out[0], BLOCK_M=128, BLOCK_N=min(128, out[0]["BLOCK_N"]),
+                                                          num_warps=8, num_stages=4)
+            more = [dict(first, BLOCK_K=bk, WINDOW=round_up(CIN, channel_pad(FP8)) % bk != 0, num_stages=stages)
+                    for bk, stages in ((128, 4), (64, 3), (128, 3))] if first["BLOCK_N"] >= 64 else []
+            more += [dict(first, SPLIT_K=2)] if COUT >= 512 and 2 * positions * COUT * 4 <= 1 << 28 else []
+            # few: each is compiled on a machine's first call (no shipped picks yet)
+            out = [first] + [m for i, m in enumerate(more + fit) if m != first and m not in (more + fit)[:i]][:5]
+        return out
     bn = first["BLOCK_N"]
     if COUT <= 64:  # (BLOCK_M, BLOCK_N, warps, stages, pointer loads of the input)
         shapes = [(128, bn, 4, 4, False), (64, bn, 4, 4, False), (256, bn, 8, 3, False)]
@@ -255,6 +268,16 @@ def _fp8_candidates(bf16_candidates, cin):
             if m not in out:
                 out.append(m)
     return out
+
+
+# a thread's fp32 accumulator registers, at most, where a tile keeps two (the MMA's running sum and the fp32 total):
+# 2 x 64 of the 255 a thread may hold (128 x 128 on 8 warps; 128 x 256 would need 256 and spill)
+MAX_ACC_REGS = 64
+
+
+def _accumulator_regs(meta):
+    width = meta["BLOCK_N"] + meta.get("BLOCK_N2", 0) + meta.get("BLOCK_N3", 0)
+    return meta["BLOCK_M"] * width // (32 * meta["num_warps"])
 
 
 def _n_parts(cout):

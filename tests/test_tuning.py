@@ -143,8 +143,8 @@ def test_first_call_timing_keeps_an_in_place_accumulation(monkeypatch, tmp_path)
 @pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] < 9,
                     reason="needs a Hopper GPU (the e4m3 plane conv)")
 def test_fp8_accumulations_are_timed_apart(monkeypatch, tmp_path):
-    """Per-block fp32 adds (precision "fp8") and whole-K accumulation ("fp8-fast") are different kernels: each has its
-    own remembered tiling; the whole-K key is the one the shipped files hold."""
+    """fp32 adds every few K blocks (precision "fp8") and whole-K accumulation ("fp8-fast") are different kernels:
+    each has its own remembered tiling; the whole-K key is the one the shipped files hold."""
     from dnd_fast.kernels import hyperconv
 
     monkeypatch.setenv("DND_FAST_CACHE", str(tmp_path))
@@ -155,8 +155,8 @@ def test_fp8_accumulations_are_timed_apart(monkeypatch, tmp_path):
     plane.interior.copy_(torch.randn(b, p, q, cin, device="cuda").to(hyperconv.FP8))
     w8, w_scale = hyperconv.pack_weight_plane_fp8(torch.randn(cout, cin, k, k, device="cuda"))
     out = torch.empty(b, p, q, cout, device="cuda").permute(0, 3, 1, 2)
-    for precise in (False, True):
-        hyperconv.conv2d_plane(plane, w8, k, out, w_layout=1, col_scale=w_scale, precise_acc=precise)
+    for acc_terms in (0, 512):
+        hyperconv.conv2d_plane(plane, w8, k, out, w_layout=1, col_scale=w_scale, acc_terms=acc_terms)
     keys = sorted(hyperconv.tuning.CHOSEN, key=len)
-    assert len(keys) == 2 and keys[1] == keys[0] + ("precise_acc",)
+    assert len(keys) == 2 and keys[1] == keys[0] + ("acc_terms", 512)
     assert len(json.loads(hyperconv.tuning.tilings_file(torch.device("cuda")).read_text())) == 2
