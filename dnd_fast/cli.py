@@ -179,9 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--out", required=True, help="adapter directory (adapter_config.json + adapter_model.safetensors)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--precision", choices=PRECISIONS, default="bf16",
-                   help="the decoder's precision: bf16 (default); fp8 (e4m3 on Hopper GPUs, held-out NLL within "
-                        "0.4%% of bf16's); fp8-fast (fp8 accumulated by the fp8 MMA alone: 1.4x fp8's throughput, NLL "
-                        "up to 1.2%% off; benchmarks/RESULTS.md, FP8)")
+                   help="the decoder's precision: bf16 (default); fp8 (e4m3 on Hopper GPUs, the fp8 MMA's sums added "
+                        "in fp32 every 2048 terms: 1.5x bf16's throughput); fp8-fast (the MMA accumulates whole sums: "
+                        "1.75x). Both move held-out NLL by up to ~1%% on some tasks (benchmarks/RESULTS.md, FP8)")
     g.add_argument("--overwrite", action="store_true",
                    help="replace --out even if it is a file or holds files other than an earlier adapter's")
 

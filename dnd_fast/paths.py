@@ -32,9 +32,10 @@ class Paths:
     # bf16 ran 0.5-5% slower so and keeps planes by size (benchmarks/RESULTS.md, FP8)
     store_ordered_planes: bool = True
     # fp8: the e4m3 products summed by Hopper's fp8 MMA at most this many K terms at a time, each such sum added in
-    # fp32 (kernels/conv_plane.acc_group). The MMA's accumulator keeps ~14 bits, so a sum over the whole K (0, the
-    # precision "fp8-fast") shrinks the paper decoder's convs by 0.01-0.26% and moved held-out NLL up to 1.2% from
-    # bf16's on nine trained generators (benchmarks/RESULTS.md, FP8)
+    # fp32 (kernels/conv_plane.acc_group). The MMA's accumulator keeps ~14 bits: over the whole K (0, the precision
+    # "fp8-fast") the paper decoder's convs shrink by up to 0.26%, in sums of 2048 by 0.0125% (H200). Sums of 2048
+    # cost 15% of fp8-fast's throughput at batch 8 (90.1 against 106.5 LoRAs/s); of 512, 6% more than 2048 over
+    # the convs (benchmarks/RESULTS.md, FP8)
     fp8_acc_terms: int = 2048
 
 
