@@ -22,12 +22,17 @@ FP8_PATHS = {"all": {"fp8_wide_only": False}, "mixed": {"fp8_wide_only": True},
 
 
 def fp8_path(name):
-    """The ``Paths`` switches of an fp8 path named in FP8_PATHS, or "accN" (all-e4m3, sums added every N terms)."""
+    """The ``Paths`` switches of an fp8 path named in FP8_PATHS, "accN" (all-e4m3, sums added every N terms) or
+    "bf16layerN[+M...]" (the fp8 default with decoder layers N, M, ... in bf16)."""
     if name in FP8_PATHS:
         return FP8_PATHS[name]
     if name.startswith("acc") and name[3:].isdigit():
         return {"fp8_wide_only": False, "fp8_acc_terms": int(name[3:])}
-    raise SystemExit(f"unknown fp8 path {name!r}: one of {', '.join(FP8_PATHS)} or accN (N: K terms a sum)")
+    layers = name[len("bf16layer"):].split("+") if name.startswith("bf16layer") else []
+    if layers and all(n.isdigit() for n in layers):
+        return {"fp8_bf16_layers": tuple(int(n) for n in layers)}
+    raise SystemExit(f"unknown fp8 path {name!r}: one of {', '.join(FP8_PATHS)}, accN (N: K terms a sum) or "
+                     f"bf16layerN[+M...] (those decoder layers in bf16)")
 
 
 def median_ms(fn, warmup=3, rep=20):

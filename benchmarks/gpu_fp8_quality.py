@@ -2,8 +2,9 @@
 
 For each held-out task of an experiment directory (``generator-TASK/generator``, written by ``dnd-fast demo``),
 the adapter is generated from the same 128 test prompts the experiment used, once with the decoder in bf16 and
-once in each fp8 path (scales from that call): "all" (every conv in e4m3, the default) and "mixed" (thin layers'
-convs in bf16, ``Paths.fp8_wide_only``), and each is scored on the task's first ``--limit`` test items:
+once in each fp8 path (scales from that call): "all" (every conv in e4m3), "mixed" (thin layers' convs in bf16,
+``Paths.fp8_wide_only``), "imprecise" (sums over the whole K: "fp8-fast"), "accN" (sums added in fp32 every N K
+terms: "fp8" is acc2048), "bf16layerN" (layer N in bf16), and each is scored on the task's first ``--limit`` items:
   - relative error of each decoder layer's output, each fp8 chain against the bf16 chain (same condition);
   - NLL per gold token of each adapter, and the paired relative difference (fp8 - bf16) / bf16 with its
     95% bootstrap interval (the issue's bar: within 0.5% on every task).
@@ -43,9 +44,9 @@ def layer_errors(gen: Generator, prompts: list[str], fp8_path: dict) -> list[flo
         chains, errors = {}, []
         for fp8 in (False, True):
             x, outs = condition, []
-            for layer, fin, fout in zip(gen.decoder.layers, gen.decoder.config.features[:-1],
-                                        gen.decoder.config.features[1:]):
-                with paths.use(fp8=fp8, **fp8_path):
+            for i, (layer, fin, fout) in enumerate(zip(gen.decoder.layers, gen.decoder.config.features[:-1],
+                                                       gen.decoder.config.features[1:])):
+                with paths.use(**fp8_path) as chosen, paths.use(fp8=fp8 and i not in chosen.fp8_bf16_layers):
                     x = layer_plane(layer, x, fin == fout)
                 outs.append(x.float())
             chains[fp8] = outs
@@ -93,7 +94,8 @@ def main():
     ap.add_argument("--limit", type=int, default=500)
     ap.add_argument("--prompts", type=int, default=128)
     ap.add_argument("--csv", default=str(Path(__file__).parent / "results" / "fp8_quality.csv"))
-    ap.add_argument("--paths", default="mixed,all", help=f"comma list of the fp8 paths: {', '.join(FP8_PATHS)}, or accN")
+    ap.add_argument("--paths", default="mixed,all", help=f"comma list of the fp8 paths: {', '.join(FP8_PATHS)}, accN (sums added in fp32 every N K terms) or "
+                    "bf16layerN[+M] (those decoder layers in bf16)")
     ap.add_argument("--yardsticks", default="", help="comma list of fp32, noise (see above; default none)")
     ap.add_argument("--noise-draws", type=int, default=4)
     args = ap.parse_args()

@@ -100,9 +100,16 @@ class HyperConvDecoder(nn.Module):
         with paths.use(chosen) if chosen is not None else contextlib.nullcontext(), path_range:
             for i, (layer, fin, fout) in enumerate(zip(self.layers, self.config.features[:-1],
                                                        self.config.features[1:])):
-                with nvtx_range(f"decoder.layer{i}", x.device):
+                with nvtx_range(f"decoder.layer{i}", x.device), _bf16_layer(i):
                     x = layer_fn(layer, x, residual=fin == fout)
         return x
+
+
+def _bf16_layer(index: int):
+    """Layer ``index`` in bf16 where the fp8 path keeps it so (``Paths.fp8_bf16_layers``); no context switch
+    otherwise (torch.compile cannot trace one, and only fp8 inference asks for it)."""
+    current = paths.current()
+    return paths.use(fp8=False) if current.fp8 and index in current.fp8_bf16_layers else contextlib.nullcontext()
 
 
 def num_parameters(config: DecoderConfig) -> int:

@@ -227,3 +227,26 @@ def test_fp8_needs_the_plane_kernels():
             gen.set_precision(precision)
     with pytest.raises(ValueError, match="choose bf16, fp8, fp8-fast"):
         gen.set_precision("fp16")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_fp8_bf16_layers_run_in_bf16(device):
+    """``Paths.fp8_bf16_layers``: the named layers run the plain (bf16 on a GPU) plane path inside an fp8 decoder
+    (the knock-out of one layer's e4m3 rounding): all of them kept is the plain decoder bit for bit; one kept is
+    neither path."""
+    reseed()
+    dec = small_decoder(device)
+    x = torch.randn(2, *dec.config.condition_shape, device=device)
+    every = tuple(range(len(dec.layers)))
+    with torch.no_grad():
+        bf16 = dec(x)
+        with paths.use(fp8=True):
+            fp8 = dec(x)
+        with paths.use(fp8=True, fp8_bf16_layers=every):
+            assert torch.equal(dec(x), bf16)
+        with paths.use(fp8=True, fp8_bf16_layers=(len(dec.layers) - 1,)):
+            last_kept = dec(x)
+    assert not torch.equal(fp8, bf16)
+    assert not torch.equal(last_kept, fp8) and not torch.equal(last_kept, bf16)
+    # the kept last layer adds no e4m3 rounding of its own: closer to bf16 than the all-fp8 decoder
+    assert rel_err(last_kept, bf16) < rel_err(fp8, bf16)
