@@ -107,7 +107,9 @@ class HyperConvDecoder(nn.Module):
 
 def _bf16_layer(index: int):
     """Layer ``index`` in bf16 where the fp8 path keeps it so (``Paths.fp8_bf16_layers``); no context switch
-    otherwise (torch.compile cannot trace one, and only fp8 inference asks for it)."""
+    otherwise, and no look at the paths under torch.compile, which traces neither (fp8 inference is never compiled)."""
+    if torch.compiler.is_compiling():
+        return contextlib.nullcontext()
     current = paths.current()
     return paths.use(fp8=False) if current.fp8 and index in current.fp8_bf16_layers else contextlib.nullcontext()
 

@@ -1,8 +1,8 @@
 """The conv on Hopper: ``conv2d_plane`` over a ``PaddedPlane``.
 
-Its input lives in a ``PaddedPlane`` (zero spare rows and columns around each image), where the input
-of every tap is a plain shifted [rows, channels] tile, so each K step is one TMA load of the input and
-one of the weight, with no index arithmetic or masks (1.46x the strided kernel over the decoder's 40
+Its input lives in a ``PaddedPlane`` (``padded_plane.py``: zero spare rows and columns around each image),
+where the input of every tap is a plain shifted [rows, channels] tile, so each K step is one TMA load of the
+input and one of the weight, with no index arithmetic or masks (1.46x the strided kernel over the decoder's 40
 convs at batch 1). Its input gradient is itself with flipped taps (W_LAYOUT 2); the weight gradient
 is ``conv_plane_wgrad.py``. The epilogues are ``epilogue.py``'s; tilings come from ``tuning.py``.
 """
@@ -14,62 +14,10 @@ import triton.language as tl
 from . import tuning
 from .common import FP8, FP8_MAX, block, channel_pad, ieee, mma, round_up, tap_range
 from .epilogue import epilogue, split_epilogue
+from .padded_plane import PaddedPlane
 
 
 # ---- the padded-plane conv: every tap one TMA tile ------------------------------------------
-class PaddedPlane:
-    """An activation [B, P, Q, C] (channel innermost) laid out for ``conv2d_plane``: a
-    [rows, C8] matrix (C8: C rounded up to ``channel_pad``, 16-byte rows) holding each image as P rows of Q
-    positions followed by ``pad`` spare positions, ``pad`` spare rows after each image, and
-    ``lead`` spare positions before the first. The input of tap (i, j) for the output at flat
-    position r is then position r + (i - pad) * (Q + pad) + (j - pad): a plain shifted tile, its
-    'same' padding supplied by the spare cells. Producers write ``interior``; the rest is zero.
-    ``zero_interior`` False (the caller writes all of the interior): on a GPU only the spare cells
-    and the channel padding are zeroed, by ``zero_spare`` (the decoder's planes: 3-30% of the bytes)."""
-
-    def __init__(self, B, P, Q, C, ks, dtype, device, zero_interior=True):
-        pad = (ks - 1) // 2
-        self.pad, self.ks, self.shape = pad, ks, (B, P, Q, C)
-        self.lead = pad * (Q + pad) + pad
-        rows = self.lead + B * (P + pad) * (Q + pad)
-        if zero_interior or torch.device(device).type != "cuda":
-            self.buf = torch.zeros(rows, round_up(C, channel_pad(dtype)), dtype=dtype, device=device)
-        else:
-            self.buf = torch.empty(rows, round_up(C, channel_pad(dtype)), dtype=dtype, device=device)
-            zero_spare(self)
-
-    @property
-    def interior(self) -> torch.Tensor:
-        B, P, Q, C = self.shape
-        return self.buf[self.lead:].view(B, P + self.pad, Q + self.pad, -1)[:, :P, :Q, :C]
-
-
-def zero_spare(plane: PaddedPlane) -> None:
-    """Zero every cell of ``plane.buf`` outside its interior: the spare positions and rows, and the
-    channel padding columns C..C8 of the interior rows."""
-    B, P, Q, C = plane.shape
-    rows, c8 = plane.buf.shape
-    block_c = min(128, triton.next_power_of_2(c8))
-    block_r = max(16, 4096 // block_c)
-    _zero_spare_kernel[(triton.cdiv(rows, block_r),)](plane.buf, rows, c8, C, plane.lead, P, Q, plane.pad,
-                                                      BLOCK_R=block_r, BLOCK_C=block_c)
-
-
-@triton.jit
-def _zero_spare_kernel(buf_ptr, ROWS, C8, C, LEAD, P, Q, PAD, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
-    r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
-    QP = Q + PAD
-    rel = tl.maximum(r - LEAD, 0)
-    at = rel % ((P + PAD) * QP)  # position within its image
-    spare = (r < LEAD) | (at // QP >= P) | (at % QP >= Q)
-    if (tl.max(spare.to(tl.int32), 0) > 0) | (C < C8):  # else the block's rows are all interior
-        zeros = tl.zeros((BLOCK_R, BLOCK_C), dtype=buf_ptr.dtype.element_ty)
-        for c0 in range(0, C8, BLOCK_C):
-            c = c0 + tl.arange(0, BLOCK_C)
-            keep = (r < ROWS)[:, None] & (c < C8)[None, :] & (spare[:, None] | (c >= C)[None, :])
-            tl.store(buf_ptr + r[:, None].to(tl.int64) * C8 + c[None, :], zeros, mask=keep)
-
-
 def pack_weight_plane(weight: torch.Tensor, dtype: torch.dtype | None = None, transpose: bool = False,
                       out_major: bool = False, pad_to: int = 8):
     """Conv2d weight [C_out, C_in, k, k] -> [k*k*C8, C_out] (C8: C_in rounded up to 8, zero rows),

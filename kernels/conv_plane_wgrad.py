@@ -6,7 +6,7 @@ import triton.language as tl
 
 from . import tuning
 from .common import ieee, mma, round_up
-from .conv_plane import PaddedPlane
+from .padded_plane import PaddedPlane
 
 
 @triton.jit

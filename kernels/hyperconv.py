@@ -13,7 +13,8 @@
 from . import tuning
 from .common import interpreted
 from .common import FP8
-from .conv_plane import PaddedPlane, conv2d_plane, pack_weight_plane, pack_weight_plane_fp8, zero_spare
+from .conv_plane import conv2d_plane, pack_weight_plane, pack_weight_plane_fp8
+from .padded_plane import PaddedPlane, zero_spare
 from .conv_plane_wgrad import conv2d_plane_wgrad
 from .conv_strided import conv2d_same, conv2d_same_wgrad, pack_weight, pad_rows
 from .layer_norm import layer_norm_into
