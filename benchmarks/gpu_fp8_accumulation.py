@@ -1,7 +1,8 @@
 """How exactly do the fp8 convs add their products? Each e4m3 conv of ``DecoderConfig.paper_qwen05()`` at one batch, on
 random e4m3 input (LayerNorm-like, unit variance) and weights (variance 1 / fan-in), its fp32 output against the
-exact sums of the same e4m3 values (F.conv2d in fp32 with TF32 off), for each ``--acc-terms`` N (``Paths.fp8_acc_terms``:
-the fp8 MMA sums at most N K terms, those sums added in fp32; 0: the MMA accumulates the whole K, "fp8-fast"):
+exact sums of the same e4m3 values (F.conv2d in fp32 with TF32 off), for each ``--acc-terms`` N
+(``Paths.fp8_acc_terms``: the fp8 MMA sums at most N K terms, those sums added in fp32; 0: the MMA accumulates the
+whole K, "fp8-fast"):
   - relative error, ||out - exact|| / ||exact||;
   - bias, <out, exact> / <exact, exact> - 1: how much the sums shrink (negative) or grow, on average;
   - time (do_bench median) with the first tiling candidate of that accumulation (two accumulators need smaller
@@ -70,7 +71,8 @@ def main():
         r = measure(cin, cout, P, Q, args.batch, acc_terms, args.tuned)
         for t in acc_terms:
             rel, bias, ms = r[t]
-            rows.append([name, f"{cin * KS * KS}", f"{t or 'whole K'}", f"{rel:.2e}", f"{100 * bias:+.4f}%", f"{ms:.3f}"])
+            rows.append([name, f"{cin * KS * KS}", f"{t or 'whole K'}", f"{rel:.2e}", f"{100 * bias:+.4f}%",
+                         f"{ms:.3f}"])
             print(rows[-1], flush=True)
             totals[t] = [max(totals[t][0], rel), min(totals[t][1], bias), totals[t][2] + ms]
             csv_rows.append([datetime.date.today().isoformat(), common.commit(), torch.cuda.get_device_name(),

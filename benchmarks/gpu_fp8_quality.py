@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import FP8_PATHS, append_csv, device_name, fp8_path as fp8_switches, print_table  # noqa: E402
 
 from dnd_fast import decoder_fp8, paths  # noqa: E402
+from dnd_fast.decoder import layer_precision  # noqa: E402
 from dnd_fast.decoder_plane import layer_plane  # noqa: E402
 from dnd_fast.evaluate import AdapterSlot, bootstrap, token_nll  # noqa: E402
 from dnd_fast.experiment import preset, scored_tasks  # noqa: E402
@@ -46,7 +47,7 @@ def layer_errors(gen: Generator, prompts: list[str], fp8_path: dict) -> list[flo
             x, outs = condition, []
             for i, (layer, fin, fout) in enumerate(zip(gen.decoder.layers, gen.decoder.config.features[:-1],
                                                        gen.decoder.config.features[1:])):
-                with paths.use(**fp8_path) as chosen, paths.use(fp8=fp8 and i not in chosen.fp8_bf16_layers):
+                with paths.use(fp8=fp8, **fp8_path), layer_precision(i):
                     x = layer_plane(layer, x, fin == fout)
                 outs.append(x.float())
             chains[fp8] = outs
@@ -94,8 +95,9 @@ def main():
     ap.add_argument("--limit", type=int, default=500)
     ap.add_argument("--prompts", type=int, default=128)
     ap.add_argument("--csv", default=str(Path(__file__).parent / "results" / "fp8_quality.csv"))
-    ap.add_argument("--paths", default="mixed,all", help=f"comma list of the fp8 paths: {', '.join(FP8_PATHS)}, accN (sums added in fp32 every N K terms) or "
-                    "bf16layerN[+M] (those decoder layers in bf16)")
+    ap.add_argument("--paths", default="mixed,all",
+                    help=f"comma list of the fp8 paths: {', '.join(FP8_PATHS)}, accN (sums added in fp32 every N K "
+                         "terms) or bf16layerN[+M] (those decoder layers in bf16)")
     ap.add_argument("--yardsticks", default="", help="comma list of fp32, noise (see above; default none)")
     ap.add_argument("--noise-draws", type=int, default=4)
     args = ap.parse_args()

@@ -26,7 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 import common  # noqa: E402
-from common import append_csv, fp8_path as fp8_switches, device_name, print_table, qwen05_lora, wall_ms  # noqa: E402
+from common import append_csv, device_name, fp8_path as fp8_switches, print_table, qwen05_lora, wall_ms  # noqa: E402
 
 from dnd_fast import DecoderConfig, Generator, HyperConvDecoder, PromptEncoder, paths  # noqa: E402
 from dnd_fast.tokenizer import detokenize_flat  # noqa: E402
@@ -38,8 +38,8 @@ def main():
     ap.add_argument("--precisions", default="bf16,fp8", help="comma list of bf16, fp8 (the fast path's decoder)")
     ap.add_argument("--fp8-paths", default="all",
                     help="comma list of the fp8 rows' paths: all (every conv in e4m3, the default), mixed (thin bf16), "
-                         "imprecise (the MMA accumulates the whole K: precision fp8-fast), accN (sums added in fp32 every N "
-                         "K terms; precision fp8 is acc2048)")
+                         "imprecise (the MMA accumulates the whole K: precision fp8-fast), accN (sums added in fp32 "
+                         "every N K terms; precision fp8 is acc2048)")
     ap.add_argument("--csv", default=str(Path(__file__).parent / "results" / "generate.csv"))
     ap.add_argument("--vary", default="", help="comma list of Paths switches, each run off and on")
     ap.add_argument("--stream", type=int, default=64, help="tasks generated as a stream of batches (0: no such rows)")

@@ -100,14 +100,15 @@ class HyperConvDecoder(nn.Module):
         with paths.use(chosen) if chosen is not None else contextlib.nullcontext(), path_range:
             for i, (layer, fin, fout) in enumerate(zip(self.layers, self.config.features[:-1],
                                                        self.config.features[1:])):
-                with nvtx_range(f"decoder.layer{i}", x.device), _bf16_layer(i):
+                with nvtx_range(f"decoder.layer{i}", x.device), layer_precision(i):
                     x = layer_fn(layer, x, residual=fin == fout)
         return x
 
 
-def _bf16_layer(index: int):
-    """Layer ``index`` in bf16 where the fp8 path keeps it so (``Paths.fp8_bf16_layers``); no context switch
-    otherwise, and no look at the paths under torch.compile, which traces neither (fp8 inference is never compiled)."""
+def layer_precision(index: int):
+    """The paths layer ``index`` runs on: bf16 where the fp8 path keeps it so (``Paths.fp8_bf16_layers``); no context
+    switch otherwise, and no look at the paths under torch.compile, which traces neither (fp8 inference is never
+    compiled)."""
     if torch.compiler.is_compiling():
         return contextlib.nullcontext()
     current = paths.current()
