@@ -22,17 +22,25 @@ FP8_PATHS = {"all": {"fp8_wide_only": False}, "mixed": {"fp8_wide_only": True},
 
 
 def fp8_path(name):
-    """The ``Paths`` switches of an fp8 path named in FP8_PATHS, "accN" (all-e4m3, sums added every N terms) or
-    "bf16layerN[+M...]" (the fp8 default with decoder layers N, M, ... in bf16)."""
-    if name in FP8_PATHS:
-        return FP8_PATHS[name]
-    if name.startswith("acc") and name[3:].isdigit():
-        return {"fp8_wide_only": False, "fp8_acc_terms": int(name[3:])}
-    layers = name[len("bf16layer"):].split("+") if name.startswith("bf16layer") else []
+    """The ``Paths`` switches of an fp8 path: a name in FP8_PATHS, "accN" (all-e4m3, sums added every N terms),
+    "bf16layerN[+M...]" (the fp8 default with decoder layers N, M, ... in bf16), or several joined by "_"
+    ("acc0_bf16layer1": whole-K sums with layer 1 in bf16; later parts override earlier ones)."""
+    switches = {}
+    for part in name.split("_"):
+        switches.update(_fp8_part(part, name))
+    return switches
+
+
+def _fp8_part(part, name):
+    if part in FP8_PATHS:
+        return FP8_PATHS[part]
+    if part.startswith("acc") and part[3:].isdigit():
+        return {"fp8_wide_only": False, "fp8_acc_terms": int(part[3:])}
+    layers = part[len("bf16layer"):].split("+") if part.startswith("bf16layer") else []
     if layers and all(n.isdigit() for n in layers):
         return {"fp8_bf16_layers": tuple(int(n) for n in layers)}
     raise SystemExit(f"unknown fp8 path {name!r}: one of {', '.join(FP8_PATHS)}, accN (N: K terms a sum) or "
-                     f"bf16layerN[+M...] (those decoder layers in bf16)")
+                     f"bf16layerN[+M...] (those decoder layers in bf16), or several joined by '_'")
 
 
 def median_ms(fn, warmup=3, rep=20):

@@ -11,10 +11,11 @@ terms: "fp8" is acc2048), "bf16layerN" (layer N in bf16), and each is scored on 
 Yardsticks for the bar (``--yardsticks fp32,noise``), each against the same bf16 adapter:
   - "fp32": the generator in fp32 on the reference (torch) decoder, TF32 off: how far bf16 itself is from exact;
   - "noise": the bf16 decoder's output tokens plus Gaussian noise as large as fp8's error there (relative
-    error = the last ``--paths`` path's last-layer error, ``--noise-draws`` seeds): how far any perturbation that size
-    moves the NLL, so whether fp8's shift is more than its size alone explains.
+    error = the last ``--paths`` path's last-layer error, or each of ``--noise-sizes``; ``--noise-draws`` seeds):
+    how far any perturbation that size moves the NLL, so whether fp8's shift is more than its size alone explains,
+    and how small an error the bar needs.
 Run: python benchmarks/gpu_fp8_quality.py EXP_DIR --tasks DATA/commonsense DATA/extra [--limit 500] [--csv F]
-[--paths mixed,all] [--yardsticks fp32,noise] [--noise-draws 4]
+[--paths mixed,all] [--yardsticks fp32,noise] [--noise-draws 4] [--noise-sizes 0.01,0.02] [--held ARC-c,OBQA]
 """
 import argparse
 import random
@@ -57,6 +58,30 @@ def layer_errors(gen: Generator, prompts: list[str], fp8_path: dict) -> list[flo
     return errors
 
 
+def born_errors(gen: Generator, prompts: list[str]) -> list[dict]:
+    """Where each layer's own e4m3 error comes from: on the bf16 chain's input to the layer, the fp32 reference of
+    its fp8 path (``decoder_fp8.reference_layer``, the scales the fp8 path sets there) rounding only the weights or
+    only one plane, and all of them, each against it rounding nothing (relative error of the layer's output)."""
+    condition = gen.encoder(prompts)
+    with torch.no_grad():
+        x, rows = condition, []
+        for layer, fin, fout in zip(gen.decoder.layers, gen.decoder.config.features[:-1],
+                                    gen.decoder.config.features[1:]):
+            with paths.use(fp8=True, fp8_bf16_layers=()):
+                layer_plane(layer, x, fin == fout)  # sets the layer's scales from this input
+            state, xf = layer.__dict__["_dnd_fp8"], x.float()
+
+            def ref(rounded):
+                return decoder_fp8.reference_layer(layer, xf, fin == fout, state, rounded)
+            exact = ref(())
+            which = [*((r, (r,)) for r in decoder_fp8.ROUNDED), ("all", decoder_fp8.ROUNDED)]
+            rows.append({what: ((ref(rounded) - exact).norm() / exact.norm()).item() for what, rounded in which})
+            with paths.use(fp8=False):
+                x = layer_plane(layer, x, fin == fout)
+    decoder_fp8.reset(gen.decoder)
+    return rows
+
+
 def decoder_tokens(gen: Generator, prompts: list[str], backend: str | None = None) -> torch.Tensor:
     """The decoder's output tokens [1, T, h, w] (normalised, before detokenize) for the task's prompts."""
     with torch.no_grad():
@@ -97,17 +122,27 @@ def main():
     ap.add_argument("--csv", default=str(Path(__file__).parent / "results" / "fp8_quality.csv"))
     ap.add_argument("--paths", default="mixed,all",
                     help=f"comma list of the fp8 paths: {', '.join(FP8_PATHS)}, accN (sums added in fp32 every N K "
-                         "terms) or bf16layerN[+M] (those decoder layers in bf16)")
+                         "terms), bf16layerN[+M] (those decoder layers in bf16), or several joined by '_'")
     ap.add_argument("--yardsticks", default="", help="comma list of fp32, noise (see above; default none)")
     ap.add_argument("--noise-draws", type=int, default=4)
+    ap.add_argument("--noise-sizes", default="",
+                    help="comma list of the noise yardstick's relative sizes (default: the last fp8 path's error)")
+    ap.add_argument("--born", action="store_true",
+                    help="also each layer's own e4m3 error by what is rounded (weights or one plane; fp32 reference)")
+    ap.add_argument("--held", default="", help="comma list: only these held-out tasks (default: every one)")
     args = ap.parse_args()
     exp = Path(args.exp)
     tasks = scored_tasks(args.tasks, preset("gpu"), log=lambda m: print(m, flush=True))
     held = [t for t in sorted(tasks) if (exp / f"generator-{t}" / "generator").is_dir()]
+    if args.held:
+        unknown = sorted(set(args.held.split(",")) - set(tasks))
+        if unknown:
+            raise SystemExit(f"--held: no task {', '.join(unknown)} among {', '.join(sorted(tasks))}")
+        held = [t for t in held if t in args.held.split(",")]
     if not held:
         raise SystemExit(f"no generator-TASK/generator under {exp}")
     print(f"device: {device_name()}; held-out tasks with a generator: {', '.join(held)}", flush=True)
-    model, tokenizer, slot, rows, csv_rows = None, None, None, [], []
+    model, tokenizer, slot, rows, csv_rows, born_rows = None, None, None, [], [], []
     for task in held:
         t0 = time.perf_counter()
         gen = Generator.load(exp / f"generator-{task}" / "generator", device="cuda")
@@ -136,6 +171,10 @@ def main():
             csv_rows.append(["fp8_quality", torch.cuda.get_device_name(), task, len(items), nll_bf16, nll,
                              diff, lo, hi, max(errors, default=""), arm])
 
+        if args.born:
+            for i, errors in enumerate(born_errors(gen, prompts)):
+                born_rows.append([task, i, *(f"{100 * errors[r]:.2f}" for r in errors)])
+                print(born_rows[-1], flush=True)
         last_error = {}
         for name in [p for p in args.paths.split(",") if p]:
             errors = layer_errors(gen, prompts, fp8_switches(name))
@@ -147,13 +186,18 @@ def main():
         if "fp32" in yardsticks:
             report("fp32", score(fp32_adapter(exp / f"generator-{task}" / "generator", prompts)))
         if "noise" in yardsticks:
-            relative = list(last_error.values())[-1] if last_error else 0.05  # the last fp8 path's
-            for draw, adapter in enumerate(noisy_adapters(gen, prompts, relative, args.noise_draws)):
-                report(f"noise {relative:.3f}", score(adapter), extra=f" #{draw}")
+            sizes = [float(r) for r in args.noise_sizes.split(",") if r] or \
+                [list(last_error.values())[-1] if last_error else 0.05]  # the last fp8 path's
+            for relative in sizes:
+                for draw, adapter in enumerate(noisy_adapters(gen, prompts, relative, args.noise_draws)):
+                    report(f"noise {relative:.3f}", score(adapter), extra=f" #{draw}")
         del gen
     print_table("fp8 vs bf16 decoder on trained generators (held-out NLL per gold token)",
                 ["held-out", "fp8 path or yardstick", "rel. error per layer (fp8 vs bf16)", "NLL bf16", "NLL fp8",
                  "(fp8 - bf16) / bf16 [95%]", "within 0.5%", "s"], rows)
+    if born_rows:
+        print_table("each layer's own e4m3 error (%, fp32 reference on the bf16 chain's input) by what is rounded",
+                    ["held-out", "layer", *decoder_fp8.ROUNDED, "all"], born_rows)
     append_csv(args.csv, ["benchmark", "gpu", "task", "items", "nll_bf16", "nll_fp8", "rel_diff", "rel_low",
                           "rel_high", "max_layer_rel_err", "fp8_path"], csv_rows)
 

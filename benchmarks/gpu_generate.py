@@ -39,7 +39,8 @@ def main():
     ap.add_argument("--fp8-paths", default="all",
                     help="comma list of the fp8 rows' paths: all (every conv in e4m3, the default), mixed (thin bf16), "
                          "imprecise (the MMA accumulates the whole K: precision fp8-fast), accN (sums added in fp32 "
-                         "every N K terms; precision fp8 is acc2048)")
+                         "every N K terms; precision fp8 is acc2048), bf16layerN[+M] (those decoder layers in bf16), "
+                         "or several joined by '_' (acc0_bf16layer1)")
     ap.add_argument("--csv", default=str(Path(__file__).parent / "results" / "generate.csv"))
     ap.add_argument("--vary", default="", help="comma list of Paths switches, each run off and on")
     ap.add_argument("--stream", type=int, default=64, help="tasks generated as a stream of batches (0: no such rows)")

@@ -20,6 +20,8 @@ import torch
 from dnd_fast.packed_weights import cached
 
 HEADROOM = 2.0
+# what the fp8 path rounds to e4m3: every conv's weights and the four planes (the module docstring)
+ROUNDED = ("weights", "ln", "1h", "2w", "ch")
 # the convs (by HyperConv attribute) whose input planes stay bf16 in a thin layer: both height convs, which the CUDA
 # halo kernel runs, and the width conv that reads what conv2h writes (that kernel stores no e4m3)
 BF16_CONVS = ("conv1h", "conv2h", "conv2w")
@@ -88,10 +90,11 @@ def quantized_weight(weight: torch.Tensor) -> torch.Tensor:
     return quantized(w, w.abs().amax((1, 2, 3), keepdim=True).clamp_min(1e-12) / FP8_MAX)
 
 
-def reference_layer(layer, x: torch.Tensor, residual: bool, state: dict) -> torch.Tensor:
+def reference_layer(layer, x: torch.Tensor, residual: bool, state: dict, rounded=ROUNDED) -> torch.Tensor:
     """The PyTorch reference of a layer's fp8 path, in fp32: ``decoder._layer_reference`` with every plane
     and weight rounded as the kernels store them (scales from ``state``, what ``scales`` set; in a
-    ``thin_layer``, ``BF16_CONVS`` and their planes unrounded)."""
+    ``thin_layer``, ``BF16_CONVS`` and their planes unrounded). ``rounded``: which of ``ROUNDED`` are
+    rounded (the others stay fp32: where a layer's e4m3 error comes from)."""
     import torch.nn.functional as F
 
     hc, s = layer.hyper, state["scale"]
@@ -99,15 +102,16 @@ def reference_layer(layer, x: torch.Tensor, residual: bool, state: dict) -> torc
 
     def conv(name, t):
         module = getattr(hc, name) if name != "conv" else layer.conv
-        weight = module.weight.float() if name in kept else quantized_weight(module.weight)
+        keep = name in kept or "weights" not in rounded
+        weight = module.weight.float() if keep else quantized_weight(module.weight)
         return F.conv2d(t, weight, None if module.bias is None else module.bias.float(), padding="same")
 
     def plane(t, name, reader):
-        return t if reader in kept else quantized(t, s[name])
+        return t if reader in kept or name not in rounded else quantized(t, s[name])
     xn = F.layer_norm(x.float(), hc.norm.normalized_shape, hc.norm.weight.float(), hc.norm.bias.float(), hc.norm.eps)
     p1 = plane(conv("conv1w", plane(xn, "ln", "conv1w").transpose(-1, -3)).transpose(-1, -3), "1h", "conv1h")
     p1 = conv("conv1h", p1.transpose(-2, -3)).transpose(-2, -3)
     p2 = plane(conv("conv2h", plane(xn, "ln", "conv2h").transpose(-2, -3)).transpose(-2, -3), "2w", "conv2w")
     p2 = conv("conv2w", p2.transpose(-1, -3)).transpose(-1, -3)
-    y = conv("conv", quantized((p1 + torch.tanh(p2) + hc.bias.float()) / 3, s["ch"]))
+    y = conv("conv", plane((p1 + torch.tanh(p2) + hc.bias.float()) / 3, "ch", "conv"))
     return x.float() + y if residual else y

@@ -250,3 +250,25 @@ def test_fp8_bf16_layers_run_in_bf16(device):
     assert not torch.equal(last_kept, fp8) and not torch.equal(last_kept, bf16)
     # the kept last layer adds no e4m3 rounding of its own: closer to bf16 than the all-fp8 decoder
     assert rel_err(last_kept, bf16) < rel_err(fp8, bf16)
+
+
+def test_fp8_reference_rounds_what_it_is_asked_to():
+    """``reference_layer(rounded=...)``: nothing rounded is the exact layer, everything rounded is the default, and
+    rounding one thing (what the quality benchmark's per-plane errors use) lands strictly between them; a scale
+    state made up here (no kernels run)."""
+    from dnd_fast import decoder_fp8
+    from dnd_fast.decoder import _layer_reference
+
+    reseed()
+    dec = small_decoder("cpu")
+    layer, residual = dec.layers[1], True  # (12, 9, 14) -> (12, 9, 14)
+    x = torch.randn(3, *dec.config.features[1])
+    state = {"scale": {p: torch.tensor(0.7 / 448 * (2 + i)) for i, p in enumerate(("ln", "1h", "2w", "ch"))}}
+    with torch.no_grad():
+        exact = _layer_reference(layer, x, residual)
+        assert rel_err(decoder_fp8.reference_layer(layer, x, residual, state, rounded=()), exact) < 1e-6
+        every = decoder_fp8.reference_layer(layer, x, residual, state)
+        assert torch.equal(every, decoder_fp8.reference_layer(layer, x, residual, state, decoder_fp8.ROUNDED))
+        for what in decoder_fp8.ROUNDED:
+            one = rel_err(decoder_fp8.reference_layer(layer, x, residual, state, rounded=(what,)), exact)
+            assert 1e-4 < one < rel_err(every, exact), what
