@@ -14,16 +14,34 @@ def qwen05_lora():
     return LoRALayout.from_config(qwen05_model_config(), lora), lora
 
 
-# the fp8 decoder's two paths (``Paths`` switches): every conv in e4m3 (the default), or thin layers' convs in bf16
+# named fp8 paths (``Paths`` switches): every conv in e4m3 ("all"; "imprecise" names the whole-K sums that are now
+# the default: precision "fp8-fast"), thin layers' convs in bf16 ("mixed"), the first and last layers in bf16 ("ends":
+# precision "fp8"); ``fp8_path("accN")``: sums added in fp32 every N K terms (Paths.fp8_acc_terms)
 FP8_PATHS = {"all": {"fp8_wide_only": False}, "mixed": {"fp8_wide_only": True},
-             # the fp8 MMA accumulating the whole K (precision "fp8-fast"); ``fp8_path("accN")``: sums added in fp32
-             # every N K terms (Paths.fp8_acc_terms). Before session 20 "precise" added every K block's sum in fp32
-             "imprecise": {"fp8_wide_only": False, "fp8_acc_terms": 0}}
+             "imprecise": {"fp8_wide_only": False, "fp8_acc_terms": 0},
+             "ends": {"fp8_wide_only": False, "fp8_acc_terms": 0, "fp8_bf16_layers": (0, -1)}}
+
+
+# the precision a named fp8 path's switches are laid over: "fp8-fast" sets nothing but e4m3, so each path runs as
+# named ("fp8" would put its first and last layers back in bf16 inside generate(), over the path's own choice)
+FP8_BASE_PRECISION = "fp8-fast"
+
+
+def fp8_generator(gen):
+    """``gen`` set afresh (no CUDA graph or e4m3 scale of another path) to ``FP8_BASE_PRECISION``: call it inside
+    ``paths.use(**fp8_path(name))``."""
+    from dnd_fast.generator import PRECISION_PATHS
+
+    if PRECISION_PATHS[FP8_BASE_PRECISION] != {"fp8": True}:
+        raise RuntimeError(f"precision {FP8_BASE_PRECISION} sets more than e4m3 "
+                           f"({PRECISION_PATHS[FP8_BASE_PRECISION]}): named fp8 paths would not run as named")
+    return gen.set_precision("bf16").set_precision(FP8_BASE_PRECISION)
 
 
 def fp8_path(name):
     """The ``Paths`` switches of an fp8 path: a name in FP8_PATHS, "accN" (all-e4m3, sums added every N terms),
-    "bf16layerN[+M...]" (the fp8 default with decoder layers N, M, ... in bf16), or several joined by "_"
+    "bf16layerN[+M...]" (the fp8 default with decoder layers N, M, ... in bf16), "bf16convL.CONV[+...]" (those convs
+    in bf16, ``Paths.fp8_bf16_convs``), or several joined by "_"
     ("acc0_bf16layer1": whole-K sums with layer 1 in bf16; later parts override earlier ones)."""
     switches = {}
     for part in name.split("_"):
@@ -36,11 +54,14 @@ def _fp8_part(part, name):
         return FP8_PATHS[part]
     if part.startswith("acc") and part[3:].isdigit():
         return {"fp8_wide_only": False, "fp8_acc_terms": int(part[3:])}
+    if part.startswith("bf16conv") and len(part) > len("bf16conv"):
+        return {"fp8_bf16_convs": tuple(part[len("bf16conv"):].split("+"))}
     layers = part[len("bf16layer"):].split("+") if part.startswith("bf16layer") else []
-    if layers and all(n.isdigit() for n in layers):
+    if layers and all(n.lstrip("-").isdigit() for n in layers):
         return {"fp8_bf16_layers": tuple(int(n) for n in layers)}
     raise SystemExit(f"unknown fp8 path {name!r}: one of {', '.join(FP8_PATHS)}, accN (N: K terms a sum) or "
-                     f"bf16layerN[+M...] (those decoder layers in bf16), or several joined by '_'")
+                     f"bf16layerN[+M...] (those decoder layers in bf16), bf16convL.CONV[+...] (those convs in bf16), "
+                     f"or several joined by '_'")
 
 
 def median_ms(fn, warmup=3, rep=20):

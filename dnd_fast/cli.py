@@ -179,9 +179,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--out", required=True, help="adapter directory (adapter_config.json + adapter_model.safetensors)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--precision", choices=PRECISIONS, default="bf16",
-                   help="the decoder's precision: bf16 (default); fp8 (e4m3 on Hopper GPUs, the fp8 MMA's sums added "
-                        "in fp32 every 2048 terms: 1.5x bf16's throughput); fp8-fast (the MMA accumulates whole sums: "
-                        "1.75x). Both move held-out NLL by up to ~1%% on some tasks (benchmarks/RESULTS.md, FP8)")
+                   help="the decoder's precision: bf16 (default); fp8 (e4m3 on Hopper GPUs, first and last layers "
+                        "in bf16: 1.2x bf16's throughput, held-out NLL within 0.25%% of bf16's on nine tasks); "
+                        "fp8-fast (every layer in e4m3: 1.8x, NLL up to 1.7%% off on one task) "
+                        "(benchmarks/RESULTS.md, FP8)")
     g.add_argument("--overwrite", action="store_true",
                    help="replace --out even if it is a file or holds files other than an earlier adapter's")
 

@@ -24,6 +24,8 @@ from dnd_fast.decoder_plane import layer_plane, plane_convs_run_on, plane_path
 from dnd_fast.decoder_strided import layer_strided
 
 __all__ = ["DecoderConfig", "HyperConvDecoder", "nvtx_range", "num_parameters", "plane_convs_run_on"]
+# a layer's convs: path 1's width then height conv, path 2's height then width conv (HyperConv3d), the channel conv
+CONV_NAMES = ("conv1w", "conv1h", "conv2h", "conv2w", "conv")
 
 
 class HyperConv3d(nn.Module):
@@ -100,19 +102,35 @@ class HyperConvDecoder(nn.Module):
         with paths.use(chosen) if chosen is not None else contextlib.nullcontext(), path_range:
             for i, (layer, fin, fout) in enumerate(zip(self.layers, self.config.features[:-1],
                                                        self.config.features[1:])):
-                with nvtx_range(f"decoder.layer{i}", x.device), layer_precision(i):
+                with nvtx_range(f"decoder.layer{i}", x.device), layer_precision(i, len(self.layers)):
                     x = layer_fn(layer, x, residual=fin == fout)
         return x
 
 
-def layer_precision(index: int):
-    """The paths layer ``index`` runs on: bf16 where the fp8 path keeps it so (``Paths.fp8_bf16_layers``); no context
-    switch otherwise, and no look at the paths under torch.compile, which traces neither (fp8 inference is never
-    compiled)."""
+def layer_precision(index: int, num_layers: int):
+    """The paths layer ``index`` of ``num_layers`` runs on: bf16 where the fp8 path keeps it so
+    (``Paths.fp8_bf16_layers``, negative indices from the end), its convs named in ``Paths.fp8_bf16_convs`` kept in
+    bf16 (``Paths.fp8_layer_bf16_convs``); no context switch otherwise, and no look at the paths under
+    torch.compile, which traces neither (fp8 inference is never compiled)."""
     if torch.compiler.is_compiling():
         return contextlib.nullcontext()
     current = paths.current()
-    return paths.use(fp8=False) if current.fp8 and index in current.fp8_bf16_layers else contextlib.nullcontext()
+    if not current.fp8:
+        return contextlib.nullcontext()
+    if index in current.fp8_bf16_layers or index - num_layers in current.fp8_bf16_layers:
+        return paths.use(fp8=False)
+    convs = tuple(conv for layer, conv in map(_conv_entry, current.fp8_bf16_convs)
+                  if layer in (index, index - num_layers))
+    return paths.use(fp8_layer_bf16_convs=convs) if convs else contextlib.nullcontext()
+
+
+def _conv_entry(entry: str) -> tuple[int, str]:
+    """"LAYER.CONV" of ``Paths.fp8_bf16_convs`` -> (layer index, conv name)."""
+    layer, _, conv = str(entry).partition(".")
+    if conv not in CONV_NAMES or not layer.lstrip("-").isdigit():
+        raise ValueError(f"fp8_bf16_convs entry {entry!r}: want LAYER.CONV, LAYER an index (negative from the end), "
+                         f"CONV one of {', '.join(CONV_NAMES)}")
+    return int(layer), conv
 
 
 def num_parameters(config: DecoderConfig) -> int:

@@ -37,6 +37,14 @@ def thin_layer(layer) -> bool:
     return paths.current().fp8_wide_only and max(height.in_channels, height.out_channels) <= thin_conv.MAX_CHANNELS
 
 
+def kept_convs(layer) -> tuple:
+    """The convs of ``layer`` whose input planes and weights stay bf16 on the fp8 path: ``BF16_CONVS`` in a
+    ``thin_layer``, and those ``Paths.fp8_bf16_convs`` names for it (``decoder.layer_precision`` sets them)."""
+    from dnd_fast import paths
+
+    return (BF16_CONVS if thin_layer(layer) else ()) + paths.current().fp8_layer_bf16_convs
+
+
 def record(amax: dict, name: str, values: torch.Tensor) -> None:
     """Keep the largest |value| written into plane ``name`` (a device scalar; no host sync)."""
     m = values.abs().amax().float()
@@ -93,12 +101,12 @@ def quantized_weight(weight: torch.Tensor) -> torch.Tensor:
 def reference_layer(layer, x: torch.Tensor, residual: bool, state: dict, rounded=ROUNDED) -> torch.Tensor:
     """The PyTorch reference of a layer's fp8 path, in fp32: ``decoder._layer_reference`` with every plane
     and weight rounded as the kernels store them (scales from ``state``, what ``scales`` set; in a
-    ``thin_layer``, ``BF16_CONVS`` and their planes unrounded). ``rounded``: which of ``ROUNDED`` are
+    ``kept_convs``, those convs' weights and input planes unrounded). ``rounded``: which of ``ROUNDED`` are
     rounded (the others stay fp32: where a layer's e4m3 error comes from)."""
     import torch.nn.functional as F
 
     hc, s = layer.hyper, state["scale"]
-    kept = BF16_CONVS if thin_layer(layer) else ()
+    kept = kept_convs(layer)
 
     def conv(name, t):
         module = getattr(hc, name) if name != "conv" else layer.conv

@@ -61,7 +61,7 @@ def _layer_plane(layer: HyperConvLayer, x: torch.Tensor, residual: bool, saved: 
     B, C, H, W = x.shape
     size = {"C": C, "H": H, "W": W, "C2": layer.conv.out_channels, "H2": hc.conv1h.out_channels,
             "W2": hc.conv1w.out_channels}
-    kept = decoder_fp8.BF16_CONVS if fp8 and decoder_fp8.thin_layer(layer) else ()
+    kept = decoder_fp8.kept_convs(layer) if fp8 else ()
     store_axes = STORE_AXIS if fp8 is not None or amax is not None else {}  # the fp8 path, or its calibration run
 
     def plane(reader):

@@ -32,15 +32,22 @@ class Paths:
     # bf16 ran 0.5-5% slower so and keeps planes by size (benchmarks/RESULTS.md, FP8)
     store_ordered_planes: bool = True
     # fp8: the e4m3 products summed by Hopper's fp8 MMA at most this many K terms at a time, each such sum added in
-    # fp32 (kernels/conv_plane.acc_group). The MMA's accumulator keeps ~14 bits: over the whole K (0, the precision
-    # "fp8-fast") the paper decoder's convs shrink by up to 0.26%, in sums of 2048 by 0.0125% (H200). Sums of 2048
-    # cost 15% of fp8-fast's throughput at batch 8 (90.1 against 106.5 LoRAs/s); of 512, 6% more than 2048 over
-    # the convs (benchmarks/RESULTS.md, FP8)
-    fp8_acc_terms: int = 2048
-    # fp8: these decoder layers (their indices) run in bf16, the rest in e4m3. The knock-out that asks which layers'
-    # e4m3 rounding moves the held-out NLL (benchmarks/gpu_fp8_quality.py --paths bf16layerN): the NLL does not follow
-    # how exactly the sums are added (session 20), so the rounding itself is what is left to find
+    # fp32 (kernels/conv_plane.acc_group); 0: the MMA accumulates the whole K. Its accumulator keeps ~14 bits: over
+    # the whole K the paper decoder's convs shrink by up to 0.26%, in sums of 2048 by 0.0125% (H200), at 15% of the
+    # throughput at batch 8. The held-out NLL (scored in fp32) is moved far more by the first and last layers'
+    # e4m3 rounding (fp8_bf16_layers); with those in bf16, whole-K sums keep it within 0.25% of bf16 on nine tasks
+    # (benchmarks/RESULTS.md, FP8)
+    fp8_acc_terms: int = 0
+    # fp8: these decoder layers (indices; negative from the end) run in bf16, the rest in e4m3. (0, -1) is the
+    # precision "fp8": e4m3's rounding in the first and last layers is what moved the held-out NLL of nine trained
+    # generators by up to 1.7% (benchmarks/gpu_fp8_quality.py --paths bf16layerN knocks out layers one by one)
     fp8_bf16_layers: tuple = ()
+    # fp8: these convs ("LAYER.CONV": a layer index, negative from the end, and conv1w, conv1h, conv2h, conv2w or conv)
+    # read bf16 planes and weights inside the e4m3 decoder: the knock-out inside a layer, to find which of the first
+    # and last layers' convs move the NLL (benchmarks/gpu_fp8_quality.py --paths bf16conv0.conv1w+-1.conv)
+    fp8_bf16_convs: tuple = ()
+    # set by decoder.layer_precision for the layer it wraps: that layer's convs named in fp8_bf16_convs
+    fp8_layer_bf16_convs: tuple = ()
 
 
 _CURRENT: contextvars.ContextVar[Paths] = contextvars.ContextVar("dnd_fast_paths", default=Paths())

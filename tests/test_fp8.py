@@ -233,7 +233,7 @@ def test_fp8_needs_the_plane_kernels():
 def test_fp8_bf16_layers_run_in_bf16(device):
     """``Paths.fp8_bf16_layers``: the named layers run the plain (bf16 on a GPU) plane path inside an fp8 decoder
     (the knock-out of one layer's e4m3 rounding): all of them kept is the plain decoder bit for bit; one kept is
-    neither path."""
+    neither path; a negative index counts from the end."""
     reseed()
     dec = small_decoder(device)
     x = torch.randn(2, *dec.config.condition_shape, device=device)
@@ -246,10 +246,43 @@ def test_fp8_bf16_layers_run_in_bf16(device):
             assert torch.equal(dec(x), bf16)
         with paths.use(fp8=True, fp8_bf16_layers=(len(dec.layers) - 1,)):
             last_kept = dec(x)
+        with paths.use(fp8=True, fp8_bf16_layers=(-1,)):
+            assert torch.equal(dec(x), last_kept)
     assert not torch.equal(fp8, bf16)
     assert not torch.equal(last_kept, fp8) and not torch.equal(last_kept, bf16)
     # the kept last layer adds no e4m3 rounding of its own: closer to bf16 than the all-fp8 decoder
     assert rel_err(last_kept, bf16) < rel_err(fp8, bf16)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_fp8_bf16_convs_run_in_bf16(device):
+    """``Paths.fp8_bf16_convs``: the named convs read bf16 planes and weights inside the e4m3 decoder (a kept conv
+    writing an e4m3 plane, 0.conv2h, an e4m3 conv writing a kept one's plane, 1.conv1w); each layer still matches
+    ``decoder_fp8.reference_layer`` with those convs unrounded; a bad entry is a one-line error."""
+    from dnd_fast import decoder_fp8
+    from dnd_fast.decoder import layer_precision
+    from dnd_fast.decoder_plane import layer_plane
+
+    reseed()
+    dec = small_decoder(device)
+    x = torch.randn(2, *dec.config.condition_shape, device=device)
+    n = len(dec.layers)
+    with torch.no_grad():
+        with paths.use(fp8=True):
+            fp8 = dec(x)
+        with paths.use(fp8=True, fp8_bf16_convs=("0.conv2h", "-1.conv", "1.conv1h")):
+            mixed = dec(x)
+            h = x
+            for i, (layer, fin, fout) in enumerate(zip(dec.layers, dec.config.features[:-1], dec.config.features[1:])):
+                with layer_precision(i, n):
+                    assert decoder_fp8.kept_convs(layer) == {0: ("conv2h",), 1: ("conv1h",), n - 1: ("conv",)}[i]
+                    fast = layer_plane(layer, h, fin == fout)
+                    ref = decoder_fp8.reference_layer(layer, h, fin == fout, layer._dnd_fp8)
+                assert rel_err(fast, ref) < 5 * ACC_REL[device] + 1e-3
+                h = fast
+        assert not torch.equal(mixed, fp8)
+        with paths.use(fp8=True, fp8_bf16_convs=("0.conv9",)), pytest.raises(ValueError, match="entry '0.conv9'"):
+            dec(x)
 
 
 def test_fp8_reference_rounds_what_it_is_asked_to():

@@ -143,7 +143,7 @@ def test_first_call_timing_keeps_an_in_place_accumulation(monkeypatch, tmp_path)
 @pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] < 9,
                     reason="needs a Hopper GPU (the e4m3 plane conv)")
 def test_fp8_accumulations_are_timed_apart(monkeypatch, tmp_path):
-    """fp32 adds every few K blocks (precision "fp8") and whole-K accumulation ("fp8-fast") are different kernels:
+    """fp32 adds every few K blocks (Paths.fp8_acc_terms > 0) and whole-K accumulation (both precisions) differ:
     each has its own remembered tiling; the whole-K key is the one the shipped files hold."""
     from dnd_fast.kernels import hyperconv
 
