@@ -6,9 +6,9 @@ tokens). "fast" is dnd_fast's path (bf16 weights, the encoder over only the prom
 rounded up (PromptEncoder._trimmed_width), Triton decoder, CUDA detokenize, one CUDA graph, one host sync); "reference" is the same pipeline from the reference modules in
 eager PyTorch (bf16 autocast, torch decoder, torch detokenize). Both include the host-side
 tokenization of the prompts and the copy of the LoRA to the host. Untrained weights: timing only.
-"fast, fp8" rows: the same with the decoder in e4m3 (Generator.set_precision("fp8"); scales from the first call),
-its error against the bf16 fast path's output in the last column; ``--fp8-paths all,mixed``: a row set per fp8 path
-(every conv in e4m3, the default; thin layers' convs in bf16: Paths.fp8_wide_only). ``--vary A,B``: each row set
+"fast, fp8" rows: the same with the decoder in e4m3 (scales from the first call), its error against the bf16 fast
+path's output in the last column; ``--fp8-paths``: a row set per named fp8 path (``common.fp8_path``: "ends" is the
+precision "fp8", "all" is "fp8-fast"; each laid over "fp8-fast", ``common.fp8_generator``). ``--vary A,B``: each row set
 with each of the named ``Paths`` switches off and on (every combination); otherwise as ``Paths`` has them.
 "streamed" rows (batches above 1): ``--stream`` tasks (default 64) through Generator.generate_stream in batches of
 that size (what generate() does for more tasks than its batch_size): the host's tokenisation of one batch overlaps
