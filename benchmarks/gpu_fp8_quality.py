@@ -71,7 +71,7 @@ def born_errors(gen: Generator, prompts: list[str]) -> list[dict]:
         x, rows = condition, []
         for layer, fin, fout in zip(gen.decoder.layers, gen.decoder.config.features[:-1],
                                     gen.decoder.config.features[1:]):
-            with paths.use(fp8=True, fp8_bf16_layers=()):
+            with paths.use(fp8=True):
                 layer_plane(layer, x, fin == fout)  # sets the layer's scales from this input
             state, xf = layer.__dict__["_dnd_fp8"], x.float()
 

@@ -117,10 +117,10 @@ def layer_precision(index: int, num_layers: int):
     current = paths.current()
     if not current.fp8:
         return contextlib.nullcontext()
-    if index in current.fp8_bf16_layers or index - num_layers in current.fp8_bf16_layers:
+    here = (index, index - num_layers)  # the layer's index counted from the start and from the end
+    if any(i in here for i in current.fp8_bf16_layers):
         return paths.use(fp8=False)
-    convs = tuple(conv for layer, conv in map(_conv_entry, current.fp8_bf16_convs)
-                  if layer in (index, index - num_layers))
+    convs = tuple(conv for layer, conv in map(_conv_entry, current.fp8_bf16_convs) if layer in here)
     return paths.use(fp8_layer_bf16_convs=convs) if convs else contextlib.nullcontext()
 
 
