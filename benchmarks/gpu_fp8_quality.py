@@ -16,11 +16,20 @@ Yardsticks for the bar (``--yardsticks fp32,noise``), each against the same bf16
   - "noise": the bf16 decoder's output tokens plus Gaussian noise as large as fp8's error there (relative
     error = the last ``--paths`` path's last-layer error, or each of ``--noise-sizes``; ``--noise-draws`` seeds):
     how far any perturbation that size moves the NLL, so whether fp8's shift is more than its size alone explains,
-    and how small an error the bar needs.
+    and how small an error the bar needs;
+  - "rounded": the bf16 decoder with the layers of ``--rounded-layers`` (default 0,-1) replaced by the fp32 reference
+    of their fp8 path rounding only what each ``--rounded`` entry names (weights, ln, 1h, 2w, ch joined by "+", or
+    all, or none: those layers in fp32, the yardstick's own baseline): which rounding there moves the NLL, so what a
+    finer quantisation of those layers would have to fix.
+``--train``: the held-out tasks' generators missing under EXP_DIR are trained first, as ``dnd-fast demo --stage
+holdout`` trains them (the store of ``demo --stage collect``), without the demo's scoring of every baseline (two
+thirds of its time).
 Run: python benchmarks/gpu_fp8_quality.py EXP_DIR --tasks DATA/commonsense DATA/extra [--limit 500] [--csv F]
-[--paths mixed,all] [--yardsticks fp32,noise] [--noise-draws 4] [--noise-sizes 0.01,0.02] [--held ARC-c,OBQA]
+[--paths mixed,all] [--yardsticks fp32,noise,rounded] [--noise-draws 4] [--noise-sizes 0.01,0.02] [--held ARC-c,OBQA]
+[--rounded none,weights,ln+1h+2w+ch,all] [--rounded-layers 0,-1]
 """
 import argparse
+import datetime
 import random
 import sys
 import time
@@ -29,14 +38,14 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import (FP8_PATHS, append_csv, device_name, fp8_generator, fp8_path as fp8_switches,  # noqa: E402
+from common import (FP8_PATHS, append_csv, commit, device_name, fp8_generator, fp8_path as fp8_switches,  # noqa: E402
                     print_table)
 
 from dnd_fast import decoder_fp8, paths  # noqa: E402
 from dnd_fast.decoder import layer_precision  # noqa: E402
 from dnd_fast.decoder_plane import layer_plane  # noqa: E402
 from dnd_fast.evaluate import AdapterSlot, bootstrap, token_nll  # noqa: E402
-from dnd_fast.experiment import preset, scored_tasks  # noqa: E402
+from dnd_fast.experiment import preset, scored_tasks, train_generator  # noqa: E402
 from dnd_fast.generator import Generator  # noqa: E402
 from dnd_fast.layout import make_lora_config  # noqa: E402
 from dnd_fast.models import load_base  # noqa: E402
@@ -117,6 +126,40 @@ def noisy_adapters(gen: Generator, prompts: list[str], relative: float, draws: i
         yield adapter_of(gen, tokens + relative * rms * torch.randn(tokens.shape, generator=g, device=tokens.device))
 
 
+def rounded_tokens(gen: Generator, prompts: list[str], layers, rounded) -> torch.Tensor:
+    """The decoder's output tokens with ``layers`` (indices, negative from the end) on the fp32 reference of their fp8
+    path rounding only ``rounded`` (``decoder_fp8.reference_layer``, the scales the fp8 path sets on that input), the
+    other layers on the bf16 plane path."""
+    count = len(gen.decoder.layers)
+    picked = {i % count for i in layers}
+    with torch.no_grad():
+        x = gen.encoder(prompts)
+        for i, (layer, fin, fout) in enumerate(zip(gen.decoder.layers, gen.decoder.config.features[:-1],
+                                                   gen.decoder.config.features[1:])):
+            if i in picked:
+                with paths.use(fp8=True):
+                    layer_plane(layer, x, fin == fout)  # sets the layer's scales from this input
+                state = layer.__dict__["_dnd_fp8"]
+                x = decoder_fp8.reference_layer(layer, x.float(), fin == fout, state, rounded).to(x.dtype)
+            else:
+                with paths.use(fp8=False):
+                    x = layer_plane(layer, x, fin == fout)
+    decoder_fp8.reset(gen.decoder)
+    return x.float()
+
+
+def rounded_sets(spec: str) -> dict[str, tuple]:
+    """``--rounded``: each comma entry "none", "all" or ROUNDED names joined by "+", as a name -> what is rounded."""
+    sets = {}
+    for entry in [e for e in spec.split(",") if e]:
+        names = () if entry == "none" else decoder_fp8.ROUNDED if entry == "all" else tuple(entry.split("+"))
+        unknown = [n for n in names if n not in decoder_fp8.ROUNDED]
+        if unknown:
+            raise SystemExit(f"--rounded: {unknown[0]!r} is not one of none, all, {', '.join(decoder_fp8.ROUNDED)}")
+        sets[entry] = names
+    return sets
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("exp", help="experiment directory (dnd-fast demo --out)")
@@ -128,7 +171,7 @@ def main():
                     help=f"comma list of the fp8 paths: {', '.join(FP8_PATHS)}, accN (sums added in fp32 every N K "
                          "terms), bf16layerN[+M] (those decoder layers in bf16), bf16convL.CONV[+...] (those convs "
                          "in bf16), or several joined by '_'")
-    ap.add_argument("--yardsticks", default="", help="comma list of fp32, noise (see above; default none)")
+    ap.add_argument("--yardsticks", default="", help="comma list of fp32, noise, rounded (see above; default none)")
     ap.add_argument("--noise-draws", type=int, default=4)
     ap.add_argument("--noise-sizes", default="",
                     help="comma list of the noise yardstick's relative sizes (default: the last fp8 path's error)")
@@ -137,11 +180,18 @@ def main():
                          "each task's NLL by ~0.2%% rms for any change of the adapter, however small)")
     ap.add_argument("--born", action="store_true",
                     help="also each layer's own e4m3 error by what is rounded (weights or one plane; fp32 reference)")
+    ap.add_argument("--rounded", default="none,weights,ln+1h+2w+ch,all",
+                    help="the rounded yardstick's arms: none, all, or weights, ln, 1h, 2w, ch joined by '+'")
+    ap.add_argument("--rounded-layers", default="0,-1", help="the layers the rounded yardstick rounds (default 0,-1)")
+    ap.add_argument("--train", action="store_true",
+                    help="train the held-out tasks' missing generators first (EXP_DIR/store from demo --stage collect)")
     ap.add_argument("--held", default="", help="comma list: only these held-out tasks (default: every one)")
     args = ap.parse_args()
+    rounded = rounded_sets(args.rounded)
+    rounded_layers = [int(i) for i in args.rounded_layers.split(",") if i]
     exp = Path(args.exp)
     tasks = scored_tasks(args.tasks, preset("gpu"), log=lambda m: print(m, flush=True))
-    held = [t for t in sorted(tasks) if (exp / f"generator-{t}" / "generator").is_dir()]
+    held = [t for t in sorted(tasks) if args.train or (exp / f"generator-{t}" / "generator").is_dir()]
     if args.held:
         unknown = sorted(set(args.held.split(",")) - set(tasks))
         if unknown:
@@ -149,10 +199,15 @@ def main():
         held = [t for t in held if t in args.held.split(",")]
     if not held:
         raise SystemExit(f"no generator-TASK/generator under {exp}")
+    if args.train and not (exp / "store").is_dir():
+        raise SystemExit(f"--train: no checkpoint store {exp / 'store'} (run dnd-fast demo --stage collect first)")
     print(f"device: {device_name()}; held-out tasks with a generator: {', '.join(held)}", flush=True)
     model, tokenizer, slot, rows, csv_rows, born_rows = None, None, None, [], [], []
+    stamp, measured = datetime.date.today().isoformat(), commit()
     for task in held:
         t0 = time.perf_counter()
+        if args.train:
+            train_generator(task, exp, exp / "store", preset("gpu"), "cuda", progress=True)
         gen = Generator.load(exp / f"generator-{task}" / "generator", device="cuda")
         if model is None:
             model, tokenizer = load_base(None, device="cuda", dtype=getattr(torch, args.score_dtype))
@@ -177,7 +232,7 @@ def main():
                          "yes" if abs(lo) <= 0.005 and abs(hi) <= 0.005 else "no", f"{time.perf_counter() - t0:.0f}"])
             print(rows[-1], flush=True)
             csv_rows.append(["fp8_quality", torch.cuda.get_device_name(), task, len(items), nll_bf16, nll,
-                             diff, lo, hi, max(errors, default=""), arm, args.score_dtype])
+                             diff, lo, hi, max(errors, default=""), arm, args.score_dtype, stamp, measured])
 
         if args.born:
             for i, errors in enumerate(born_errors(gen, prompts)):
@@ -199,6 +254,11 @@ def main():
             for relative in sizes:
                 for draw, adapter in enumerate(noisy_adapters(gen, prompts, relative, args.noise_draws)):
                     report(f"noise {relative:.3f}", score(adapter), extra=f" #{draw}")
+        if "rounded" in yardsticks:
+            gen.set_precision("bf16")
+            for name, names in rounded.items():
+                tokens = rounded_tokens(gen, prompts, rounded_layers, names)
+                report(f"rounded {name} @{'+'.join(map(str, rounded_layers))}", score(adapter_of(gen, tokens)))
         del gen
     print_table("fp8 vs bf16 decoder on trained generators (held-out NLL per gold token)",
                 ["held-out", "fp8 path or yardstick", "rel. error per layer (fp8 vs bf16)", "NLL bf16", "NLL fp8",
@@ -207,7 +267,7 @@ def main():
         print_table("each layer's own e4m3 error (%, fp32 reference on the bf16 chain's input) by what is rounded",
                     ["held-out", "layer", *decoder_fp8.ROUNDED, "all"], born_rows)
     append_csv(args.csv, ["benchmark", "gpu", "task", "items", "nll_bf16", "nll_fp8", "rel_diff", "rel_low",
-                          "rel_high", "max_layer_rel_err", "fp8_path", "scorer"], csv_rows)
+                          "rel_high", "max_layer_rel_err", "fp8_path", "scorer", "date", "commit"], csv_rows)
 
 
 if __name__ == "__main__":

@@ -141,7 +141,8 @@ def _holdouts(tasks, hold_outs, out, store, cfg, device, progress, log) -> None:
         log(f"[{held}] done in {time.perf_counter() - t0:.0f} s")
 
 
-def _train_generator(held, out, store, cfg, device, progress) -> dict:
+def train_generator(held, out, store, cfg, device, progress) -> dict:
+    """``out/generator-HELD``: the generator trained on every task of ``store`` but ``held`` (kept if done)."""
     gen_dir = out / f"generator-{held}"
     train_cfg = dataclasses.replace(cfg.train, hold_out=[held])
     summary_file = gen_dir / "train_summary.json"
@@ -152,7 +153,7 @@ def _train_generator(held, out, store, cfg, device, progress) -> dict:
 
 
 def _holdout(held, tasks, groups, out, store, cfg, device, slot, tokenizer, progress, log) -> dict:
-    summary = _train_generator(held, out, store, cfg, device, progress)
+    summary = train_generator(held, out, store, cfg, device, progress)
     test = tasks[held].split("test")
     prompts = [it["prompt"] for it in random.Random(0).sample(test, min(cfg.generate_prompts, len(test)))]
     gen = Generator.load(out / f"generator-{held}" / "generator", device=device)

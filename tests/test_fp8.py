@@ -305,3 +305,40 @@ def test_fp8_reference_rounds_what_it_is_asked_to():
         for what in decoder_fp8.ROUNDED:
             one = rel_err(decoder_fp8.reference_layer(layer, x, residual, state, rounded=(what,)), exact)
             assert 1e-4 < one < rel_err(every, exact), what
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_fp8_quality_rounded_yardstick_rounds_only_its_layers(device):
+    """benchmarks/gpu_fp8_quality.py's "rounded" yardstick: no layer picked is the plain decoder bit for bit; every
+    layer rounding everything is the fp8 decoder (within the kernels' accumulation); the first and last layers
+    rounding nothing are the exact decoder there, and rounding their weights moves the tokens."""
+    import sys
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    from gpu_fp8_quality import rounded_sets, rounded_tokens
+
+    from dnd_fast import decoder_fp8
+
+    reseed()
+    dec = small_decoder(device)
+    x = torch.randn(2, *dec.config.condition_shape, device=device)
+    gen = SimpleNamespace(encoder=lambda prompts: x, decoder=dec)
+    every = range(len(dec.layers))
+    with torch.no_grad():
+        plain, exact = dec(x), dec(x, backend="torch")
+        with paths.use(fp8=True):
+            fp8 = dec(x)
+        decoder_fp8.reset(dec)
+    assert torch.equal(rounded_tokens(gen, [], [], ()), plain.float())
+    all_rounded = rounded_tokens(gen, [], every, decoder_fp8.ROUNDED)
+    assert rel_err(all_rounded, fp8) < 10 * ACC_REL[device] + 2e-3 < rel_err(fp8, exact) / 3
+    ends_exact = rounded_tokens(gen, [], (0, -1), ())
+    ends_weights = rounded_tokens(gen, [], (0, -1), ("weights",))
+    assert rel_err(ends_exact, exact) <= rel_err(plain, exact) + 1e-4
+    assert rel_err(ends_weights, ends_exact) > 1e-3
+    assert rounded_sets("none,all,weights+ch") == {"none": (), "all": decoder_fp8.ROUNDED,
+                                                   "weights+ch": ("weights", "ch")}
+    with pytest.raises(SystemExit, match="'wieghts' is not one of"):
+        rounded_sets("wieghts")
