@@ -132,6 +132,7 @@ def rounded_tokens(gen: Generator, prompts: list[str], layers, rounded) -> torch
     other layers on the bf16 plane path."""
     count = len(gen.decoder.layers)
     picked = {i % count for i in layers}
+    decoder_fp8.reset(gen.decoder)  # no scales of an earlier chain: each picked layer's come from its input here
     with torch.no_grad():
         x = gen.encoder(prompts)
         for i, (layer, fin, fout) in enumerate(zip(gen.decoder.layers, gen.decoder.config.features[:-1],
