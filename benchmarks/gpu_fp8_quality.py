@@ -19,14 +19,16 @@ Yardsticks for the bar (``--yardsticks fp32,noise``), each against the same bf16
     and how small an error the bar needs;
   - "rounded": the bf16 decoder with the layers of ``--rounded-layers`` (default 0,-1) replaced by the fp32 reference
     of their fp8 path rounding only what each ``--rounded`` entry names (weights, ln, 1h, 2w, ch joined by "+", or
-    all, or none: those layers in fp32, the yardstick's own baseline): which rounding there moves the NLL, so what a
-    finer quantisation of those layers would have to fix.
+    all, or none: those layers in fp32, the yardstick's own baseline; "taps" in place of weights: the weights on the
+    same e4m3 grid, each rounded up or down to cut its conv's output error on this input,
+    ``decoder_fp8.tap_rounded_weight``): which rounding there moves the NLL, and whether a better rounding of the
+    weights would fix it at no cost at run time.
 ``--train``: the held-out tasks' generators missing under EXP_DIR are trained first, as ``dnd-fast demo --stage
 holdout`` trains them (the store of ``demo --stage collect``), without the demo's scoring of every baseline (two
 thirds of its time).
 Run: python benchmarks/gpu_fp8_quality.py EXP_DIR --tasks DATA/commonsense DATA/extra [--limit 500] [--csv F]
 [--paths mixed,all] [--yardsticks fp32,noise,rounded] [--noise-draws 4] [--noise-sizes 0.01,0.02] [--held ARC-c,OBQA]
-[--rounded none,weights,ln+1h+2w+ch,all] [--rounded-layers 0,-1]
+[--rounded none,weights,taps,ln+1h+2w+ch,all] [--rounded-layers 0,-1]
 """
 import argparse
 import datetime
@@ -87,7 +89,7 @@ def born_errors(gen: Generator, prompts: list[str]) -> list[dict]:
             def ref(rounded):
                 return decoder_fp8.reference_layer(layer, xf, fin == fout, state, rounded)
             exact = ref(())
-            which = [*((r, (r,)) for r in decoder_fp8.ROUNDED), ("all", decoder_fp8.ROUNDED)]
+            which = [*((r, (r,)) for r in (*decoder_fp8.ROUNDED, decoder_fp8.TAPS)), ("all", decoder_fp8.ROUNDED)]
             rows.append({what: ((ref(rounded) - exact).norm() / exact.norm()).item() for what, rounded in which})
             with paths.use(fp8=False):
                 x = layer_plane(layer, x, fin == fout)
@@ -150,13 +152,17 @@ def rounded_tokens(gen: Generator, prompts: list[str], layers, rounded) -> torch
 
 
 def rounded_sets(spec: str) -> dict[str, tuple]:
-    """``--rounded``: each comma entry "none", "all" or ROUNDED names joined by "+", as a name -> what is rounded."""
+    """``--rounded``: each comma entry "none", "all" or ROUNDED / TAPS names joined by "+", as a name -> what is
+    rounded."""
     sets = {}
     for entry in [e for e in spec.split(",") if e]:
         names = () if entry == "none" else decoder_fp8.ROUNDED if entry == "all" else tuple(entry.split("+"))
-        unknown = [n for n in names if n not in decoder_fp8.ROUNDED]
+        known = (*decoder_fp8.ROUNDED, decoder_fp8.TAPS)
+        unknown = [n for n in names if n not in known]
         if unknown:
-            raise SystemExit(f"--rounded: {unknown[0]!r} is not one of none, all, {', '.join(decoder_fp8.ROUNDED)}")
+            raise SystemExit(f"--rounded: {unknown[0]!r} is not one of none, all, {', '.join(known)}")
+        if {"weights", decoder_fp8.TAPS} <= set(names):
+            raise SystemExit(f"--rounded: {entry!r} rounds the weights two ways (weights, {decoder_fp8.TAPS})")
         sets[entry] = names
     return sets
 
@@ -180,9 +186,10 @@ def main():
                     help="the scored LLM's dtype (default float32; bfloat16, the scorer before session 21, moves "
                          "each task's NLL by ~0.2%% rms for any change of the adapter, however small)")
     ap.add_argument("--born", action="store_true",
-                    help="also each layer's own e4m3 error by what is rounded (weights or one plane; fp32 reference)")
-    ap.add_argument("--rounded", default="none,weights,ln+1h+2w+ch,all",
-                    help="the rounded yardstick's arms: none, all, or weights, ln, 1h, 2w, ch joined by '+'")
+                    help="also each layer's own e4m3 error by what is rounded (weights, taps or one plane; fp32 "
+                         "reference)")
+    ap.add_argument("--rounded", default="none,weights,taps,ln+1h+2w+ch,all,taps+ln+1h+2w+ch",
+                    help="the rounded yardstick's arms: none, all, or weights (or taps), ln, 1h, 2w, ch joined by '+'")
     ap.add_argument("--rounded-layers", default="0,-1", help="the layers the rounded yardstick rounds (default 0,-1)")
     ap.add_argument("--train", action="store_true",
                     help="train the held-out tasks' missing generators first (EXP_DIR/store from demo --stage collect)")
@@ -266,7 +273,7 @@ def main():
                  "(fp8 - bf16) / bf16 [95%]", "within 0.5%", "s"], rows)
     if born_rows:
         print_table("each layer's own e4m3 error (%, fp32 reference on the bf16 chain's input) by what is rounded",
-                    ["held-out", "layer", *decoder_fp8.ROUNDED, "all"], born_rows)
+                    ["held-out", "layer", *decoder_fp8.ROUNDED, decoder_fp8.TAPS, "all"], born_rows)
     append_csv(args.csv, ["benchmark", "gpu", "task", "items", "nll_bf16", "nll_fp8", "rel_diff", "rel_low",
                           "rel_high", "max_layer_rel_err", "fp8_path", "scorer", "date", "commit"], csv_rows)
 

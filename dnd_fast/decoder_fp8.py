@@ -22,6 +22,8 @@ from dnd_fast.packed_weights import cached
 HEADROOM = 2.0
 # what the fp8 path rounds to e4m3: every conv's weights and the four planes (the module docstring)
 ROUNDED = ("weights", "ln", "1h", "2w", "ch")
+# reference_layer's other rounding of the weights, in place of "weights": ``tap_rounded_weight`` (not a kernel path)
+TAPS = "taps"
 # the convs (by HyperConv attribute) whose input planes stay bf16 in a thin layer: both height convs, which the CUDA
 # halo kernel runs, and the width conv that reads what conv2h writes (that kernel stores no e4m3)
 BF16_CONVS = ("conv1h", "conv2h", "conv2w")
@@ -98,20 +100,58 @@ def quantized_weight(weight: torch.Tensor) -> torch.Tensor:
     return quantized(w, w.abs().amax((1, 2, 3), keepdim=True).clamp_min(1e-12) / FP8_MAX)
 
 
+def tap_rounded_weight(weight: torch.Tensor, x: torch.Tensor, damp: float = 0.01) -> torch.Tensor:
+    """``weight`` [C_out, C_in, kh, kw] on ``quantized_weight``'s e4m3 grid (same per-output-channel scales), each
+    value rounded up or down so that the conv's output error on the input ``x`` [B, C_in, P, Q] is small: GPTQ over
+    each input channel's kh x kw taps with those taps' input correlations (the autocorrelation of the channel's
+    plane; correlations across channels ignored, which would need a (C_in kh kw)^2 matrix), back in fp32."""
+    from dnd_fast.kernels.common import FP8, FP8_MAX
+
+    w = weight.detach().float()
+    cout, cin, kh, kw = w.shape
+    scale = w.abs().amax((1, 2, 3), keepdim=True).clamp_min(1e-12) / FP8_MAX
+    x = x.detach().float().transpose(0, 1)  # [C_in, B, P, Q]
+    p, q = x.shape[-2:]
+    # the autocorrelation of each channel's plane, R[c, d] = sum_u x(u) x(u + d), at every lag d between two taps
+    lags = torch.zeros(cin, 2 * kh - 1, 2 * kw - 1, dtype=torch.float64, device=w.device)
+    for di, dj in itertools.product(range(kh), range(1 - kw, kw)):
+        a = x[..., :p - di, max(0, -dj):q - max(0, dj)]
+        b = x[..., di:, max(0, dj):q - max(0, -dj)]
+        lags[:, kh - 1 + di, kw - 1 + dj] = lags[:, kh - 1 - di, kw - 1 - dj] = (a * b).sum((1, 2, 3)).double()
+    ti, tj = torch.meshgrid(torch.arange(kh), torch.arange(kw), indexing="ij")
+    ti, tj = ti.flatten().to(w.device), tj.flatten().to(w.device)
+    hessian = lags[:, ti[None, :] - ti[:, None] + kh - 1, tj[None, :] - tj[:, None] + kw - 1]  # [C_in, taps, taps]
+    diag = hessian.diagonal(dim1=1, dim2=2)
+    hessian = hessian + torch.diag_embed((damp * diag.mean(1, keepdim=True) + 1e-12).expand_as(diag))
+    upper = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(hessian)), upper=True).float()
+    grid = (w / scale).flatten(2)  # [C_out, C_in, taps], in units of the e4m3 grid
+    out = torch.empty_like(grid)
+    for t in range(kh * kw):
+        out[:, :, t] = grid[:, :, t].clamp(-FP8_MAX, FP8_MAX).to(FP8).float()
+        err = (grid[:, :, t] - out[:, :, t]) / upper[:, t, t]
+        grid[:, :, t + 1:] -= err[:, :, None] * upper[None, :, t, t + 1:]
+    return out.view(cout, cin, kh, kw) * scale
+
+
 def reference_layer(layer, x: torch.Tensor, residual: bool, state: dict, rounded=ROUNDED) -> torch.Tensor:
     """The PyTorch reference of a layer's fp8 path, in fp32: ``decoder._layer_reference`` with every plane
     and weight rounded as the kernels store them (scales from ``state``, what ``scales`` set; in a
     ``kept_convs``, those convs' weights and input planes unrounded). ``rounded``: which of ``ROUNDED`` are
-    rounded (the others stay fp32: where a layer's e4m3 error comes from)."""
+    rounded (the others stay fp32: where a layer's e4m3 error comes from); ``TAPS`` in place of "weights" rounds
+    the weights by ``tap_rounded_weight`` on each conv's input here."""
     import torch.nn.functional as F
 
     hc, s = layer.hyper, state["scale"]
     kept = kept_convs(layer)
+    if "weights" in rounded and TAPS in rounded:
+        raise ValueError(f"reference_layer: round the weights one way, 'weights' or {TAPS!r}, not both")
 
     def conv(name, t):
         module = getattr(hc, name) if name != "conv" else layer.conv
-        keep = name in kept or "weights" not in rounded
-        weight = module.weight.float() if keep else quantized_weight(module.weight)
+        if name in kept or not {"weights", TAPS} & set(rounded):
+            weight = module.weight.float()
+        else:
+            weight = tap_rounded_weight(module.weight, t) if TAPS in rounded else quantized_weight(module.weight)
         return F.conv2d(t, weight, None if module.bias is None else module.bias.float(), padding="same")
 
     def plane(t, name, reader):

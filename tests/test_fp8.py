@@ -311,7 +311,7 @@ def test_fp8_reference_rounds_what_it_is_asked_to():
 def test_fp8_quality_rounded_yardstick_rounds_only_its_layers(device):
     """benchmarks/gpu_fp8_quality.py's "rounded" yardstick: no layer picked is the plain decoder bit for bit; every
     layer rounding everything is the fp8 decoder (within the kernels' accumulation); the first and last layers
-    rounding nothing are the exact decoder there, and rounding their weights moves the tokens."""
+    rounding nothing are the exact decoder there, and rounding their weights (either way) moves the tokens."""
     import sys
     from pathlib import Path
     from types import SimpleNamespace
@@ -338,7 +338,35 @@ def test_fp8_quality_rounded_yardstick_rounds_only_its_layers(device):
     ends_weights = rounded_tokens(gen, [], (0, -1), ("weights",))
     assert rel_err(ends_exact, exact) <= rel_err(plain, exact) + 1e-4
     assert rel_err(ends_weights, ends_exact) > 1e-3
+    ends_taps = rounded_tokens(gen, [], (0, -1), (decoder_fp8.TAPS,))
+    assert rel_err(ends_taps, ends_exact) > 1e-3 and not torch.equal(ends_taps, ends_weights)
     assert rounded_sets("none,all,weights+ch") == {"none": (), "all": decoder_fp8.ROUNDED,
                                                    "weights+ch": ("weights", "ch")}
     with pytest.raises(SystemExit, match="'wieghts' is not one of"):
         rounded_sets("wieghts")
+    with pytest.raises(SystemExit, match="two ways"):
+        rounded_sets("weights+taps")
+
+
+@pytest.mark.parametrize("k", [3, 9])
+def test_tap_rounding_cuts_a_conv_error_where_its_inputs_correlate(k):
+    """``decoder_fp8.tap_rounded_weight``: the weights stay on ``quantized_weight``'s e4m3 grid (same scales), and
+    the conv's output error on the input they were rounded for falls well below round-to-nearest's on smooth planes
+    (neighbouring taps see nearly the same values, so their errors can cancel) and stays at it on white noise."""
+    from dnd_fast import decoder_fp8
+    from dnd_fast.kernels.common import FP8_MAX
+
+    reseed()
+    w = torch.randn(7, 5, k, k) * torch.rand(7, 1, 1, 1)  # channels of different ranges: per-channel scales
+    white = torch.randn(3, 5, 17, 23)
+    smooth = F.avg_pool2d(torch.randn(3, 5, 21, 27), 5, stride=1)
+    scale = w.abs().amax((1, 2, 3), keepdim=True) / FP8_MAX
+    for x, most in ((smooth, 0.8), (white, 1.02)):
+        exact = F.conv2d(x, w, padding="same")
+        nearest = rel_err(F.conv2d(x, decoder_fp8.quantized_weight(w), padding="same"), exact)
+        taps = decoder_fp8.tap_rounded_weight(w, x)
+        assert torch.equal(decoder_fp8.quantized(taps, scale), taps)
+        assert not torch.equal(taps, decoder_fp8.quantized_weight(w))
+        assert rel_err(F.conv2d(x, taps, padding="same"), exact) < most * nearest
+    with pytest.raises(ValueError, match="one way"):
+        decoder_fp8.reference_layer(small_decoder("cpu").layers[0], smooth, False, {"scale": {}}, ("weights", "taps"))
