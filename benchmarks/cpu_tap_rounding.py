@@ -1,0 +1,60 @@
+"""How much ``decoder_fp8.tap_rounded_weight`` cuts a conv's e4m3 output error on a real plane, on the CPU: the
+LayerNorm plane layer 0 of the experiment's decoder reads (all-MiniLM-L6-v2 over 64 prompts of a task, 64 tokens),
+through the two convs that read it (conv1w: tokens x prompts, hidden units as channels; conv2h: prompts x hidden
+units, tokens as channels), with that layer's initial weights. The ratio is tap rounding's output error over
+round-to-nearest's (1.00: no gain). Trained weights and deeper planes need a trained generator (the GPU run of
+``gpu_fp8_quality.py --born``).
+Run: python benchmarks/cpu_tap_rounding.py DATA/commonsense/ARC-c_test.json DATA/commonsense/BoolQ_test.json
+"""
+import argparse
+import json
+import random
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import print_table  # noqa: E402
+
+from dnd_fast import decoder_fp8  # noqa: E402
+from dnd_fast.decoder import DecoderConfig, HyperConvDecoder  # noqa: E402
+from dnd_fast.encoder import PromptEncoder  # noqa: E402
+
+# the zero-shot experiment's decoder ("medium" for SmolLM2-135M's layout, as its training log prints it)
+EXPERIMENT = ((64, 64, 384), (161, 40, 293), (404, 25, 223), (512, 16, 170), (2550, 10, 130))
+
+
+def rel(a, b):
+    return ((a - b).norm() / b.norm()).item()
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("tasks", nargs="+", help="task files (JSON lists of items with a prompt)")
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    encoder = PromptEncoder(None, max_length=64, num_prompts=64)
+    hyper = HyperConvDecoder(DecoderConfig(EXPERIMENT, 9)).eval().layers[0].hyper
+    rows = []
+    for task in args.tasks:
+        items = json.loads(Path(task).read_text())
+        prompts = [it["prompt"] for it in random.Random(0).sample(items, min(64, len(items)))]
+        with torch.no_grad():
+            norm = hyper.norm
+            plane = F.layer_norm(encoder(prompts).float(), norm.normalized_shape, norm.weight, norm.bias, norm.eps)
+            for name, x in (("conv1w", plane.transpose(-1, -3)), ("conv2h", plane.transpose(-2, -3))):
+                w = getattr(hyper, name).weight.float()
+                exact = F.conv2d(x, w, padding="same")
+                nearest = rel(F.conv2d(x, decoder_fp8.quantized_weight(w), padding="same"), exact)
+                taps = rel(F.conv2d(x, decoder_fp8.tap_rounded_weight(w, x), padding="same"), exact)
+                rows.append([Path(task).stem, name, "x".join(map(str, x.shape[1:])), f"{100 * nearest:.2f}",
+                             f"{100 * taps:.2f}", f"{taps / nearest:.2f}"])
+                print(rows[-1], flush=True)
+    print_table("e4m3 weights: a conv's output error (%) on layer 0's real LayerNorm plane",
+                ["task", "conv", "input (C x P x Q)", "round to nearest", "tap rounding", "ratio"], rows)
+
+
+if __name__ == "__main__":
+    main()
