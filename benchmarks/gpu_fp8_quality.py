@@ -61,16 +61,22 @@ def layer_errors(gen: Generator, prompts: list[str], fp8_path: dict) -> list[flo
         chains, errors = {}, []
         for fp8 in (False, True):
             x, outs = condition, []
-            for i, (layer, fin, fout) in enumerate(zip(gen.decoder.layers, gen.decoder.config.features[:-1],
-                                                       gen.decoder.config.features[1:])):
+            for i, (layer, residual) in enumerate(gen.decoder.residual_layers()):
                 with paths.use(fp8=fp8, **fp8_path), layer_precision(i, len(gen.decoder.layers)):
-                    x = layer_plane(layer, x, fin == fout)
+                    x = layer_plane(layer, x, residual)
                 outs.append(x.float())
             chains[fp8] = outs
         for a, b in zip(chains[False], chains[True]):
             errors.append(((b - a).norm() / a.norm()).item())
     decoder_fp8.reset(gen.decoder)  # the scales came from this condition; generate() sets them again
     return errors
+
+
+def fp8_state(layer, x: torch.Tensor, residual: bool) -> dict:
+    """The scales the layer's fp8 path sets on input ``x`` (``decoder_fp8.scales``), for its fp32 reference."""
+    with paths.use(fp8=True):
+        layer_plane(layer, x, residual)
+    return layer.__dict__["_dnd_fp8"]
 
 
 def born_errors(gen: Generator, prompts: list[str]) -> list[dict]:
@@ -80,19 +86,16 @@ def born_errors(gen: Generator, prompts: list[str]) -> list[dict]:
     condition = gen.encoder(prompts)
     with torch.no_grad():
         x, rows = condition, []
-        for layer, fin, fout in zip(gen.decoder.layers, gen.decoder.config.features[:-1],
-                                    gen.decoder.config.features[1:]):
-            with paths.use(fp8=True):
-                layer_plane(layer, x, fin == fout)  # sets the layer's scales from this input
-            state, xf = layer.__dict__["_dnd_fp8"], x.float()
+        for layer, residual in gen.decoder.residual_layers():
+            state, xf = fp8_state(layer, x, residual), x.float()
 
             def ref(rounded):
-                return decoder_fp8.reference_layer(layer, xf, fin == fout, state, rounded)
+                return decoder_fp8.reference_layer(layer, xf, residual, state, rounded)
             exact = ref(())
             which = [*((r, (r,)) for r in (*decoder_fp8.ROUNDED, decoder_fp8.TAPS)), ("all", decoder_fp8.ROUNDED)]
             rows.append({what: ((ref(rounded) - exact).norm() / exact.norm()).item() for what, rounded in which})
             with paths.use(fp8=False):
-                x = layer_plane(layer, x, fin == fout)
+                x = layer_plane(layer, x, residual)
     decoder_fp8.reset(gen.decoder)
     return rows
 
@@ -137,16 +140,13 @@ def rounded_tokens(gen: Generator, prompts: list[str], layers, rounded) -> torch
     decoder_fp8.reset(gen.decoder)  # no scales of an earlier chain: each picked layer's come from its input here
     with torch.no_grad():
         x = gen.encoder(prompts)
-        for i, (layer, fin, fout) in enumerate(zip(gen.decoder.layers, gen.decoder.config.features[:-1],
-                                                   gen.decoder.config.features[1:])):
+        for i, (layer, residual) in enumerate(gen.decoder.residual_layers()):
             if i in picked:
-                with paths.use(fp8=True):
-                    layer_plane(layer, x, fin == fout)  # sets the layer's scales from this input
-                state = layer.__dict__["_dnd_fp8"]
-                x = decoder_fp8.reference_layer(layer, x.float(), fin == fout, state, rounded).to(x.dtype)
+                state = fp8_state(layer, x, residual)
+                x = decoder_fp8.reference_layer(layer, x.float(), residual, state, rounded).to(x.dtype)
             else:
                 with paths.use(fp8=False):
-                    x = layer_plane(layer, x, fin == fout)
+                    x = layer_plane(layer, x, residual)
     decoder_fp8.reset(gen.decoder)
     return x.float()
 
@@ -154,10 +154,9 @@ def rounded_tokens(gen: Generator, prompts: list[str], layers, rounded) -> torch
 def rounded_sets(spec: str) -> dict[str, tuple]:
     """``--rounded``: each comma entry "none", "all" or ROUNDED / TAPS names joined by "+", as a name -> what is
     rounded."""
-    sets = {}
+    sets, known = {}, (*decoder_fp8.ROUNDED, decoder_fp8.TAPS)
     for entry in [e for e in spec.split(",") if e]:
         names = () if entry == "none" else decoder_fp8.ROUNDED if entry == "all" else tuple(entry.split("+"))
-        known = (*decoder_fp8.ROUNDED, decoder_fp8.TAPS)
         unknown = [n for n in names if n not in known]
         if unknown:
             raise SystemExit(f"--rounded: {unknown[0]!r} is not one of none, all, {', '.join(known)}")

@@ -100,11 +100,15 @@ class HyperConvDecoder(nn.Module):
         # NVTX: "fast/decoder.layerN" or "reference/decoder.layerN", so a profiler can pick one path
         path_range = nvtx_range("fast" if name == "triton" else "reference", x.device)
         with paths.use(chosen) if chosen is not None else contextlib.nullcontext(), path_range:
-            for i, (layer, fin, fout) in enumerate(zip(self.layers, self.config.features[:-1],
-                                                       self.config.features[1:])):
+            for i, (layer, residual) in enumerate(self.residual_layers()):
                 with nvtx_range(f"decoder.layer{i}", x.device), layer_precision(i, len(self.layers)):
-                    x = layer_fn(layer, x, residual=fin == fout)
+                    x = layer_fn(layer, x, residual=residual)
         return x
+
+    def residual_layers(self) -> list[tuple[HyperConvLayer, bool]]:
+        """Each layer with whether it adds its input (its input and output shapes are equal)."""
+        feats = self.config.features
+        return [(layer, fin == fout) for layer, fin, fout in zip(self.layers, feats[:-1], feats[1:])]
 
 
 def layer_precision(index: int, num_layers: int):
