@@ -23,14 +23,24 @@ Yardsticks for the bar (``--yardsticks fp32,noise``), each against the same bf16
     same e4m3 grid, each rounded up or down to cut its conv's output error on this input,
     ``decoder_fp8.tap_rounded_weight``): which rounding there moves the NLL, and whether a better rounding of the
     weights would fix it at no cost at run time.
+  - "corrected": each ``--corrected`` fp8 path with a correction added to each decoder layer's output, the mean
+    over calibration prompts of what that path misses there (``mean_corrections``): "<others" from the other tasks'
+    train prompts (``--calibration-draws`` draws of 128 from each: what a product could store with the generator),
+    "<task" from the held-out task's own train prompts; and "chain", the same chain uncorrected (the fp8 path's own
+    NLL again, through this chain). Whether e4m3's shift of the NLL is the part of its error every input shares.
+``--fp8-aware``: the generators under test are trained through e4m3's rounding (``TrainConfig.fp8_aware``, under
+EXP_DIR/fp8-aware), and the plain generators' bf16 and fp8 adapters are scored as arms against theirs: whether
+training for e4m3 brings fp8's NLL to bf16's, and to the plain generator's.
 ``--train``: the held-out tasks' generators missing under EXP_DIR are trained first, as ``dnd-fast demo --stage
 holdout`` trains them (the store of ``demo --stage collect``), without the demo's scoring of every baseline (two
 thirds of its time).
 Run: python benchmarks/gpu_fp8_quality.py EXP_DIR --tasks DATA/commonsense DATA/extra [--limit 500] [--csv F]
 [--paths mixed,all] [--yardsticks fp32,noise,rounded] [--noise-draws 4] [--noise-sizes 0.01,0.02] [--held ARC-c,OBQA]
-[--rounded none,weights,taps,ln+1h+2w+ch,all] [--rounded-layers 0,-1]
+[--rounded none,weights,taps,ln+1h+2w+ch,all] [--rounded-layers 0,-1] [--corrected imprecise]
+[--calibration-draws 4] [--fp8-aware]
 """
 import argparse
+import dataclasses
 import datetime
 import random
 import sys
@@ -151,6 +161,53 @@ def rounded_tokens(gen: Generator, prompts: list[str], layers, rounded) -> torch
     return x.float()
 
 
+def path_adapter(gen: Generator, prompts: list[str], name: str):
+    """``gen``'s adapter for ``prompts`` in bf16 (``name`` "bf16") or on the fp8 path ``name``."""
+    if name == "bf16":
+        return gen.set_precision("bf16").make_adapters(gen.generate_to_host([prompts]))[0]
+    with paths.use(**fp8_switches(name)):
+        fp8_generator(gen)  # fresh scales and CUDA graphs for this path
+        return gen.make_adapters(gen.generate_to_host([prompts]))[0]
+
+
+def layer_chain(gen: Generator, condition: torch.Tensor, fp8_path: dict | None,
+                corrections: list | None = None) -> list[torch.Tensor]:
+    """Each decoder layer's output on the plane path: in bf16 (``fp8_path`` None) or on ``fp8_path`` (its switches,
+    e4m3), each output plus ``corrections[i]`` where given (the next layer reads the corrected output)."""
+    x, outs, count = condition, [], len(gen.decoder.layers)
+    with torch.no_grad():
+        for i, (layer, residual) in enumerate(gen.decoder.residual_layers()):
+            switches = {"fp8": False} if fp8_path is None else {"fp8": True, **fp8_path}
+            with paths.use(**switches), layer_precision(i, count):
+                x = layer_plane(layer, x, residual)
+            if corrections is not None:
+                x = (x.float() + corrections[i]).to(x.dtype)
+            outs.append(x)
+    return outs
+
+
+def mean_corrections(gen: Generator, conditions: list[torch.Tensor], fp8_path: dict) -> list[torch.Tensor]:
+    """Per decoder layer, the mean over ``conditions`` of what the fp8 chain misses there: the bf16 chain's output
+    minus the fp8 layer's on the corrected fp8 chain (layer by layer, each correction in place before the next
+    layer's is measured), fp32 [1, C, H, W]. What the conditions share of e4m3's error (a weight's rounding error
+    reads every input alike) goes; what each condition has of its own stays. Scales are set on ``conditions[0]``
+    and forgotten after."""
+    decoder_fp8.reset(gen.decoder)
+    targets = [layer_chain(gen, c, None) for c in conditions]
+    xs, corrections, count = list(conditions), [], len(gen.decoder.layers)
+    with torch.no_grad():
+        for i, (layer, residual) in enumerate(gen.decoder.residual_layers()):
+            with paths.use(fp8=True, **fp8_path), layer_precision(i, count):
+                ys = [layer_plane(layer, x, residual) for x in xs]
+            corrections.append(torch.stack([t[i].float() - y.float() for t, y in zip(targets, ys)]).mean(0))
+            xs = [(y.float() + corrections[-1]).to(y.dtype) for y in ys]
+    decoder_fp8.reset(gen.decoder)
+    return corrections
+
+
+YARDSTICKS = ("fp32", "noise", "rounded", "corrected")
+
+
 def rounded_sets(spec: str) -> dict[str, tuple]:
     """``--rounded``: each comma entry "none", "all" or ROUNDED / TAPS names joined by "+", as a name -> what is
     rounded."""
@@ -177,7 +234,7 @@ def main():
                     help=f"comma list of the fp8 paths: {', '.join(FP8_PATHS)}, accN (sums added in fp32 every N K "
                          "terms), bf16layerN[+M] (those decoder layers in bf16), bf16convL.CONV[+...] (those convs "
                          "in bf16), or several joined by '_'")
-    ap.add_argument("--yardsticks", default="", help="comma list of fp32, noise, rounded (see above; default none)")
+    ap.add_argument("--yardsticks", default="", help=f"comma list of {', '.join(YARDSTICKS)} (see above; default none)")
     ap.add_argument("--noise-draws", type=int, default=4)
     ap.add_argument("--noise-sizes", default="",
                     help="comma list of the noise yardstick's relative sizes (default: the last fp8 path's error)")
@@ -190,15 +247,30 @@ def main():
     ap.add_argument("--rounded", default="none,weights,taps,ln+1h+2w+ch,all,taps+ln+1h+2w+ch",
                     help="the rounded yardstick's arms: none, all, or weights (or taps), ln, 1h, 2w, ch joined by '+'")
     ap.add_argument("--rounded-layers", default="0,-1", help="the layers the rounded yardstick rounds (default 0,-1)")
+    ap.add_argument("--corrected", default="imprecise",
+                    help="the corrected yardstick's fp8 paths (comma list, as --paths; default imprecise)")
+    ap.add_argument("--calibration-draws", type=int, default=4,
+                    help="the corrected yardstick's draws of 128 prompts from each calibration task's train split")
     ap.add_argument("--train", action="store_true",
                     help="train the held-out tasks' missing generators first (EXP_DIR/store from demo --stage collect)")
+    ap.add_argument("--fp8-aware", action="store_true",
+                    help="test generators trained through e4m3 (EXP/fp8-aware/generator-TASK, TrainConfig.fp8_aware; "
+                         "implies --train) and score the plain ones too, as arms 'plain bf16' and 'plain PATH'")
     ap.add_argument("--held", default="", help="comma list: only these held-out tasks (default: every one)")
     args = ap.parse_args()
     rounded = rounded_sets(args.rounded)
+    yardsticks = [y for y in args.yardsticks.split(",") if y]
+    unknown = sorted(set(yardsticks) - set(YARDSTICKS))
+    if unknown:
+        raise SystemExit(f"--yardsticks: no yardstick {', '.join(unknown)} (known: {', '.join(YARDSTICKS)})")
     rounded_layers = [int(i) for i in args.rounded_layers.split(",") if i]
     exp = Path(args.exp)
+    args.train = args.train or args.fp8_aware
+    root = exp / "fp8-aware" if args.fp8_aware else exp  # where the generators under test are
+    aware = preset("gpu")
+    aware = dataclasses.replace(aware, train=dataclasses.replace(aware.train, fp8_aware=True))
     tasks = scored_tasks(args.tasks, preset("gpu"), log=lambda m: print(m, flush=True))
-    held = [t for t in sorted(tasks) if args.train or (exp / f"generator-{t}" / "generator").is_dir()]
+    held = [t for t in sorted(tasks) if args.train or (root / f"generator-{t}" / "generator").is_dir()]
     if args.held:
         unknown = sorted(set(args.held.split(",")) - set(tasks))
         if unknown:
@@ -215,7 +287,9 @@ def main():
         t0 = time.perf_counter()
         if args.train:
             train_generator(task, exp, exp / "store", preset("gpu"), "cuda", progress=True)
-        gen = Generator.load(exp / f"generator-{task}" / "generator", device="cuda")
+            if args.fp8_aware:
+                train_generator(task, root, exp / "store", aware, "cuda", progress=True)
+        gen = Generator.load(root / f"generator-{task}" / "generator", device="cuda")
         if model is None:
             model, tokenizer = load_base(None, device="cuda", dtype=getattr(torch, args.score_dtype))
             slot = AdapterSlot(model, make_lora_config(gen.lora_config))
@@ -227,7 +301,7 @@ def main():
             sums, counts = token_nll(slot.load(adapter.state_dict()), tokenizer, items, batch_size=32)
             return torch.tensor(sums, dtype=torch.float64), torch.tensor(counts, dtype=torch.float64)
 
-        bf16 = score(gen.set_precision("bf16").make_adapters(gen.generate_to_host([prompts]))[0])
+        bf16 = score(path_adapter(gen, prompts, "bf16"))
         nll_bf16 = (bf16[0].sum() / bf16[1].sum()).item()
 
         def report(arm, result, errors=(), extra=""):
@@ -249,12 +323,14 @@ def main():
         for name in [p for p in args.paths.split(",") if p]:
             errors = layer_errors(gen, prompts, fp8_switches(name))
             last_error[name] = errors[-1]
-            with paths.use(**fp8_switches(name)):
-                fp8_generator(gen)  # fresh scales and CUDA graphs for this path
-                report(name, score(gen.make_adapters(gen.generate_to_host([prompts]))[0]), errors)
-        yardsticks = [y for y in args.yardsticks.split(",") if y]
+            report(f"aware {name}" if args.fp8_aware else name, score(path_adapter(gen, prompts, name)), errors)
+        if args.fp8_aware:
+            plain = Generator.load(exp / f"generator-{task}" / "generator", device="cuda")
+            for name in ["bf16", *[p for p in args.paths.split(",") if p]]:
+                report(f"plain {name}", score(path_adapter(plain, prompts, name)))
+            del plain
         if "fp32" in yardsticks:
-            report("fp32", score(fp32_adapter(exp / f"generator-{task}" / "generator", prompts)))
+            report("fp32", score(fp32_adapter(root / f"generator-{task}" / "generator", prompts)))
         if "noise" in yardsticks:
             sizes = [float(r) for r in args.noise_sizes.split(",") if r] or \
                 [list(last_error.values())[-1] if last_error else 0.05]  # the last fp8 path's
@@ -266,6 +342,25 @@ def main():
             for name, names in rounded.items():
                 tokens = rounded_tokens(gen, prompts, rounded_layers, names)
                 report(f"rounded {name} @{'+'.join(map(str, rounded_layers))}", score(adapter_of(gen, tokens)))
+        if "corrected" in yardsticks:
+            gen.set_precision("bf16")
+            condition = gen.encoder(prompts)
+            reference = layer_chain(gen, condition, None)
+            sources = {"others": [tasks[t].split("train") for t in sorted(tasks) if t != task],
+                       "task": [tasks[task].split("train")]}
+            for name in [p for p in args.corrected.split(",") if p]:
+                switches = fp8_switches(name)
+                arms = {"chain": None}
+                for source, splits in sources.items():
+                    conditions = [gen.encoder([it["prompt"] for it in split], seed=1 + draw)
+                                  for split in splits for draw in range(args.calibration_draws)]
+                    arms[f"corrected <{source}"] = mean_corrections(gen, conditions, switches)
+                for arm, corrections in arms.items():
+                    decoder_fp8.reset(gen.decoder)  # scales from the test prompts, as generate() sets them
+                    outs = layer_chain(gen, condition, switches, corrections)
+                    errors = [((b.float() - a.float()).norm() / a.float().norm()).item() for a, b in zip(reference, outs)]
+                    report(f"{arm} {name}", score(adapter_of(gen, outs[-1].float())), errors)
+                decoder_fp8.reset(gen.decoder)
         del gen
     print_table("fp8 vs bf16 decoder on trained generators (held-out NLL per gold token)",
                 ["held-out", "fp8 path or yardstick", "rel. error per layer (fp8 vs bf16)", "NLL bf16", "NLL fp8",

@@ -136,29 +136,38 @@ def tap_rounded_weight(weight: torch.Tensor, x: torch.Tensor, damp: float = 0.01
     return out.view(cout, cin, kh, kw) * scale
 
 
-def reference_layer(layer, x: torch.Tensor, residual: bool, state: dict, rounded=ROUNDED) -> torch.Tensor:
+def _through(exact: torch.Tensor, rounded: torch.Tensor) -> torch.Tensor:
+    """``rounded``'s values with ``exact``'s gradient (the straight-through estimator)."""
+    return exact + (rounded - exact).detach()
+
+
+def reference_layer(layer, x: torch.Tensor, residual: bool, state: dict | None, rounded=ROUNDED) -> torch.Tensor:
     """The PyTorch reference of a layer's fp8 path, in fp32: ``decoder._layer_reference`` with every plane
     and weight rounded as the kernels store them (scales from ``state``, what ``scales`` set; in a
     ``kept_convs``, those convs' weights and input planes unrounded). ``rounded``: which of ``ROUNDED`` are
     rounded (the others stay fp32: where a layer's e4m3 error comes from); ``TAPS`` in place of "weights" rounds
-    the weights by ``tap_rounded_weight`` on each conv's input here."""
+    the weights by ``tap_rounded_weight`` on each conv's input here. ``state`` None: training through the
+    rounding (``fp8_aware_forward``): each plane scaled by its own largest value, gradients straight through."""
     import torch.nn.functional as F
+    from dnd_fast.kernels.common import FP8_MAX
 
-    hc, s = layer.hyper, state["scale"]
+    hc = layer.hyper
     kept = kept_convs(layer)
     if "weights" in rounded and TAPS in rounded:
         raise ValueError(f"reference_layer: round the weights one way, 'weights' or {TAPS!r}, not both")
 
     def conv(name, t):
         module = getattr(hc, name) if name != "conv" else layer.conv
-        if name in kept or not {"weights", TAPS} & set(rounded):
-            weight = module.weight.float()
-        else:
-            weight = tap_rounded_weight(module.weight, t) if TAPS in rounded else quantized_weight(module.weight)
+        weight = module.weight.float()
+        if name not in kept and {"weights", TAPS} & set(rounded):
+            weight = _through(weight, tap_rounded_weight(weight, t) if TAPS in rounded else quantized_weight(weight))
         return F.conv2d(t, weight, None if module.bias is None else module.bias.float(), padding="same")
 
     def plane(t, name, reader):
-        return t if reader in kept or name not in rounded else quantized(t, s[name])
+        if reader in kept or name not in rounded:
+            return t
+        scale = state["scale"][name] if state else t.detach().abs().amax().clamp_min(1e-12) * (HEADROOM / FP8_MAX)
+        return _through(t, quantized(t, scale))
     xn = F.layer_norm(x.float(), hc.norm.normalized_shape, hc.norm.weight.float(), hc.norm.bias.float(), hc.norm.eps)
     p1 = plane(conv("conv1w", plane(xn, "ln", "conv1w").transpose(-1, -3)).transpose(-1, -3), "1h", "conv1h")
     p1 = conv("conv1h", p1.transpose(-2, -3)).transpose(-2, -3)
@@ -166,3 +175,12 @@ def reference_layer(layer, x: torch.Tensor, residual: bool, state: dict, rounded
     p2 = conv("conv2w", p2.transpose(-1, -3)).transpose(-1, -3)
     y = conv("conv", plane((p1 + torch.tanh(p2) + hc.bias.float()) / 3, "ch", "conv"))
     return x.float() + y if residual else y
+
+
+def fp8_aware_forward(decoder, condition: torch.Tensor) -> torch.Tensor:
+    """The decoder with every weight and plane rounded to e4m3 as the fp8 path rounds them (``reference_layer``,
+    all layers), differentiable: training through it (``TrainConfig.fp8_aware``) fits the weights to e4m3."""
+    x = condition
+    for layer, residual in decoder.residual_layers():
+        x = reference_layer(layer, x, residual, None)
+    return x

@@ -43,6 +43,17 @@ def test_loss_falls_and_the_generator_generates(store, tiny_encoder, tmp_path):
     assert set(adapter.state_dict()) == set(gen.layout.keys)
 
 
+def test_fp8_aware_training_fits_through_the_rounding(store, tiny_encoder, tmp_path):
+    """``TrainConfig.fp8_aware``: the loss through e4m3's rounding falls as the exact one does; one device,
+    uncompiled."""
+    summary = train(store, tmp_path / "run", config(tiny_encoder, steps=40, fp8_aware=True), device="cpu",
+                    progress=False)
+    assert summary["final_loss"] < 0.7 * summary["first_loss"], summary
+    with pytest.raises(ValueError, match="fp8_aware training runs on one device, uncompiled"):
+        train(store, tmp_path / "compiled", config(tiny_encoder, fp8_aware=True, compile=True), device="cpu",
+              progress=False)
+
+
 def test_tensorboard_scalars_match_the_json_log(store, tiny_encoder, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
