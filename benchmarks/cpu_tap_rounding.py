@@ -2,8 +2,9 @@
 LayerNorm plane layer 0 of the experiment's decoder reads (all-MiniLM-L6-v2 over 64 prompts of a task, 64 tokens),
 through the two convs that read it (conv1w: tokens x prompts, hidden units as channels; conv2h: prompts x hidden
 units, tokens as channels), with that layer's initial weights. The ratio is tap rounding's output error over
-round-to-nearest's (1.00: no gain). Trained weights and deeper planes need a trained generator (the GPU run of
-``gpu_fp8_quality.py --born``).
+round-to-nearest's (1.00: no gain). Beside it, the int8 grid's (``decoder_fp8.INT8``: weights per output channel,
+the plane per tensor with e4m3's headroom): the weights' output error, and the plane's own rounding error on each
+grid. Trained weights and deeper planes need a trained generator (the GPU run of ``gpu_fp8_quality.py --born``).
 Run: python benchmarks/cpu_tap_rounding.py DATA/commonsense/ARC-c_test.json DATA/commonsense/BoolQ_test.json
 """
 import argparse
@@ -37,23 +38,31 @@ def main():
     torch.manual_seed(0)
     encoder = PromptEncoder(None, max_length=64, num_prompts=64)
     hyper = HyperConvDecoder(DecoderConfig(EXPERIMENT, 9)).eval().layers[0].hyper
-    rows = []
+    rows, plane_rows = [], []
     for task in args.tasks:
         items = json.loads(Path(task).read_text())
         prompts = [it["prompt"] for it in random.Random(0).sample(items, min(64, len(items)))]
         with torch.no_grad():
             norm = hyper.norm
             plane = F.layer_norm(encoder(prompts).float(), norm.normalized_shape, norm.weight, norm.bias, norm.eps)
+            scale = plane.abs().amax() * decoder_fp8.HEADROOM / 448  # decoder_fp8.scales' rule
+            plane_rows.append([Path(task).stem, *(f"{100 * rel(decoder_fp8.quantized(plane, scale, grid), plane):.2f}"
+                                                  for grid in ("e4m3", decoder_fp8.INT8))])
             for name, x in (("conv1w", plane.transpose(-1, -3)), ("conv2h", plane.transpose(-2, -3))):
                 w = getattr(hyper, name).weight.float()
                 exact = F.conv2d(x, w, padding="same")
                 nearest = rel(F.conv2d(x, decoder_fp8.quantized_weight(w), padding="same"), exact)
                 taps = rel(F.conv2d(x, decoder_fp8.tap_rounded_weight(w, x), padding="same"), exact)
+                int8 = rel(F.conv2d(x, decoder_fp8.quantized_weight(w, decoder_fp8.INT8), padding="same"), exact)
                 rows.append([Path(task).stem, name, "x".join(map(str, x.shape[1:])), f"{100 * nearest:.2f}",
-                             f"{100 * taps:.2f}", f"{taps / nearest:.2f}"])
+                             f"{100 * taps:.2f}", f"{taps / nearest:.2f}", f"{100 * int8:.2f}",
+                             f"{int8 / nearest:.2f}"])
                 print(rows[-1], flush=True)
     print_table("e4m3 weights: a conv's output error (%) on layer 0's real LayerNorm plane",
-                ["task", "conv", "input (C x P x Q)", "round to nearest", "tap rounding", "ratio"], rows)
+                ["task", "conv", "input (C x P x Q)", "round to nearest", "tap rounding", "ratio", "int8", "ratio"],
+                rows)
+    print_table("layer 0's real LayerNorm plane rounded (%, relative rms error; per-tensor scale, headroom 2)",
+                ["task", "e4m3", "int8"], plane_rows)
 
 
 if __name__ == "__main__":

@@ -21,8 +21,9 @@ Yardsticks for the bar (``--yardsticks fp32,noise``), each against the same bf16
     of their fp8 path rounding only what each ``--rounded`` entry names (weights, ln, 1h, 2w, ch joined by "+", or
     all, or none: those layers in fp32, the yardstick's own baseline; "taps" in place of weights: the weights on the
     same e4m3 grid, each rounded up or down to cut its conv's output error on this input,
-    ``decoder_fp8.tap_rounded_weight``): which rounding there moves the NLL, and whether a better rounding of the
-    weights would fix it at no cost at run time.
+    ``decoder_fp8.tap_rounded_weight``; "int8" with them: to int8 in place of e4m3, ``decoder_fp8.INT8``): which
+    rounding there moves the NLL, whether a better rounding of the weights would fix it at no cost at run time,
+    and whether int8 (the e4m3 rate on Hopper) would.
   - "corrected": each ``--corrected`` fp8 path with a correction added to each decoder layer's output, the mean
     over calibration prompts of what that path misses there (``mean_corrections``): "<others" from the other tasks'
     train prompts (``--calibration-draws`` draws of 128 from each: what a product could store with the generator),
@@ -36,7 +37,7 @@ holdout`` trains them (the store of ``demo --stage collect``), without the demo'
 thirds of its time).
 Run: python benchmarks/gpu_fp8_quality.py EXP_DIR --tasks DATA/commonsense DATA/extra [--limit 500] [--csv F]
 [--paths mixed,all] [--yardsticks fp32,noise,rounded] [--noise-draws 4] [--noise-sizes 0.01,0.02] [--held ARC-c,OBQA]
-[--rounded none,weights,taps,ln+1h+2w+ch,all] [--rounded-layers 0,-1] [--corrected imprecise]
+[--rounded none,weights,taps,ln+1h+2w+ch,all,int8+all] [--rounded-layers 0,-1] [--corrected imprecise]
 [--calibration-draws 4] [--fp8-aware]
 """
 import argparse
@@ -102,7 +103,9 @@ def born_errors(gen: Generator, prompts: list[str]) -> list[dict]:
             def ref(rounded):
                 return decoder_fp8.reference_layer(layer, xf, residual, state, rounded)
             exact = ref(())
-            which = [*((r, (r,)) for r in (*decoder_fp8.ROUNDED, decoder_fp8.TAPS)), ("all", decoder_fp8.ROUNDED)]
+            int8 = decoder_fp8.INT8
+            which = [*((r, (r,)) for r in (*decoder_fp8.ROUNDED, decoder_fp8.TAPS)), ("all", decoder_fp8.ROUNDED),
+                     ("int8 weights", ("weights", int8)), ("int8 all", (*decoder_fp8.ROUNDED, int8))]
             rows.append({what: ((ref(rounded) - exact).norm() / exact.norm()).item() for what, rounded in which})
             with paths.use(fp8=False):
                 x = layer_plane(layer, x, residual)
@@ -209,16 +212,19 @@ YARDSTICKS = ("fp32", "noise", "rounded", "corrected")
 
 
 def rounded_sets(spec: str) -> dict[str, tuple]:
-    """``--rounded``: each comma entry "none", "all" or ROUNDED / TAPS names joined by "+", as a name -> what is
-    rounded."""
-    sets, known = {}, (*decoder_fp8.ROUNDED, decoder_fp8.TAPS)
+    """``--rounded``: each comma entry "none", or "all" (every one of ROUNDED) and ROUNDED / TAPS / INT8 names
+    joined by "+", as a name -> what is rounded."""
+    sets, known = {}, (*decoder_fp8.ROUNDED, decoder_fp8.TAPS, decoder_fp8.INT8)
     for entry in [e for e in spec.split(",") if e]:
-        names = () if entry == "none" else decoder_fp8.ROUNDED if entry == "all" else tuple(entry.split("+"))
+        parts = [] if entry == "none" else entry.split("+")
+        names = tuple(n for part in parts for n in (decoder_fp8.ROUNDED if part == "all" else (part,)))
         unknown = [n for n in names if n not in known]
         if unknown:
             raise SystemExit(f"--rounded: {unknown[0]!r} is not one of none, all, {', '.join(known)}")
         if {"weights", decoder_fp8.TAPS} <= set(names):
             raise SystemExit(f"--rounded: {entry!r} rounds the weights two ways (weights, {decoder_fp8.TAPS})")
+        if {decoder_fp8.INT8, decoder_fp8.TAPS} <= set(names):
+            raise SystemExit(f"--rounded: {entry!r}: {decoder_fp8.TAPS} rounds to e4m3, not {decoder_fp8.INT8}")
         sets[entry] = names
     return sets
 
@@ -244,8 +250,9 @@ def main():
     ap.add_argument("--born", action="store_true",
                     help="also each layer's own e4m3 error by what is rounded (weights, taps or one plane; fp32 "
                          "reference)")
-    ap.add_argument("--rounded", default="none,weights,taps,ln+1h+2w+ch,all,taps+ln+1h+2w+ch",
-                    help="the rounded yardstick's arms: none, all, or weights (or taps), ln, 1h, 2w, ch joined by '+'")
+    ap.add_argument("--rounded", default="none,weights,ln+1h+2w+ch,all,int8+weights,int8+ln+1h+2w+ch,int8+all",
+                    help="the rounded yardstick's arms: none, or all, weights (or taps), ln, 1h, 2w, ch joined by '+', "
+                         "with int8 to round to int8 in place of e4m3")
     ap.add_argument("--rounded-layers", default="0,-1", help="the layers the rounded yardstick rounds (default 0,-1)")
     ap.add_argument("--corrected", default="imprecise",
                     help="the corrected yardstick's fp8 paths (comma list, as --paths; default imprecise)")
@@ -358,7 +365,8 @@ def main():
                 for arm, corrections in arms.items():
                     decoder_fp8.reset(gen.decoder)  # scales from the test prompts, as generate() sets them
                     outs = layer_chain(gen, condition, switches, corrections)
-                    errors = [((b.float() - a.float()).norm() / a.float().norm()).item() for a, b in zip(reference, outs)]
+                    errors = [((b.float() - a.float()).norm() / a.float().norm()).item()
+                              for a, b in zip(reference, outs)]
                     report(f"{arm} {name}", score(adapter_of(gen, outs[-1].float())), errors)
                 decoder_fp8.reset(gen.decoder)
         del gen
@@ -367,7 +375,8 @@ def main():
                  "(fp8 - bf16) / bf16 [95%]", "within 0.5%", "s"], rows)
     if born_rows:
         print_table("each layer's own e4m3 error (%, fp32 reference on the bf16 chain's input) by what is rounded",
-                    ["held-out", "layer", *decoder_fp8.ROUNDED, decoder_fp8.TAPS, "all"], born_rows)
+                    ["held-out", "layer", *decoder_fp8.ROUNDED, decoder_fp8.TAPS, "all", "int8 weights", "int8 all"],
+                    born_rows)
     append_csv(args.csv, ["benchmark", "gpu", "task", "items", "nll_bf16", "nll_fp8", "rel_diff", "rel_low",
                           "rel_high", "max_layer_rel_err", "fp8_path", "scorer", "date", "commit"], csv_rows)
 

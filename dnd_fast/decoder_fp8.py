@@ -24,6 +24,9 @@ HEADROOM = 2.0
 ROUNDED = ("weights", "ln", "1h", "2w", "ch")
 # reference_layer's other rounding of the weights, in place of "weights": ``tap_rounded_weight`` (not a kernel path)
 TAPS = "taps"
+# reference_layer's other grid, named with what it rounds: int8 in place of e4m3 (integers to +-127, the same
+# scales x 448 / 127, so the same headroom); Hopper's int8 MMA has the e4m3 rate. A yardstick: no kernel path.
+INT8, INT8_MAX = "int8", 127
 # the convs (by HyperConv attribute) whose input planes stay bf16 in a thin layer: both height convs, which the CUDA
 # halo kernel runs, and the width conv that reads what conv2h writes (that kernel stores no e4m3)
 BF16_CONVS = ("conv1h", "conv2h", "conv2w")
@@ -85,10 +88,14 @@ def reset(decoder: torch.nn.Module) -> None:
         module.__dict__.get("_dnd_packed", {}).clear()
 
 
-def quantized(t: torch.Tensor, scale) -> torch.Tensor:
-    """``t`` as an e4m3 plane of scale ``scale`` holds it, back in fp32."""
+def quantized(t: torch.Tensor, scale, grid: str = "e4m3") -> torch.Tensor:
+    """``t`` as an e4m3 plane of scale ``scale`` holds it (``grid`` INT8: as an int8 plane of scale ``scale`` x 448
+    / 127, the same range), back in fp32."""
     from dnd_fast.kernels.common import FP8, FP8_MAX
 
+    if grid == INT8:
+        scale = scale * (FP8_MAX / INT8_MAX)
+        return (t.float() / scale).round().clamp(-INT8_MAX, INT8_MAX) * scale
     return (t.float() / scale).clamp(-FP8_MAX, FP8_MAX).to(FP8).float() * scale
 
 
@@ -99,10 +106,10 @@ def weight_scale(w: torch.Tensor) -> torch.Tensor:
     return w.abs().amax((1, 2, 3), keepdim=True).clamp_min(1e-12) / FP8_MAX
 
 
-def quantized_weight(weight: torch.Tensor) -> torch.Tensor:
-    """A conv weight as its per-output-channel e4m3 copy holds it, back in fp32."""
+def quantized_weight(weight: torch.Tensor, grid: str = "e4m3") -> torch.Tensor:
+    """A conv weight as its per-output-channel e4m3 (or int8) copy holds it, back in fp32."""
     w = weight.detach().float()
-    return quantized(w, weight_scale(w))
+    return quantized(w, weight_scale(w), grid)
 
 
 def tap_rounded_weight(weight: torch.Tensor, x: torch.Tensor, damp: float = 0.01) -> torch.Tensor:
@@ -146,8 +153,9 @@ def reference_layer(layer, x: torch.Tensor, residual: bool, state: dict | None, 
     and weight rounded as the kernels store them (scales from ``state``, what ``scales`` set; in a
     ``kept_convs``, those convs' weights and input planes unrounded). ``rounded``: which of ``ROUNDED`` are
     rounded (the others stay fp32: where a layer's e4m3 error comes from); ``TAPS`` in place of "weights" rounds
-    the weights by ``tap_rounded_weight`` on each conv's input here. ``state`` None: training through the
-    rounding (``fp8_aware_forward``): each plane scaled by its own largest value, gradients straight through."""
+    the weights by ``tap_rounded_weight`` on each conv's input here; with ``INT8``, to int8 in place of e4m3.
+    ``state`` None: training through the rounding (``fp8_aware_forward``): each plane scaled by its own largest
+    value, gradients straight through."""
     import torch.nn.functional as F
     from dnd_fast.kernels.common import FP8_MAX
 
@@ -155,19 +163,23 @@ def reference_layer(layer, x: torch.Tensor, residual: bool, state: dict | None, 
     kept = kept_convs(layer)
     if "weights" in rounded and TAPS in rounded:
         raise ValueError(f"reference_layer: round the weights one way, 'weights' or {TAPS!r}, not both")
+    if INT8 in rounded and TAPS in rounded:
+        raise ValueError(f"reference_layer: {TAPS!r} rounds to e4m3, not {INT8}")
+    grid = INT8 if INT8 in rounded else "e4m3"
 
     def conv(name, t):
         module = getattr(hc, name) if name != "conv" else layer.conv
         weight = module.weight.float()
         if name not in kept and {"weights", TAPS} & set(rounded):
-            weight = _through(weight, tap_rounded_weight(weight, t) if TAPS in rounded else quantized_weight(weight))
+            rounded_weight = tap_rounded_weight(weight, t) if TAPS in rounded else quantized_weight(weight, grid)
+            weight = _through(weight, rounded_weight)
         return F.conv2d(t, weight, None if module.bias is None else module.bias.float(), padding="same")
 
     def plane(t, name, reader):
         if reader in kept or name not in rounded:
             return t
         scale = state["scale"][name] if state else t.detach().abs().amax().clamp_min(1e-12) * (HEADROOM / FP8_MAX)
-        return _through(t, quantized(t, scale))
+        return _through(t, quantized(t, scale, grid))
     xn = F.layer_norm(x.float(), hc.norm.normalized_shape, hc.norm.weight.float(), hc.norm.bias.float(), hc.norm.eps)
     p1 = plane(conv("conv1w", plane(xn, "ln", "conv1w").transpose(-1, -3)).transpose(-1, -3), "1h", "conv1h")
     p1 = conv("conv1h", p1.transpose(-2, -3)).transpose(-2, -3)

@@ -340,12 +340,17 @@ def test_fp8_quality_rounded_yardstick_rounds_only_its_layers(device):
     assert rel_err(ends_weights, ends_exact) > 1e-3
     ends_taps = rounded_tokens(gen, [], (0, -1), (decoder_fp8.TAPS,))
     assert rel_err(ends_taps, ends_exact) > 1e-3 and not torch.equal(ends_taps, ends_weights)
-    assert rounded_sets("none,all,weights+ch") == {"none": (), "all": decoder_fp8.ROUNDED,
-                                                   "weights+ch": ("weights", "ch")}
+    ends_int8 = rounded_tokens(gen, [], (0, -1), ("weights", decoder_fp8.INT8))
+    assert 1e-4 < rel_err(ends_int8, ends_exact) < rel_err(ends_weights, ends_exact) / 3
+    assert rounded_sets("none,all,weights+ch,int8+all") == {
+        "none": (), "all": decoder_fp8.ROUNDED, "weights+ch": ("weights", "ch"),
+        "int8+all": (decoder_fp8.INT8, *decoder_fp8.ROUNDED)}
     with pytest.raises(SystemExit, match="'wieghts' is not one of"):
         rounded_sets("wieghts")
     with pytest.raises(SystemExit, match="two ways"):
         rounded_sets("weights+taps")
+    with pytest.raises(SystemExit, match="taps rounds to e4m3, not int8"):
+        rounded_sets("int8+taps")
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -386,6 +391,38 @@ def test_fp8_quality_corrected_yardstick_removes_the_error_inputs_share(device):
         corrected = rel_err(layer_chain(gen, y, switches, corrections)[-1], layer_chain(gen, y, None)[-1])
         decoder_fp8.reset(dec)
         assert (corrected < 0.9 * plain) if shares else (corrected > 1.1 * plain)
+
+
+def test_int8_grid_holds_integers_within_half_a_step_and_errs_less_than_e4m3():
+    """``decoder_fp8.quantized(grid=INT8)``: integers to +-127 times (scale x 448 / 127), each value within half a
+    step (clamped past the range); per output channel, a weight's largest |value| lands on 127; and a layer's
+    reference on the int8 grid errs less than on e4m3: its weights' rounding 0.15-0.16 of e4m3's, everything
+    rounded 0.45-0.49 (the planes' scales keep e4m3's headroom of 2, one of int8's bits) on three seeds."""
+    from dnd_fast import decoder_fp8
+    from dnd_fast.decoder_fp8 import INT8, quantized, quantized_weight
+
+    reseed()
+    t, scale = 3 * torch.randn(1000), torch.tensor(0.01)
+    step = scale * 448 / 127
+    q = quantized(t, scale, INT8)
+    codes = q / step
+    assert torch.allclose(codes, codes.round(), atol=1e-4) and codes.abs().max() <= 127 + 1e-4
+    inside = t.abs() <= 127 * step
+    assert ((q - t)[inside].abs() <= step / 2 + 1e-6).all() and (q[~inside].abs() - 127 * step).abs().max() < 1e-5
+    w = torch.randn(7, 5, 3, 3)
+    wq = quantized_weight(w, INT8)
+    top = wq.abs().amax((1, 2, 3)) / (w.abs().amax((1, 2, 3)))
+    assert torch.allclose(top, torch.ones(7), atol=1e-6)
+    dec = HyperConvDecoder(DecoderConfig(((6, 7, 11), (9, 10, 5)), 3)).float()
+    layer, residual = dec.residual_layers()[0]
+    x = torch.randn(2, *dec.config.condition_shape)
+    exact = decoder_fp8.reference_layer(layer, x, residual, None, rounded=())
+    for rounded, ratio in ((("weights",), 0.3), (decoder_fp8.ROUNDED, 0.7)):
+        e4m3 = rel_err(decoder_fp8.reference_layer(layer, x, residual, None, rounded), exact)
+        int8 = rel_err(decoder_fp8.reference_layer(layer, x, residual, None, (*rounded, INT8)), exact)
+        assert 0 < int8 < ratio * e4m3
+    with pytest.raises(ValueError, match="rounds to e4m3, not int8"):
+        decoder_fp8.reference_layer(layer, x, residual, None, (decoder_fp8.TAPS, INT8))
 
 
 def test_fp8_aware_forward_rounds_like_the_fp8_path_and_passes_gradients_straight_through():
