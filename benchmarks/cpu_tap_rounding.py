@@ -3,8 +3,10 @@ LayerNorm plane layer 0 of the experiment's decoder reads (all-MiniLM-L6-v2 over
 through the two convs that read it (conv1w: tokens x prompts, hidden units as channels; conv2h: prompts x hidden
 units, tokens as channels), with that layer's initial weights. The ratio is tap rounding's output error over
 round-to-nearest's (1.00: no gain). Beside it, the int8 grid's (``decoder_fp8.INT8``: weights per output channel,
-the plane per tensor with e4m3's headroom): the weights' output error, and the plane's own rounding error on each
-grid. Trained weights and deeper planes need a trained generator (the GPU run of ``gpu_fp8_quality.py --born``).
+the plane per tensor with e4m3's headroom): the weights' output error; then the plane's own rounding error and the
+conv's output error with plane and weights both rounded, on each grid, and on int8 after SmoothQuant-style factors
+per input channel move the plane's outliers into the weights (conv1w only: conv2h slides along the hidden axis).
+Trained weights and deeper planes need a trained generator (the GPU run of ``gpu_fp8_quality.py --born``).
 Run: python benchmarks/cpu_tap_rounding.py DATA/commonsense/ARC-c_test.json DATA/commonsense/BoolQ_test.json
 """
 import argparse
@@ -31,6 +33,17 @@ def rel(a, b):
     return ((a - b).norm() / b.norm()).item()
 
 
+def both_rounded(x: torch.Tensor, w: torch.Tensor, grid: str, smooth: bool = False) -> torch.Tensor:
+    """The conv of ``x`` by ``w``, plane (per tensor, ``decoder_fp8.scales``' headroom) and weights (per output
+    channel) rounded to ``grid``; ``smooth``: first each input channel divided by sqrt(its plane's largest |value| /
+    its weights'), its weights multiplied by it (SmoothQuant with alpha 0.5; the same conv before rounding)."""
+    if smooth:
+        factor = (x.abs().amax((0, 2, 3)) / w.abs().amax((0, 2, 3))).sqrt().clamp_min(1e-6)[None, :, None, None]
+        x, w = x / factor, w * factor
+    scale = x.abs().amax() * decoder_fp8.HEADROOM / 448
+    return F.conv2d(decoder_fp8.quantized(x, scale, grid), decoder_fp8.quantized_weight(w, grid), padding="same")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("tasks", nargs="+", help="task files (JSON lists of items with a prompt)")
@@ -46,8 +59,7 @@ def main():
             norm = hyper.norm
             plane = F.layer_norm(encoder(prompts).float(), norm.normalized_shape, norm.weight, norm.bias, norm.eps)
             scale = plane.abs().amax() * decoder_fp8.HEADROOM / 448  # decoder_fp8.scales' rule
-            plane_rows.append([Path(task).stem, *(f"{100 * rel(decoder_fp8.quantized(plane, scale, grid), plane):.2f}"
-                                                  for grid in ("e4m3", decoder_fp8.INT8))])
+            own = [f"{100 * rel(decoder_fp8.quantized(plane, scale, grid), plane):.2f}" for grid in ("e4m3", "int8")]
             for name, x in (("conv1w", plane.transpose(-1, -3)), ("conv2h", plane.transpose(-2, -3))):
                 w = getattr(hyper, name).weight.float()
                 exact = F.conv2d(x, w, padding="same")
@@ -57,12 +69,18 @@ def main():
                 rows.append([Path(task).stem, name, "x".join(map(str, x.shape[1:])), f"{100 * nearest:.2f}",
                              f"{100 * taps:.2f}", f"{taps / nearest:.2f}", f"{100 * int8:.2f}",
                              f"{int8 / nearest:.2f}"])
-                print(rows[-1], flush=True)
+                both = [rel(both_rounded(x, w, grid), exact) for grid in ("e4m3", decoder_fp8.INT8)]
+                smoothed = rel(both_rounded(x, w, decoder_fp8.INT8, smooth=True), exact) if name == "conv1w" else None
+                plane_rows.append([Path(task).stem, name, *own, *(f"{100 * e:.2f}" for e in both),
+                                   "" if smoothed is None else f"{100 * smoothed:.2f}"])
+                print(rows[-1], plane_rows[-1], flush=True)
     print_table("e4m3 weights: a conv's output error (%) on layer 0's real LayerNorm plane",
                 ["task", "conv", "input (C x P x Q)", "round to nearest", "tap rounding", "ratio", "int8", "ratio"],
                 rows)
-    print_table("layer 0's real LayerNorm plane rounded (%, relative rms error; per-tensor scale, headroom 2)",
-                ["task", "e4m3", "int8"], plane_rows)
+    print_table("layer 0's real LayerNorm plane rounded (%, relative rms error; per-tensor scale, headroom 2), and "
+                "the conv's output error with plane and weights rounded",
+                ["task", "conv", "plane e4m3", "plane int8", "conv e4m3", "conv int8", "conv int8 smoothed"],
+                plane_rows)
 
 
 if __name__ == "__main__":

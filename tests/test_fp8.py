@@ -199,10 +199,10 @@ def test_fp8_decoder_matches_its_reference_and_calibrates_once(device, wide_only
         assert all(layer._dnd_fp8["scale"] == s for layer, s in zip(dec.layers, scales))
         assert rel_err(first, exact) < 4 * E4M3_REL
         h = x
-        for layer, fin, fout in zip(dec.layers, dec.config.features[:-1], dec.config.features[1:]):
+        for layer, residual in dec.residual_layers():
             with paths.use(fp8=True):
-                fast = layer_plane(layer, h, fin == fout)
-            ref = decoder_fp8.reference_layer(layer, h, fin == fout, layer._dnd_fp8)
+                fast = layer_plane(layer, h, residual)
+            ref = decoder_fp8.reference_layer(layer, h, residual, layer._dnd_fp8)
             assert rel_err(fast, ref) < 5 * ACC_REL[device] + 1e-3  # a plane value on a rounding boundary may flip
             h = fast
         decoder_fp8.reset(dec)
@@ -273,11 +273,11 @@ def test_fp8_bf16_convs_run_in_bf16(device):
         with paths.use(fp8=True, fp8_bf16_convs=("0.conv2h", "-1.conv", "1.conv1h")):
             mixed = dec(x)
             h = x
-            for i, (layer, fin, fout) in enumerate(zip(dec.layers, dec.config.features[:-1], dec.config.features[1:])):
+            for i, (layer, residual) in enumerate(dec.residual_layers()):
                 with layer_precision(i, n):
                     assert decoder_fp8.kept_convs(layer) == {0: ("conv2h",), 1: ("conv1h",), n - 1: ("conv",)}[i]
-                    fast = layer_plane(layer, h, fin == fout)
-                    ref = decoder_fp8.reference_layer(layer, h, fin == fout, layer._dnd_fp8)
+                    fast = layer_plane(layer, h, residual)
+                    ref = decoder_fp8.reference_layer(layer, h, residual, layer._dnd_fp8)
                 assert rel_err(fast, ref) < 5 * ACC_REL[device] + 1e-3
                 h = fast
         assert not torch.equal(mixed, fp8)
