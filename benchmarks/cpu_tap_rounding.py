@@ -33,6 +33,22 @@ def rel(a, b):
     return ((a - b).norm() / b.norm()).item()
 
 
+def layer0_plane(encoder: PromptEncoder, hyper, task: str) -> torch.Tensor:
+    """The LayerNorm plane layer 0 reads, [1, prompts, tokens, hidden], for 64 prompts of the task file ``task``."""
+    items = json.loads(Path(task).read_text())
+    prompts = [it["prompt"] for it in random.Random(0).sample(items, min(64, len(items)))]
+    with torch.no_grad():
+        norm = hyper.norm
+        return F.layer_norm(encoder(prompts).float(), norm.normalized_shape, norm.weight, norm.bias, norm.eps)
+
+
+def experiment_layer0():
+    """(the prompt encoder, layer 0's HyperConv3d with its initial weights, seed 0) of the experiment's decoder."""
+    torch.manual_seed(0)
+    encoder = PromptEncoder(None, max_length=64, num_prompts=64)
+    return encoder, HyperConvDecoder(DecoderConfig(EXPERIMENT, 9)).eval().layers[0].hyper
+
+
 def both_rounded(x: torch.Tensor, w: torch.Tensor, grid: str, smooth: bool = False) -> torch.Tensor:
     """The conv of ``x`` by ``w``, plane (per tensor, ``decoder_fp8.scales``' headroom) and weights (per output
     channel) rounded to ``grid``; ``smooth``: first each input channel divided by sqrt(its plane's largest |value| /
@@ -48,16 +64,11 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("tasks", nargs="+", help="task files (JSON lists of items with a prompt)")
     args = ap.parse_args()
-    torch.manual_seed(0)
-    encoder = PromptEncoder(None, max_length=64, num_prompts=64)
-    hyper = HyperConvDecoder(DecoderConfig(EXPERIMENT, 9)).eval().layers[0].hyper
+    encoder, hyper = experiment_layer0()
     rows, plane_rows = [], []
     for task in args.tasks:
-        items = json.loads(Path(task).read_text())
-        prompts = [it["prompt"] for it in random.Random(0).sample(items, min(64, len(items)))]
+        plane = layer0_plane(encoder, hyper, task)
         with torch.no_grad():
-            norm = hyper.norm
-            plane = F.layer_norm(encoder(prompts).float(), norm.normalized_shape, norm.weight, norm.bias, norm.eps)
             scale = plane.abs().amax() * decoder_fp8.HEADROOM / 448  # decoder_fp8.scales' rule
             own = [f"{100 * rel(decoder_fp8.quantized(plane, scale, grid), plane):.2f}" for grid in ("e4m3", "int8")]
             for name, x in (("conv1w", plane.transpose(-1, -3)), ("conv2h", plane.transpose(-2, -3))):

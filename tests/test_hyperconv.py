@@ -418,3 +418,24 @@ def test_plane_tilings_give_identical_results(shape):
     outs = [plane_conv(x, weight, None, False, "cuda", torch.bfloat16, meta)
             for meta in hyperconv.plane_candidates(cin, cout, torch.bfloat16) if meta.get("SPLIT_K", 1) == 1]
     assert len(outs) > 1 and all(torch.equal(o, outs[0]) for o in outs[1:])
+
+
+@pytest.mark.parametrize("k,tile", [(3, 4), (5, 7), (9, 16), (9, 64)])
+def test_tiled_fft_conv_is_the_same_conv(k, tile):
+    """benchmarks/cpu_fft_conv.py's ``fft_conv_same`` (the arithmetic of an FFT route for the 9 x 9 convs): in fp64,
+    ``F.conv2d(padding="same")`` to 1e-10 on awkward planes, with tiles that divide them, do not, and outgrow them;
+    with bf16 spectra, within twice a direct conv's error on bf16 inputs."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    from cpu_fft_conv import fft_conv_same
+
+    reseed()
+    x = torch.randn(2, 5, 13, 23, dtype=torch.float64)
+    w = torch.randn(7, 5, k, k, dtype=torch.float64)
+    exact = F.conv2d(x, w, padding="same")
+    assert ((fft_conv_same(x, w, tile) - exact).norm() / exact.norm()).item() < 1e-10
+    direct = F.conv2d(x.bfloat16().float(), w.bfloat16().float(), padding="same").double()
+    spectra = fft_conv_same(x.float(), w.float(), tile, torch.bfloat16).double()
+    assert 0 < (spectra - exact).norm() < 2 * (direct - exact).norm()
