@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import print_table  # noqa: E402
 
 from dnd_fast.decoder_config import DecoderConfig  # noqa: E402
+from dnd_fast.decoder_plane import conv_planes  # noqa: E402
 
 
 def fft_conv_same(x: torch.Tensor, w: torch.Tensor, tile: int, spectrum_dtype=None) -> torch.Tensor:
@@ -49,13 +50,6 @@ def fft_conv_same(x: torch.Tensor, w: torch.Tensor, tile: int, spectrum_dtype=No
     return y.permute(0, 1, 2, 4, 3, 5).reshape(b, cout, tp * th, tq * tw)[..., :p, :q]
 
 
-def layer_convs(config: DecoderConfig):
-    """Each layer's five convs as (name, C_in, C_out, plane height, plane width), as ``layer_flops`` counts them."""
-    for (c, h, w), (co, ho, wo) in zip(config.features[:-1], config.features[1:]):
-        yield [("conv1w", w, wo, h, c), ("conv1h", h, ho, c, wo), ("conv2h", h, ho, c, w), ("conv2w", w, wo, ho, c),
-               ("conv", c, co, ho, wo)]
-
-
 def fft_cost(cin, cout, p, q, k, tile, batch):
     """(GEMM FLOPs, bf16 spectra bytes) of one conv by ``fft_conv_same`` over a batch."""
     th, tw = min(tile, p), min(tile, q)
@@ -75,7 +69,9 @@ def main():
     config, batch = DecoderConfig.paper_qwen05(), args.batch
     k, tiles = config.kernel_size, [int(t) for t in args.tiles.split(",")]
     rows, totals = [], {t: [0.0, 0.0] for t in tiles}
-    for i, (convs, flops) in enumerate(zip(layer_convs(config), config.layer_flops(batch))):
+    shapes = conv_planes(config)  # (name, C_in, C_out, P, Q), five a layer
+    layers = [shapes[5 * i:5 * i + 5] for i in range(len(config.features) - 1)]
+    for i, (convs, flops) in enumerate(zip(layers, config.layer_flops(batch))):
         row = [i, f"{flops / 1e12:.2f}"]
         for tile in tiles:
             gemm, spectra = map(sum, zip(*(fft_cost(ci, co, p, q, k, tile, batch) for _, ci, co, p, q in convs)))

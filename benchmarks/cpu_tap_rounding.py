@@ -50,13 +50,13 @@ def experiment_layer0():
 
 
 def both_rounded(x: torch.Tensor, w: torch.Tensor, grid: str, smooth: bool = False) -> torch.Tensor:
-    """The conv of ``x`` by ``w``, plane (per tensor, ``decoder_fp8.scales``' headroom) and weights (per output
+    """The conv of ``x`` by ``w``, plane (per tensor, ``decoder_fp8.plane_scale``) and weights (per output
     channel) rounded to ``grid``; ``smooth``: first each input channel divided by sqrt(its plane's largest |value| /
     its weights'), its weights multiplied by it (SmoothQuant with alpha 0.5; the same conv before rounding)."""
     if smooth:
         factor = (x.abs().amax((0, 2, 3)) / w.abs().amax((0, 2, 3))).sqrt().clamp_min(1e-6)[None, :, None, None]
         x, w = x / factor, w * factor
-    scale = x.abs().amax() * decoder_fp8.HEADROOM / 448
+    scale = decoder_fp8.plane_scale(x.abs().amax())
     return F.conv2d(decoder_fp8.quantized(x, scale, grid), decoder_fp8.quantized_weight(w, grid), padding="same")
 
 
@@ -69,7 +69,7 @@ def main():
     for task in args.tasks:
         plane = layer0_plane(encoder, hyper, task)
         with torch.no_grad():
-            scale = plane.abs().amax() * decoder_fp8.HEADROOM / 448  # decoder_fp8.scales' rule
+            scale = decoder_fp8.plane_scale(plane.abs().amax())
             own = [f"{100 * rel(decoder_fp8.quantized(plane, scale, grid), plane):.2f}" for grid in ("e4m3", "int8")]
             for name, x in (("conv1w", plane.transpose(-1, -3)), ("conv2h", plane.transpose(-2, -3))):
                 w = getattr(hyper, name).weight.float()

@@ -68,19 +68,14 @@ from dnd_fast.tokenizer import detokenize_flat  # noqa: E402
 def layer_errors(gen: Generator, prompts: list[str], fp8_path: dict) -> list[float]:
     """Relative error of each decoder layer's output, the fp8 chain (on ``fp8_path``) against the bf16 chain."""
     condition = gen.encoder(prompts)  # [1, N, L, C] from the prompts generate() selects (seed 0)
-    with torch.no_grad():
-        chains, errors = {}, []
-        for fp8 in (False, True):
-            x, outs = condition, []
-            for i, (layer, residual) in enumerate(gen.decoder.residual_layers()):
-                with paths.use(fp8=fp8, **fp8_path), layer_precision(i, len(gen.decoder.layers)):
-                    x = layer_plane(layer, x, residual)
-                outs.append(x.float())
-            chains[fp8] = outs
-        for a, b in zip(chains[False], chains[True]):
-            errors.append(((b - a).norm() / a.norm()).item())
+    errors = chain_errors(layer_chain(gen, condition, None), layer_chain(gen, condition, fp8_path))
     decoder_fp8.reset(gen.decoder)  # the scales came from this condition; generate() sets them again
     return errors
+
+
+def chain_errors(reference: list[torch.Tensor], outs: list[torch.Tensor]) -> list[float]:
+    """Each layer's relative error, ``outs`` against ``reference`` (``layer_chain``'s lists)."""
+    return [((b.float() - a.float()).norm() / a.float().norm()).item() for a, b in zip(reference, outs)]
 
 
 def fp8_state(layer, x: torch.Tensor, residual: bool) -> dict:
@@ -365,9 +360,7 @@ def main():
                 for arm, corrections in arms.items():
                     decoder_fp8.reset(gen.decoder)  # scales from the test prompts, as generate() sets them
                     outs = layer_chain(gen, condition, switches, corrections)
-                    errors = [((b.float() - a.float()).norm() / a.float().norm()).item()
-                              for a, b in zip(reference, outs)]
-                    report(f"{arm} {name}", score(adapter_of(gen, outs[-1].float())), errors)
+                    report(f"{arm} {name}", score(adapter_of(gen, outs[-1].float())), chain_errors(reference, outs))
                 decoder_fp8.reset(gen.decoder)
         del gen
     print_table("fp8 vs bf16 decoder on trained generators (held-out NLL per gold token)",

@@ -56,16 +56,21 @@ def record(amax: dict, name: str, values: torch.Tensor) -> None:
     amax[name] = torch.maximum(amax[name], m) if name in amax else m
 
 
+def plane_scale(amax: torch.Tensor) -> torch.Tensor:
+    """A plane's e4m3 scale from its largest |value|: that value lands at 448 / HEADROOM."""
+    from dnd_fast.kernels.common import FP8_MAX
+
+    return amax.clamp_min(1e-12) * (HEADROOM / FP8_MAX)
+
+
 def scales(layer, calibrate) -> dict:
     """The layer's plane scales {"scale": {plane: s}, "inverse": {plane: [1 / s]}, "version"}; on the first call,
     ``calibrate(amax)`` (the bf16 layer recording its planes' largest values into ``amax``) sets them."""
-    from dnd_fast.kernels.common import FP8_MAX
-
     state = layer.__dict__.get("_dnd_fp8")
     if state is None:
         amax: dict = {}
         calibrate(amax)
-        scale = {name: a.clamp_min(1e-12) * (HEADROOM / FP8_MAX) for name, a in amax.items()}
+        scale = {name: plane_scale(a) for name, a in amax.items()}
         state = layer.__dict__["_dnd_fp8"] = {"scale": scale, "inverse": {n: (1 / s).reshape(1) for n, s in scale.items()},
                                               "version": next(_VERSIONS)}
     return state
@@ -157,7 +162,6 @@ def reference_layer(layer, x: torch.Tensor, residual: bool, state: dict | None, 
     ``state`` None: training through the rounding (``fp8_aware_forward``): each plane scaled by its own largest
     value, gradients straight through."""
     import torch.nn.functional as F
-    from dnd_fast.kernels.common import FP8_MAX
 
     hc = layer.hyper
     kept = kept_convs(layer)
@@ -178,7 +182,7 @@ def reference_layer(layer, x: torch.Tensor, residual: bool, state: dict | None, 
     def plane(t, name, reader):
         if reader in kept or name not in rounded:
             return t
-        scale = state["scale"][name] if state else t.detach().abs().amax().clamp_min(1e-12) * (HEADROOM / FP8_MAX)
+        scale = state["scale"][name] if state else plane_scale(t.detach().abs().amax())
         return _through(t, quantized(t, scale, grid))
     xn = F.layer_norm(x.float(), hc.norm.normalized_shape, hc.norm.weight.float(), hc.norm.bias.float(), hc.norm.eps)
     p1 = plane(conv("conv1w", plane(xn, "ln", "conv1w").transpose(-1, -3)).transpose(-1, -3), "1h", "conv1h")
