@@ -1,5 +1,7 @@
-"""Where the fp8 decoder's time goes: each layer of ``DecoderConfig.paper_qwen05()`` in bf16, in fp8 with every conv
-in e4m3 (the default), and in fp8 with the thin convs kept in bf16 (``Paths.fp8_wide_only``), at each batch; then
+"""Where the fp8 decoder's time goes: each layer of ``DecoderConfig.paper_qwen05()`` in bf16, in bf16 with its convs by
+FFT where kernels/fft_conv.faster says so (``Paths.fft_convs``), in fp8 with every conv in e4m3 (the default), and in
+fp8 with the thin convs kept in bf16 (``Paths.fp8_wide_only``), at each batch, and each path's output's relative
+distance from bf16's; then
 the hardware's GEMM ceiling: cuBLAS bf16 (``torch.mm``) and fp8 (``torch._scaled_mm``) on the implicit GEMM of the
 decoder's largest conv (the last layer's channel conv, 22% of its FLOPs), which bounds what any conv kernel reaches.
 
@@ -21,7 +23,8 @@ from common import append_csv, device_name, median_ms, print_table  # noqa: E402
 from dnd_fast import paths  # noqa: E402
 from dnd_fast.decoder import DecoderConfig, HyperConvDecoder, _layer_triton  # noqa: E402
 
-PATHS = {"bf16": {"fp8": False}, "fp8 (all convs)": {"fp8": True, "fp8_wide_only": False},
+PATHS = {"bf16": {"fp8": False}, "bf16 by FFT": {"fp8": False, "fft_convs": True},
+         "fp8 (all convs)": {"fp8": True, "fp8_wide_only": False},
          "fp8 (thin convs bf16)": {"fp8": True, "fp8_wide_only": True}}
 
 
@@ -59,23 +62,27 @@ def main():
         with torch.no_grad():
             for i, (layer, fin, fout) in enumerate(zip(dec.layers, cfg.features[:-1], cfg.features[1:])):
                 gflop = layer_gflop[i]
-                times = {}
+                times, outs = {}, {}
                 for name, switches in PATHS.items():
                     with paths.use(**switches):
                         times[name] = median_ms(lambda: _layer_triton(layer, h, fin == fout))
+                        outs[name] = _layer_triton(layer, h, fin == fout).float()
                     totals[name] += times[name]
                     csv_rows.append(["fp8_layers", gpu, commit, stamp, batch, i, name, round(times[name], 4),
                                      round(gflop / times[name], 1)])
                 rows.append([i, f"{fin} -> {fout}", f"{gflop:.0f}"] +
                             [f"{t:.3f} ({gflop / t:.0f})" for t in times.values()] +
-                            [f"{times['bf16'] / times['fp8 (thin convs bf16)']:.2f}x"])
+                            [f"{times['bf16'] / times['fp8 (thin convs bf16)']:.2f}x"] +
+                            [f"{100 * ((outs[n] - outs['bf16']).norm() / outs['bf16'].norm()).item():.3f}"
+                             for n in PATHS if n != "bf16"])
                 with paths.use(fp8=False):
                     h = _layer_triton(layer, h, fin == fout)
         total_gflop = sum(layer_gflop)
         rows.append(["all", "", f"{total_gflop:.0f}"] + [f"{t:.2f} ({total_gflop / t:.0f})" for t in totals.values()] +
-                    [f"{totals['bf16'] / totals['fp8 (thin convs bf16)']:.2f}x"])
-        print_table(f"decoder layers at batch {batch}: ms (TFLOP/s)", ["layer", "features", "GFLOP", *PATHS,
-                                                                      "bf16 / fp8 thin-bf16"], rows)
+                    [f"{totals['bf16'] / totals['fp8 (thin convs bf16)']:.2f}x"] + [""] * (len(PATHS) - 1))
+        distances = [f"{n}: % from bf16" for n in PATHS if n != "bf16"]
+        print_table(f"decoder layers at batch {batch}: ms (TFLOP/s)",
+                    ["layer", "features", "GFLOP", *PATHS, "bf16 / fp8 thin-bf16", *distances], rows)
     # the ceiling: the last layer's channel conv as one GEMM at batch 8 (positions x 81 C_in -> C_out)
     (c, _, _), (c2, h2, w2) = cfg.features[-2], cfg.features[-1]
     m, k, n = 8 * h2 * w2, cfg.kernel_size ** 2 * c, -(-c2 // 16) * 16  # _scaled_mm: K and N in 16s

@@ -2,7 +2,8 @@
 writing straight into the zero-padded input of the next; in training (``_PlaneLayerTrain``) the backward
 runs the same chain reversed, input gradients as plane convs with flipped taps and weight gradients on
 ``conv2d_plane_wgrad``. Thin inference convs go to the CUDA halo-tile kernel and the LayerNorm to the
-extension's op where ``paths`` and the machine allow.
+extension's op where ``paths`` and the machine allow; with ``Paths.fft_convs``, wide bf16 inference convs go to
+tiled FFTs (``kernels/fft_conv.py``).
 """
 from __future__ import annotations
 
@@ -36,6 +37,14 @@ def plane_path(x: torch.Tensor) -> bool:
     return not torch.compiler.is_compiling() and plane_convs_run_on(x.device)
 
 
+def fft_chosen(conv_shape) -> bool:
+    """Whether a bf16 inference conv of ``conv_shape`` (C_in, C_out, P, Q, k) runs by FFT (``Paths.fft_convs``)."""
+    from dnd_fast.kernels import fft_conv
+
+    chosen = paths.current()
+    return chosen.fft_convs and (chosen.fft_everywhere or fft_conv.faster(*conv_shape))
+
+
 def _axes(t: torch.Tensor, names, wanted) -> torch.Tensor:
     """``t`` [B, *dims named ``names``] as the view [B, *dims named ``wanted``]."""
     return t.permute(0, *(1 + list(names).index(a) for a in wanted))
@@ -50,7 +59,7 @@ def _layer_plane(layer: HyperConvLayer, x: torch.Tensor, residual: bool, saved: 
     ``saved`` (training): the path merge runs unfused and the planes the backward needs go in it.
     ``paths.current().fp8`` (inference): planes and weights in e4m3 (``decoder_fp8.py``); ``amax``: the
     largest |value| written into each plane goes in it (the calibration run of that path)."""
-    from dnd_fast.kernels import hyperconv
+    from dnd_fast.kernels import fft_conv, hyperconv
 
     hc, k = layer.hyper, layer.conv.kernel_size[0]
     cdtype = compute_dtype(x)
@@ -73,6 +82,7 @@ def _layer_plane(layer: HyperConvLayer, x: torch.Tensor, residual: bool, saved: 
         """``names``: the (input, output) planes' names among the fp8 scales (None: an output that is no plane)."""
         buf, (p, q, _), transposed = src
         view = (out_channel, p, q)
+        conv_shape = (module.in_channels, module.out_channels, buf.shape[1], buf.shape[2], k)
         dest_view = _axes(dest, dest_axes, view)
         others = (None if other is None else _axes(other[0], other[1], view),
                   None if extra is None else _axes(extra[0], extra[1], view))
@@ -81,6 +91,11 @@ def _layer_plane(layer: HyperConvLayer, x: torch.Tensor, residual: bool, saved: 
             w, col_scale = decoder_fp8.packed_weight(module, transposed, fp8, names[0])
             hyperconv.conv2d_plane(buf, w, k, dest_view, bias, mode, *others, w_layout=1, col_scale=col_scale,
                                    out_scale=out_scale, acc_terms=paths.current().fp8_acc_terms)
+        elif not train and fft_chosen(conv_shape):
+            shape = fft_conv.tile_shape(*conv_shape)
+            spectra = cached(module, ("fft", transposed, shape), module.weight, cdtype,
+                             lambda: fft_conv.weight_spectra(module.weight, shape[1], shape[3], transposed))
+            fft_conv.conv2d_plane_fft(buf, spectra, k, shape, dest_view, bias, mode, *others, out_scale=out_scale)
         elif not train and mode == 0 and bias is None and out_scale is None and \
                 thin_conv.usable(module.in_channels, module.out_channels, cdtype, x.device):
             w = cached(module, ("thin", transposed), module.weight, cdtype,

@@ -46,6 +46,12 @@ class Paths:
     # read bf16 planes and weights inside the e4m3 decoder: the knock-out inside a layer, to find which of the first
     # and last layers' convs move the NLL (benchmarks/gpu_fp8_quality.py --paths bf16conv0.conv1w+-1.conv)
     fp8_bf16_convs: tuple = ()
+    # inference convs that read bf16 planes (all of the bf16 path's; the fp8 path's kept layers and convs) by
+    # overlap-save FFTs where kernels/fft_conv.faster says so: about 16x fewer FLOPs, bf16's rounding
+    fft_convs: bool = False
+    # fft_convs: every such conv by FFT, whatever the model says (a quality yardstick: the experiment's small decoder
+    # would keep most convs direct)
+    fft_everywhere: bool = False
     # set by decoder.layer_precision for the layer it wraps: that layer's convs named in fp8_bf16_convs
     fp8_layer_bf16_convs: tuple = ()
 

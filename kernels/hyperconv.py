@@ -8,6 +8,7 @@
 | ``epilogue.py`` | bias / merge / residual epilogues and the SPLIT_K sum, shared by both families |
 | ``tuning.py`` | every tile-size heuristic and the first-call timing (``TUNE``, ``CHOSEN``) |
 | ``layer_norm.py`` | LayerNorm straight into two planes |
+| ``fft_conv.py`` | the 'same' conv by tiled FFTs (``Paths.fft_convs``; imported on its own) |
 | ``common.py`` | helpers: interpreter switch, exact fp32 products, alignment hints |
 """
 from . import tuning

@@ -1,0 +1,109 @@
+"""The FFT conv (kernels/fft_conv.py) against the direct plane convs, per conv of ``DecoderConfig.paper_qwen05()``.
+
+For each conv named in ``--only`` (default: the first and last layers', those precision fp8 keeps in bf16) at each
+batch: the direct bf16 conv (``conv2d_plane``, the decoder's heuristic tiling), the direct e4m3 conv
+(``gpu_fp8_convs.conv_call``) and the FFT conv, each alone (CUDA events, median of 20); the direct bf16 conv's and
+the FFT conv's relative distance from the fp32 conv's (cuDNN, no TF32); and where the FFT conv's time goes
+(torch.profiler, GPU time per kernel group over 5 calls: gather, cuFFT, the two transposes, the complex GEMM,
+scatter).
+Run: python benchmarks/gpu_fft_conv.py [--batches 8,1] [--only L0.1w,L7.ch] [--csv benchmarks/results/fft_conv.csv]
+"""
+import argparse
+import collections
+import datetime
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+import common  # noqa: E402
+from common import append_csv, device_name, median_ms, print_table  # noqa: E402
+from gpu_fp8_convs import conv_call  # noqa: E402
+
+from dnd_fast.decoder_config import DecoderConfig  # noqa: E402
+from dnd_fast.decoder_plane import conv_planes  # noqa: E402
+from dnd_fast.kernels import fft_conv, hyperconv  # noqa: E402
+
+KS = 9
+
+
+def stage_ms(fn, calls=5):
+    """{kernel group: GPU ms per call} of ``fn`` under torch.profiler."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(calls):
+            fn()
+        torch.cuda.synchronize()
+    groups = collections.defaultdict(float)
+    for e in prof.events():
+        if e.device_type.name != "CUDA":
+            continue
+        name = e.name.lower()
+        group = next((g for g in ("gather", "transpose", "complex_bmm", "scatter") if g in name), None)
+        group = group or ("fft" if any(k in name for k in ("fft", "regular", "vector")) else "other")
+        groups[group] += e.device_time / 1e3 / calls  # us -> ms
+    return dict(groups)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--batches", default="8,1")
+    ap.add_argument("--only", default="", help="comma list of convs (L0.1w, ...); default: layers 0 and 7")
+    ap.add_argument("--csv", default=str(Path(__file__).parent / "results" / "fft_conv.csv"))
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    config = DecoderConfig.paper_qwen05()
+    last = len(config.features) - 2
+    wanted = args.only.split(",") if args.only else None
+    convs = [c for c in conv_planes(config) if (c[0] in wanted if wanted else c[0].split(".")[0] in ("L0", f"L{last}"))]
+    commit, gpu, stamp = common.commit(), device_name(), datetime.datetime.now().isoformat(timespec="seconds")
+    print(f"device: {gpu}, commit {commit}", flush=True)
+    rows, csv_rows = [], []
+    for batch in [int(b) for b in args.batches.split(",")]:
+        for name, cin, cout, p, q in convs:
+            shape = fft_conv.tile_shape(cin, cout, p, q, KS)
+            w = torch.randn(cout, cin, KS, KS, device="cuda") / (cin * KS * KS) ** 0.5
+            plane = hyperconv.PaddedPlane(batch, p, q, cin, KS, torch.bfloat16, "cuda")
+            plane.interior.copy_(torch.randn(batch, p, q, cin, device="cuda"))
+            layout = hyperconv.forward_weight_layout(cout)
+            packed = hyperconv.pack_weight_plane(w, torch.bfloat16, out_major=layout == 1)
+            spectra = fft_conv.weight_spectra(w, shape[1], shape[3])
+            out_direct = torch.empty(batch, p, q, cout, device="cuda", dtype=torch.bfloat16).permute(0, 3, 1, 2)
+            out_fft = torch.empty_like(out_direct)
+
+            def direct():
+                hyperconv.conv2d_plane(plane, packed, KS, out_direct, w_layout=layout)
+
+            def fft():
+                fft_conv.conv2d_plane_fft(plane, spectra, KS, shape, out_fft)
+            e4m3 = conv_call((name, cin, cout, p, q, False), batch)
+            times = {"bf16": median_ms(direct), "e4m3": median_ms(lambda: e4m3(None)), "fft": median_ms(fft)}
+            torch.backends.cudnn.allow_tf32 = False
+            exact = torch.nn.functional.conv2d(plane.interior.permute(0, 3, 1, 2).float(), w, padding="same")
+
+            def err(out):
+                return ((out.float() - exact).norm() / exact.norm()).item()
+            errors = [err(out_direct), err(out_fft)]
+            del exact
+            stages = stage_ms(fft)
+            th, nh, tw, nw = shape
+            rows.append([batch, name, f"{cin}->{cout} {p}x{q}", f"{th}x{tw} ({nh}x{nw})", f"{times['bf16']:.3f}",
+                         f"{times['e4m3']:.3f}", f"{times['fft']:.3f}", f"{times['bf16'] / times['fft']:.2f}x",
+                         *(f"{100 * e:.3f}" for e in errors),
+                         " ".join(f"{g} {ms:.2f}" for g, ms in sorted(stages.items()))])
+            print(rows[-1], flush=True)
+            csv_rows += [[stamp, gpu, commit, batch, name, path, round(ms, 4)] for path, ms in times.items()]
+            del spectra, packed, plane
+            torch.cuda.empty_cache()
+    print_table("one conv alone: direct bf16, direct e4m3 and FFT (bf16 spectra), ms",
+                ["batch", "conv", "shape", "tile (FFT)", "bf16", "e4m3", "FFT", "bf16 / FFT", "bf16 % from fp32",
+                 "FFT % from fp32", "FFT stages, ms"], rows)
+    append_csv(args.csv, ["timestamp", "gpu", "commit", "batch", "conv", "path", "ms"], csv_rows)
+
+
+if __name__ == "__main__":
+    main()

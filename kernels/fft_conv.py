@@ -1,0 +1,262 @@
+"""The 'same' k x k conv by overlap-save FFTs over output tiles (bf16 products, fp32 sums): the route to fewer FLOPs.
+
+A direct conv spends k^2 multiply-adds per input channel, output channel and output pixel. Here each input tile of
+nh x nw = (th + k - 1) x (tw + k - 1) positions is transformed once (cuFFT, fp32), the weights' spectra are
+precomputed, and every frequency is one complex GEMM [C_out, C_in] x [C_in, tiles] (``_complex_bmm_kernel``: bf16
+operands, fp32 sums): nh x (nw / 2 + 1) / (th x tw) complex multiply-adds per output pixel instead of k^2 real ones
+(9 x 9, 16 x 16 tiles: 16x fewer FLOPs). The inverse transform's first th x tw positions of each tile are the
+conv's outputs (the rest wrap around); they go through the shared fused epilogue (bias, path merge, residual, an
+e4m3 store) into any strided ``out``, as ``conv2d_plane``'s do. Its rounding is bf16's: both spectra in bf16.
+
+Pieces: ``tile_shape`` (the tile a conv's shape gets, by a cost model), ``weight_spectra`` (once per weight),
+``conv2d_plane_fft`` (the conv on a ``PaddedPlane``), four kernels: gather the tiles ([C, tiles, nh, nw]: cuFFT
+transforms the last two axes), transpose the spectra to [re/im, frequency, C, tiles] bf16 (a GEMM operand per
+frequency) and back, the complex GEMM, scatter through the epilogue. The reference is ``F.conv2d(...,
+padding="same")``; ``complex_bmm_reference`` that of the GEMM.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from .common import interpreted, mma
+from .epilogue import epilogue
+from .padded_plane import PaddedPlane
+
+# FFT lengths cuFFT does fast (factors 2, 3, 5): a tile's side plus k - 1 rounds up to one of these
+FFT_SIZES = (12, 15, 16, 18, 20, 24, 25, 27, 30, 32, 36, 40, 45, 48, 50, 54, 60, 64)
+# the cost model's rates, fit to one H100's timings of the paper decoder's end layers (benchmarks/gpu_fft_conv.py,
+# session 25; RESULTS.md): the complex GEMM, the direct bf16 conv, the transforms' passes over the activations (five
+# kernels and two cuFFT calls, each a read and a write), the weights' spectra streamed from HBM
+GEMM_FLOPS, DIRECT_FLOPS, ACTIVATION_BYTES_PER_S, SPECTRA_BYTES_PER_S = 3e14, 5e14, 8e11, 3e12
+
+
+def _side(n, ks, longest):
+    """Tile sides for a plane axis of ``n``: each FFT length up to ``longest`` whose tile (length - k + 1) is useful."""
+    sides = []
+    for size in FFT_SIZES:
+        t = size - ks + 1
+        if t >= 4 and size <= longest:
+            sides.append((min(t, n), size))
+            if t >= n:
+                break
+    return sides or [(n, n + ks - 1)]
+
+
+def cost(cin, cout, p, q, ks, th, nh, tw, nw, batch=8):
+    """Model seconds of the conv by FFT over th x tw tiles (FFT lengths nh x nw) for ``batch`` images: the complex
+    GEMMs, the tiles and spectra of the activations written and read, and the weights' spectra read."""
+    tiles = batch * math.ceil(p / th) * math.ceil(q / tw)
+    freqs = nh * (nw // 2 + 1)
+    gemm = 8 * tiles * freqs * cin * cout
+    moved = tiles * (cin + cout) * (nh * nw * 4 * 2 + freqs * 8 * 2)
+    return gemm / GEMM_FLOPS + moved / ACTIVATION_BYTES_PER_S + 4 * freqs * cin * cout / SPECTRA_BYTES_PER_S
+
+
+def tile_shape(cin, cout, p, q, ks, longest=40):
+    """(th, nh, tw, nw): the output tile and FFT lengths the model finds fastest at batches 8 and 1 together (the
+    spectra are kept per weight, so one tile serves every batch; at batch 1 their read can dominate)."""
+    return min(((th, nh, tw, nw) for th, nh in _side(p, ks, longest) for tw, nw in _side(q, ks, longest)),
+               key=lambda s: cost(cin, cout, p, q, ks, *s) + cost(cin, cout, p, q, ks, *s, batch=1))
+
+
+def faster(cin, cout, p, q, ks) -> bool:
+    """Whether the model puts the FFT conv ahead of the direct one (at batch 8)."""
+    direct = 2 * 8 * p * q * cin * cout * ks * ks / DIRECT_FLOPS
+    return cost(cin, cout, p, q, ks, *tile_shape(cin, cout, p, q, ks)) < direct
+
+
+def weight_spectra(weight: torch.Tensor, nh: int, nw: int, transpose: bool = False) -> torch.Tensor:
+    """[2 (real, imaginary), nh * (nw / 2 + 1), C_out, C_in] bf16: the conjugate spectrum of each weight (a
+    correlation, not a convolution). ``transpose``: the plane's rows run along the weight's last axis."""
+    cout, cin = weight.shape[:2]
+    out = torch.empty(2, nh * (nw // 2 + 1), cout, cin, device=weight.device, dtype=torch.bfloat16)
+    step = max(1, 2 ** 27 // (cin * nh * nw))  # output channels a chunk: the fp32 transform of all would take GBs
+    for o in range(0, cout, step):
+        w = weight[o:o + step].detach().float()
+        spec = torch.fft.rfft2(w.transpose(2, 3) if transpose else w, s=(nh, nw)).conj()  # [c, C_in, nh, nw / 2 + 1]
+        spec = spec.permute(2, 3, 0, 1).reshape(-1, w.shape[0], cin)
+        out[0, :, o:o + step] = spec.real
+        out[1, :, o:o + step] = spec.imag
+    return out
+
+
+def conv2d_plane_fft(x: PaddedPlane, spectra: torch.Tensor, ks, shape, out, bias=None, mode=0, other=None, extra=None,
+                     out_scale=None):
+    """``conv2d_plane``'s conv by FFT: ``x``'s interior [B, P, Q, C] convolved ('same', ``ks`` x ``ks``) into ``out``
+    [B, C_out, P, Q] (any strides) with ``spectra`` = ``weight_spectra`` of the tile ``shape`` = (th, nh, tw, nw)
+    (``tile_shape``). Epilogue MODE, ``bias``, ``other``, ``extra``, ``out_scale`` (an e4m3 ``out``): as
+    ``conv2d_plane``."""
+    B, P, Q, C = x.shape
+    th, nh, tw, nw = shape
+    if nh < th + ks - 1 or nw < tw + ks - 1:
+        raise ValueError(f"conv2d_plane_fft: FFT lengths {nh}x{nw} are too short for {th}x{tw} tiles of a {ks}x{ks} "
+                         "conv")
+    freqs, cout = nh * (nw // 2 + 1), out.shape[1]
+    if tuple(spectra.shape) != (2, freqs, cout, C) or spectra.dtype != torch.bfloat16:
+        raise ValueError(f"conv2d_plane_fft: tiles {th}x{tw} (FFT {nh}x{nw}) from {C} to {cout} channels need "
+                         f"[2, {freqs}, {cout}, {C}] bf16 spectra (weight_spectra), got {list(spectra.shape)} "
+                         f"{spectra.dtype}")
+    if tuple(out.shape) != (B, cout, P, Q):
+        raise ValueError(f"conv2d_plane_fft: out must be [{B}, {cout}, {P}, {Q}], got {list(out.shape)}")
+    if (out.dtype == torch.float8_e4m3fn) != (out_scale is not None):
+        raise ValueError("conv2d_plane_fft: an e4m3 out takes out_scale (1 / its scale), any other none")
+    tp, tq = triton.cdiv(P, th), triton.cdiv(Q, tw)
+    n = B * tp * tq
+    interior, dev = x.interior, out.device
+    # every intermediate keeps what the next step reads innermost: each tile's positions for cuFFT (transforms over
+    # the last two axes), the tiles for the GEMM (one [C, tiles] matrix per frequency), then back
+    tiles = torch.empty(C, n, nh, nw, device=dev, dtype=torch.float32)
+    _gather_tiles_kernel[(n, triton.cdiv(C, 32))](interior, tiles, C, n, P, Q, tp, tq, th, tw, nh, nw, ks // 2,
+                                                  *interior.stride(), BLOCK_C=32, BLOCK_W=triton.next_power_of_2(nw))
+    spec = torch.fft.rfft2(tiles)  # [C, n, nh, nw / 2 + 1] complex64
+    del tiles
+    spec_x = torch.empty(2, freqs, C, n, device=dev, dtype=torch.bfloat16)
+    _transpose(torch.view_as_real(spec).view(C * n, freqs, 2), spec_x.view(2, freqs, C * n), to_planes=True)
+    del spec
+    spec_y = complex_bmm(spectra, spec_x)  # [2, F, C_out, n] fp32
+    del spec_x
+    spec = torch.empty(cout, n, nh, nw // 2 + 1, device=dev, dtype=torch.complex64)
+    _transpose(torch.view_as_real(spec).view(cout * n, freqs, 2), spec_y.view(2, freqs, cout * n), to_planes=False)
+    del spec_y
+    y = torch.fft.irfft2(spec, s=(nh, nw))  # [C_out, n, nh, nw] fp32
+    del spec
+    other = out if other is None else other
+    extra = out if extra is None else extra
+    _scatter_kernel[(n, triton.cdiv(cout, 32))](
+        y, bias if bias is not None else out, other, extra, out, out if out_scale is None else out_scale,
+        cout, n, P, Q, tp, tq, th, tw, nh, nw, *out.stride(), *other.stride(), *extra.stride(), MODE=mode,
+        HAS_BIAS=bias is not None, QUANT=out_scale is not None, BLOCK_O=32, BLOCK_W=triton.next_power_of_2(tw))
+    return out
+
+
+def _transpose(pairs: torch.Tensor, planes: torch.Tensor, to_planes: bool):
+    """Between ``pairs`` [R, F, 2] fp32 (complex numbers, frequencies innermost) and ``planes`` [2, F, R] (real and
+    imaginary parts, rows innermost), either way (``to_planes``: pairs -> planes, cast to the planes' dtype)."""
+    R, F = pairs.shape[:2]
+    grid = (triton.cdiv(R, 64), triton.cdiv(F, 32))
+    _transpose_kernel[grid](pairs, planes, R, F, TO_PLANES=to_planes, BLOCK_R=64, BLOCK_F=32)
+
+
+def complex_bmm(spectra: torch.Tensor, spec_x: torch.Tensor) -> torch.Tensor:
+    """Per frequency f: Y[f] = W[f] @ X[f] for ``spectra`` [2, F, M, K] and ``spec_x`` [2, F, K, N], both bf16 (real
+    and imaginary parts, contiguous), products summed in fp32. Returns Y [2, F, M, N] fp32."""
+    _, F, M, K = spectra.shape
+    N = spec_x.shape[-1]
+    if spectra.dtype != torch.bfloat16 or spec_x.dtype != torch.bfloat16 or tuple(spec_x.shape) != (2, F, K, N):
+        raise ValueError(f"complex_bmm: want bf16 [2, F, M, K] and [2, F, K, N], got {spectra.dtype} "
+                         f"{list(spectra.shape)} and {spec_x.dtype} {list(spec_x.shape)}")
+    spectra, spec_x = spectra.contiguous(), spec_x.contiguous()
+    y = torch.empty(2, F, M, N, device=spec_x.device, dtype=torch.float32)
+    # timed alone on an H100 (docs/journal.md, session 25): L7.ch's 104 tiles at batch 8 in 128 x 64 tiles at 217
+    # TFLOP/s (64 x 128: 116), layer 0's 384 in 128 x 128 at 364 (128 x 64: 311)
+    bn = 128 if N > 256 else 64 if N > 32 else max(16, triton.next_power_of_2(N))
+    bm, bn = (32, 16) if interpreted() else (128, bn)
+    bk = 32 if interpreted() else 64
+    grid = (triton.cdiv(M, bm) * triton.cdiv(N, bn), F)
+    _complex_bmm_kernel[grid](spectra, spec_x, y, M, N, K, F, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, IEEE=interpreted(),
+                              num_warps=4 if interpreted() else 8, num_stages=1 if interpreted() else 3)
+    return y
+
+
+def complex_bmm_reference(spectra: torch.Tensor, spec_x: torch.Tensor) -> torch.Tensor:
+    """``complex_bmm`` in complex64 torch."""
+    w = torch.complex(spectra[0].float(), spectra[1].float())
+    y = w @ torch.complex(spec_x[0].float(), spec_x[1].float())
+    return torch.stack([y.real, y.imag])
+
+
+@triton.jit
+def _gather_tiles_kernel(x_ptr, t_ptr, C, N, P, Q, TP, TQ, TH, TW, NH, NW, R, sxb, sxp, sxq, sxc,
+                         BLOCK_C: tl.constexpr, BLOCK_W: tl.constexpr):
+    """tiles[c, t, i, j] (fp32) = x[b, a * TH + i - R, s * TW + j - R, c] for tile t = (b, a, s), zero off the plane:
+    one program per tile and block of channels, a row i at a time."""
+    t = tl.program_id(0)
+    ch = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    j = tl.arange(0, BLOCK_W)
+    b, a, s = t // (TP * TQ), (t // TQ) % TP, t % TQ
+    q = s * TW + j - R
+    col_ok = (j < NW) & (q >= 0) & (q < Q)
+    src = x_ptr + b.to(tl.int64) * sxb + q[:, None] * sxq + ch[None, :] * sxc
+    dst = t_ptr + (ch.to(tl.int64)[None, :] * N + t) * NH * NW + j[:, None]
+    for i in range(NH):
+        p = a * TH + i - R + 0 * j  # a vector: the interpreter takes no scalar in a mask
+        row_ok = col_ok & (p >= 0) & (p < P)
+        v = tl.load(src + p[:, None] * sxp, mask=row_ok[:, None] & (ch < C)[None, :], other=0.0)
+        tl.store(dst + i * NW, v.to(tl.float32), mask=(j < NW)[:, None] & (ch < C)[None, :])
+
+
+@triton.jit
+def _transpose_kernel(pairs_ptr, planes_ptr, R, F, TO_PLANES: tl.constexpr, BLOCK_R: tl.constexpr,
+                      BLOCK_F: tl.constexpr):
+    """pairs [R, F, 2] <-> planes [2, F, R]: one [BLOCK_R, BLOCK_F] block of both parts."""
+    r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    f = tl.program_id(1) * BLOCK_F + tl.arange(0, BLOCK_F)
+    ok = (r < R)[:, None] & (f < F)[None, :]
+    at_pairs = pairs_ptr + (r.to(tl.int64)[:, None] * F + f[None, :]) * 2
+    at_planes = planes_ptr + f.to(tl.int64)[None, :] * R + r[:, None]
+    plane = F.to(tl.int64) * R
+    if TO_PLANES:
+        tl.store(at_planes, tl.load(at_pairs, mask=ok).to(planes_ptr.dtype.element_ty), mask=ok)
+        tl.store(at_planes + plane, tl.load(at_pairs + 1, mask=ok).to(planes_ptr.dtype.element_ty), mask=ok)
+    else:
+        tl.store(at_pairs, tl.load(at_planes, mask=ok), mask=ok)
+        tl.store(at_pairs + 1, tl.load(at_planes + plane, mask=ok), mask=ok)
+
+
+@triton.jit
+def _complex_bmm_kernel(w_ptr, x_ptr, y_ptr, M, N, K, F,
+                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, IEEE: tl.constexpr):
+    """One [BLOCK_M, BLOCK_N] tile of Y[f] = W[f] X[f], each operand's real and imaginary parts apart ([2, F, ...]):
+    real part Wr Xr - Wi Xi, imaginary Wr Xi + Wi Xr, each product a bf16 MMA summed in fp32."""
+    f = tl.program_id(1)
+    tiles_n = tl.cdiv(N, BLOCK_N)
+    m = tl.program_id(0) // tiles_n * BLOCK_M + tl.arange(0, BLOCK_M)
+    n = tl.program_id(0) % tiles_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    w_row = w_ptr + (f.to(tl.int64) * M + m[:, None]) * K
+    x_col = x_ptr + f.to(tl.int64) * K * N + n[None, :]
+    w_part, x_part = F.to(tl.int64) * M * K, F.to(tl.int64) * K * N
+    acc_r = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc_ii = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)  # Wi Xi, subtracted at the end
+    acc_i = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        k = k0 + tl.arange(0, BLOCK_K)
+        w_ok = (m < M)[:, None] & (k < K)[None, :]
+        x_ok = (k < K)[:, None] & (n < N)[None, :]
+        wr = tl.load(w_row + k[None, :], mask=w_ok, other=0.0)
+        wi = tl.load(w_row + w_part + k[None, :], mask=w_ok, other=0.0)
+        xr = tl.load(x_col + k[:, None] * N, mask=x_ok, other=0.0)
+        xi = tl.load(x_col + x_part + k[:, None] * N, mask=x_ok, other=0.0)
+        acc_r = mma(acc_r, wr, xr, IEEE)
+        acc_ii = mma(acc_ii, wi, xi, IEEE)
+        acc_i = mma(acc_i, wr, xi, IEEE)
+        acc_i = mma(acc_i, wi, xr, IEEE)
+    y_at = y_ptr + (f.to(tl.int64) * M + m[:, None]) * N + n[None, :]
+    ok = (m < M)[:, None] & (n < N)[None, :]
+    tl.store(y_at, acc_r - acc_ii, mask=ok)
+    tl.store(y_at + F.to(tl.int64) * M * N, acc_i, mask=ok)
+
+
+@triton.jit
+def _scatter_kernel(y_ptr, bias_ptr, other_ptr, extra_ptr, out_ptr, out_scale_ptr, COUT, N, P, Q, TP, TQ, TH, TW,
+                    NH, NW, sob, soc, sop, soq, srb, src, srp, srq, seb, sec, sep, seq,
+                    MODE: tl.constexpr, HAS_BIAS: tl.constexpr, QUANT: tl.constexpr,
+                    BLOCK_O: tl.constexpr, BLOCK_W: tl.constexpr):
+    """out[b, o, a * TH + i, s * TW + j] = epilogue(y[o, t, i, j]) for tile t = (b, a, s) and i < TH, j < TW (the
+    positions no tile wraps): one program per tile and block of output channels, a row i at a time."""
+    t = tl.program_id(0)
+    o = tl.program_id(1) * BLOCK_O + tl.arange(0, BLOCK_O)
+    j = tl.arange(0, BLOCK_W)
+    b, a, s = t // (TP * TQ), (t // TQ) % TP, t % TQ
+    q = s * TW + j
+    y_at = y_ptr + (o.to(tl.int64)[None, :] * N + t) * NH * NW + j[:, None]
+    bs = tl.zeros((BLOCK_W,), dtype=tl.int32) + b
+    for i in range(TH):
+        p = a * TH + i + 0 * j  # a vector: the interpreter takes no scalar in a mask
+        on = (j < TW) & (q < Q) & (p < P)
+        acc = tl.load(y_at + i * NW, mask=on[:, None] & (o < COUT)[None, :], other=0.0)
+        epilogue(acc, bs, p, q, on, o, COUT, bias_ptr, other_ptr, extra_ptr, out_ptr, sob, soc, sop, soq,
+                 srb, src, srp, srq, seb, sec, sep, seq, MODE, HAS_BIAS, out_scale_ptr, QUANT)

@@ -1,0 +1,158 @@
+"""kernels/fft_conv.py: the 'same' conv by tiled FFTs against ``F.conv2d`` (its reference), the complex GEMM against
+torch's, the tile model, and the decoder's ``Paths.fft_convs`` against the reference decoder."""
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import reseed
+
+from dnd_fast import dispatch, paths
+from dnd_fast.decoder import DecoderConfig, HyperConvDecoder
+from dnd_fast.decoder_plane import conv_planes
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+pytestmark = pytest.mark.skipif("triton" not in dispatch.backends(DEVICE), reason="Triton cannot run here")
+# bf16 products with fp32 sums: each spectrum rounded to 8 bits (2^-9 relative) before the product
+BF16_CONV = 3e-3
+
+
+def rel(a, b):
+    return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+
+def plane_of(x, ks, dtype=torch.bfloat16):
+    from dnd_fast.kernels import hyperconv
+
+    B, C, P, Q = x.shape
+    plane = hyperconv.PaddedPlane(B, P, Q, C, ks, dtype, x.device)
+    plane.interior.copy_(x.permute(0, 2, 3, 1))
+    return plane
+
+
+@pytest.mark.parametrize("B,C,COUT,P,Q,ks,transpose,longest", [
+    (2, 13, 21, 11, 37, 9, False, 24),   # several tiles along both axes, ragged last tiles
+    (1, 40, 17, 30, 9, 9, True, 24),     # the weight's taps transposed for the plane's rows
+    (3, 8, 8, 5, 5, 3, False, 40),       # one tile wider than the plane
+    (2, 7, 19, 23, 6, 5, True, 16),
+])
+def test_fft_conv_is_the_same_conv(B, C, COUT, P, Q, ks, transpose, longest):
+    from dnd_fast.kernels import fft_conv
+
+    reseed()
+    x = torch.randn(B, C, P, Q, device=DEVICE)
+    w = torch.randn(COUT, C, ks, ks, device=DEVICE) / (C * ks)
+    bias = torch.randn(COUT, device=DEVICE)
+    shape = fft_conv.tile_shape(C, COUT, P, Q, ks, longest=longest)
+    spectra = fft_conv.weight_spectra(w, shape[1], shape[3], transpose)
+    out = torch.empty(B, P, Q, COUT, device=DEVICE).permute(0, 3, 1, 2)  # channel innermost, as a plane's interior
+    fft_conv.conv2d_plane_fft(plane_of(x, ks), spectra, ks, shape, out, bias)
+    taps = w.transpose(2, 3) if transpose else w
+    exact = F.conv2d(x.bfloat16().double(), taps.double(), bias.double(), padding="same")
+    assert rel(out, exact) < BF16_CONV
+    other_way = w if transpose else w.transpose(2, 3)  # the taps the other way round: another conv, which fails
+    assert rel(out, F.conv2d(x.bfloat16().double(), other_way.double(), bias.double(), padding="same")) > 10 * BF16_CONV
+
+
+@pytest.mark.parametrize("mode", [1, 2])
+def test_fft_conv_epilogues_merge_and_add(mode):
+    """MODE 1 (tanh merge with ``other`` and ``extra``) and 2 (residual), strided ``other``, as conv2d_plane's."""
+    from dnd_fast.kernels import fft_conv
+
+    reseed()
+    B, C, COUT, P, Q, ks = 2, 9, 14, 12, 19, 9
+    x = torch.randn(B, C, P, Q, device=DEVICE)
+    w = torch.randn(COUT, C, ks, ks, device=DEVICE) / (C * ks)
+    other = torch.randn(B, Q, COUT, P, device=DEVICE).permute(0, 2, 3, 1)
+    extra = torch.randn(B, COUT, P, Q, device=DEVICE)
+    shape = fft_conv.tile_shape(C, COUT, P, Q, ks, longest=18)
+    out = torch.empty(B, COUT, P, Q, device=DEVICE)
+    fft_conv.conv2d_plane_fft(plane_of(x, ks), fft_conv.weight_spectra(w, shape[1], shape[3]), ks, shape, out,
+                              None, mode, other, extra if mode == 1 else None)
+    y = F.conv2d(x.bfloat16().double(), w.double(), padding="same")
+    want = (torch.tanh(y) + other + extra) / 3 if mode == 1 else y + other
+    assert rel(out, want) < BF16_CONV
+
+
+def test_fft_conv_stores_e4m3():
+    """An e4m3 ``out`` (the next conv's plane) gets value x out_scale, rounded once."""
+    from dnd_fast.kernels import fft_conv, hyperconv
+
+    reseed()
+    B, C, COUT, P, Q, ks = 1, 6, 10, 9, 14, 9
+    x = torch.randn(B, C, P, Q, device=DEVICE)
+    w = torch.randn(COUT, C, ks, ks, device=DEVICE) / (C * ks)
+    shape = fft_conv.tile_shape(C, COUT, P, Q, ks)
+    out = torch.empty(B, COUT, P, Q, device=DEVICE, dtype=hyperconv.FP8)
+    scale = torch.tensor([4.0], device=DEVICE)
+    fft_conv.conv2d_plane_fft(plane_of(x, ks), fft_conv.weight_spectra(w, shape[1], shape[3]), ks, shape, out,
+                              out_scale=scale)
+    want = F.conv2d(x.bfloat16().double(), w.double(), padding="same") * 4
+    assert rel(out.double(), want) < 0.04  # e4m3: 3 mantissa bits
+
+
+def test_complex_bmm_matches_torch():
+    from dnd_fast.kernels import fft_conv
+
+    reseed()
+    F_, M, K, N = 5, 37, 70, 19
+    spectra = torch.randn(2, F_, M, K, device=DEVICE).bfloat16()
+    x = torch.randn(2, F_, K, N, device=DEVICE).bfloat16()
+    got = fft_conv.complex_bmm(spectra, x)
+    want = fft_conv.complex_bmm_reference(spectra, x)
+    assert got.shape == want.shape == (2, F_, M, N)
+    assert rel(got, want) < 1e-5
+    with pytest.raises(ValueError, match="complex_bmm"):
+        fft_conv.complex_bmm(spectra, x.float())
+
+
+def test_tiles_cover_the_plane_and_the_model_picks_the_wide_convs():
+    from dnd_fast.kernels import fft_conv
+
+    for _, cin, cout, p, q in conv_planes(DecoderConfig.paper_qwen05()):
+        th, nh, tw, nw = fft_conv.tile_shape(cin, cout, p, q, 9)
+        assert nh >= th + 8 and nw >= tw + 8 and nh in fft_conv.FFT_SIZES + (p + 8,)
+        assert th <= p and tw <= q
+    # as timed on an H100 (RESULTS.md): L0.1w and L7.ch faster by FFT; L0.ch (128 channels: the transforms' passes
+    # over its large plane cost more than its GEMM saves), L7.1w and the thin L7.1h not
+    assert fft_conv.faster(384, 300, 128, 384, 9) and fft_conv.faster(2048, 4296, 10, 130, 9)
+    assert not any(fft_conv.faster(*shape, 9) for shape in ((128, 128, 200, 300), (200, 130, 10, 2048),
+                                                             (10, 10, 130, 2048)))
+
+
+def test_bad_spectra_and_out_are_named():
+    from dnd_fast.kernels import fft_conv
+
+    x = torch.randn(1, 4, 6, 7, device=DEVICE)
+    shape = fft_conv.tile_shape(4, 5, 6, 7, 3)
+    good = fft_conv.weight_spectra(torch.randn(5, 4, 3, 3, device=DEVICE), shape[1], shape[3])
+    with pytest.raises(ValueError, match="spectra"):
+        fft_conv.conv2d_plane_fft(plane_of(x, 3), good.float(), 3, shape, torch.empty(1, 5, 6, 7, device=DEVICE))
+    with pytest.raises(ValueError, match="out must be"):
+        fft_conv.conv2d_plane_fft(plane_of(x, 3), good, 3, shape, torch.empty(1, 5, 7, 6, device=DEVICE))
+    with pytest.raises(ValueError, match="too short"):
+        fft_conv.conv2d_plane_fft(plane_of(x, 9), good, 9, shape, torch.empty(1, 5, 6, 7, device=DEVICE))
+
+
+def test_decoder_with_fft_convs_matches_the_reference(monkeypatch):
+    """``Paths.fft_convs`` with ``fft_everywhere`` (these convs are small: the model keeps them direct): every bf16
+    inference conv by FFT gives the reference decoder's output within bf16's error, with and without a residual."""
+    from dnd_fast.kernels import fft_conv
+
+    calls, real = [], fft_conv.conv2d_plane_fft
+    monkeypatch.setattr(fft_conv, "conv2d_plane_fft", lambda *a, **k: calls.append(1) or real(*a, **k))
+    reseed()
+    cfg = DecoderConfig(((4, 10, 12), (4, 10, 12), (6, 7, 9)), 9)
+    dec = HyperConvDecoder(cfg).to(DEVICE)
+    x = torch.randn(2, *cfg.condition_shape, device=DEVICE)
+    with torch.no_grad():
+        exact = dec.double()(x.double(), backend="torch")
+        dec.float()
+        with torch.autocast(DEVICE, dtype=torch.bfloat16), paths.use(fft_convs=True):
+            dec(x, backend="triton")
+        assert not calls  # the model: no conv this small is faster by FFT
+        with torch.autocast(DEVICE, dtype=torch.bfloat16), paths.use(fft_convs=True, fft_everywhere=True):
+            out = dec(x, backend="triton")
+    assert len(calls) == 10  # five convs a layer
+    assert rel(out, exact) < 2e-2
+    with torch.no_grad(), torch.autocast(DEVICE, dtype=torch.bfloat16):
+        direct = dec(x, backend="triton")
+    assert len(calls) == 10 and rel(out, direct) < 2e-2
