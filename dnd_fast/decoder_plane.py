@@ -37,12 +37,15 @@ def plane_path(x: torch.Tensor) -> bool:
     return not torch.compiler.is_compiling() and plane_convs_run_on(x.device)
 
 
-def fft_chosen(conv_shape) -> bool:
-    """Whether a bf16 inference conv of ``conv_shape`` (C_in, C_out, P, Q, k) runs by FFT (``Paths.fft_convs``)."""
+def fft_chosen(plane_dtype: torch.dtype, conv_shape) -> bool:
+    """Whether an inference conv of ``conv_shape`` (C_in, C_out, P, Q, k) on a ``plane_dtype`` plane runs by FFT
+    (``Paths.fft_convs``): bf16 planes only, the FFT's products being bf16 (an fp32 decoder keeps its precision)."""
     from dnd_fast.kernels import fft_conv
 
     chosen = paths.current()
-    return chosen.fft_convs and (chosen.fft_everywhere or fft_conv.faster(*conv_shape))
+    if not chosen.fft_convs or plane_dtype != torch.bfloat16:
+        return False
+    return chosen.fft_everywhere or fft_conv.faster(*conv_shape)
 
 
 def _axes(t: torch.Tensor, names, wanted) -> torch.Tensor:
@@ -91,7 +94,7 @@ def _layer_plane(layer: HyperConvLayer, x: torch.Tensor, residual: bool, saved: 
             w, col_scale = decoder_fp8.packed_weight(module, transposed, fp8, names[0])
             hyperconv.conv2d_plane(buf, w, k, dest_view, bias, mode, *others, w_layout=1, col_scale=col_scale,
                                    out_scale=out_scale, acc_terms=paths.current().fp8_acc_terms)
-        elif not train and fft_chosen(conv_shape):
+        elif not train and fft_chosen(buf.buf.dtype, conv_shape):
             shape = fft_conv.tile_shape(*conv_shape)
             spectra = cached(module, ("fft", transposed, shape), module.weight, cdtype,
                              lambda: fft_conv.weight_spectra(module.weight, shape[1], shape[3], transposed))

@@ -16,6 +16,7 @@ padding="same")``; ``complex_bmm_reference`` that of the GEMM.
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -56,6 +57,7 @@ def cost(cin, cout, p, q, ks, th, nh, tw, nw, batch=8):
     return gemm / GEMM_FLOPS + moved / ACTIVATION_BYTES_PER_S + 4 * freqs * cin * cout / SPECTRA_BYTES_PER_S
 
 
+@functools.lru_cache(maxsize=None)  # asked for every conv of every decoder call: the model's search runs once a shape
 def tile_shape(cin, cout, p, q, ks, longest=40):
     """(th, nh, tw, nw): the output tile and FFT lengths the model finds fastest at batches 8 and 1 together (the
     spectra are kept per weight, so one tile serves every batch; at batch 1 their read can dominate)."""

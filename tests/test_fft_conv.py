@@ -149,6 +149,9 @@ def test_decoder_with_fft_convs_matches_the_reference(monkeypatch):
         with torch.autocast(DEVICE, dtype=torch.bfloat16), paths.use(fft_convs=True):
             dec(x, backend="triton")
         assert not calls  # the model: no conv this small is faster by FFT
+        with paths.use(fft_convs=True, fft_everywhere=True):
+            dec(x, backend="triton")
+        assert not calls  # fp32 planes keep their precision: the FFT's products are bf16
         with torch.autocast(DEVICE, dtype=torch.bfloat16), paths.use(fft_convs=True, fft_everywhere=True):
             out = dec(x, backend="triton")
     assert len(calls) == 10  # five convs a layer
