@@ -15,8 +15,8 @@ def qwen05_lora():
 
 
 # named fp8 paths (``Paths`` switches): every conv in e4m3 ("all"; "imprecise" names the whole-K sums that are now
-# the default: precision "fp8-fast"), thin layers' convs in bf16 ("mixed"), the first and last layers in bf16 ("ends":
-# precision "fp8"), bf16 convs by FFT where the model says faster ("fft", joined: "ends_fft") or all
+# the default: precision "fp8-fast"), thin layers' convs in bf16 ("mixed"), the first and last layers in bf16 ("ends"),
+# bf16 convs by FFT where the model says faster ("fft", joined: "ends_fft", precision "fp8") or all
 # of them ("fftall"); ``fp8_path("accN")``: sums added in fp32 every N K terms (Paths.fp8_acc_terms)
 FP8_PATHS = {"all": {"fp8_wide_only": False}, "mixed": {"fp8_wide_only": True},
              "imprecise": {"fp8_wide_only": False, "fp8_acc_terms": 0},

@@ -31,9 +31,10 @@ CONFIG_FILE, WEIGHTS_FILE = "generator.json", "generator.safetensors"
 ADAPTER_FILES = {"adapter_config.json", "adapter_model.safetensors", "README.md"}
 # the decoder's precision at inference -> its kernel paths (dnd_fast.paths). "fp8-fast": every layer's convs on
 # e4m3 planes and weights; "fp8": the same with the first and last layers in bf16, which keeps the held-out NLL
-# within 0.25% of bf16's on nine trained generators (fp8-fast: up to 1.7% off) at 0.68x fp8-fast's throughput
-# (benchmarks/RESULTS.md, FP8)
-PRECISION_PATHS = {"bf16": {}, "fp8": {"fp8": True, "fp8_bf16_layers": (0, -1)}, "fp8-fast": {"fp8": True}}
+# within 0.25% of bf16's on nine trained generators (fp8-fast: up to 1.7% off), their wide convs by FFT (bf16's
+# rounding: within 0.21% on the same nine tasks, and 17% less time than direct bf16 ends; benchmarks/RESULTS.md, FP8)
+PRECISION_PATHS = {"bf16": {}, "fp8": {"fp8": True, "fp8_bf16_layers": (0, -1), "fft_convs": True},
+                   "fp8-fast": {"fp8": True}}
 PRECISIONS = tuple(PRECISION_PATHS)
 
 
@@ -120,7 +121,7 @@ class Generator(nn.Module):
     def set_precision(self, precision: str) -> Generator:
         """"bf16" (the default), "fp8" or "fp8-fast" (``PRECISION_PATHS``): the decoder's convs on e4m3 planes and
         weights (Hopper GPUs; per-plane scales set from the next call's prompts, see decoder_fp8.py); "fp8" keeps
-        the first and last layers in bf16."""
+        the first and last layers in bf16, their wide convs by FFT."""
         if precision not in PRECISIONS:
             raise ValueError(f"precision {precision!r}: choose {', '.join(PRECISIONS)}")
         if precision != "bf16" and not plane_convs_run_on(self.device):

@@ -104,6 +104,21 @@ def test_complex_bmm_matches_torch():
         fft_conv.complex_bmm(spectra, x.float())
 
 
+def test_transposes_between_pairs_and_planes_both_ways():
+    from dnd_fast.kernels import fft_conv
+
+    reseed()
+    R, F_ = 131, 45  # neither a multiple of the blocks
+    pairs = torch.randn(R, F_, 2, device=DEVICE)
+    planes = torch.empty(2, F_, R, device=DEVICE, dtype=torch.bfloat16)
+    fft_conv._transpose(pairs, planes, to_planes=True)
+    assert rel(planes, pairs.permute(2, 1, 0)) < 4e-3  # bf16: 2^-9 relative, (the interpreter truncates: 2^-8)
+    assert rel(planes[0], pairs[..., 1].T) > 0.5  # the parts swapped would fail
+    back = torch.full_like(pairs, float("nan"))
+    fft_conv._transpose(back, planes.float(), to_planes=False)
+    assert torch.equal(back, planes.float().permute(2, 1, 0))
+
+
 def test_tiles_cover_the_plane_and_the_model_picks_the_wide_convs():
     from dnd_fast.kernels import fft_conv
 

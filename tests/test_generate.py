@@ -242,8 +242,8 @@ def test_fp8_generation_is_near_bf16_and_switches_back_exactly(tiny_base, tiny_e
 
 
 def test_each_precision_runs_its_paths(tiny_base, tiny_encoder, monkeypatch):
-    """"fp8" keeps the decoder's first and last layers in bf16, "fp8-fast" runs every layer in e4m3, both with the
-    whole K loop left to the fp8 MMA; "bf16" runs no e4m3; each set afresh (scales and graphs reset on a change)."""
+    """"fp8" keeps the decoder's first and last layers in bf16 (their wide convs by FFT), "fp8-fast" runs every layer
+    in e4m3, both with the whole K loop left to the fp8 MMA; "bf16" runs no e4m3 and no FFT; each set afresh (scales and graphs reset on a change)."""
     from dnd_fast import paths
     from dnd_fast.generator import PRECISIONS
 
@@ -257,9 +257,9 @@ def test_each_precision_runs_its_paths(tiny_base, tiny_encoder, monkeypatch):
         if precision != "bf16" and not plane_convs_run_on(gen.device):
             continue
         gen.set_precision(precision).generate_flat([PROMPTS])
-        chosen[precision] = (seen[-1].fp8, seen[-1].fp8_bf16_layers, seen[-1].fp8_acc_terms)
-    assert chosen["bf16"] == (False, (), 0)
+        chosen[precision] = (seen[-1].fp8, seen[-1].fp8_bf16_layers, seen[-1].fp8_acc_terms, seen[-1].fft_convs)
+    assert chosen["bf16"] == (False, (), 0, False)
     if "fp8" in chosen:
-        assert chosen["fp8"] == (True, (0, -1), 0) and chosen["fp8-fast"] == (True, (), 0)
+        assert chosen["fp8"] == (True, (0, -1), 0, True) and chosen["fp8-fast"] == (True, (), 0, False)
     with pytest.raises(ValueError, match="choose bf16, fp8, fp8-fast"):
         gen.set_precision("fp4")
