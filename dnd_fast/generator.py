@@ -32,7 +32,7 @@ ADAPTER_FILES = {"adapter_config.json", "adapter_model.safetensors", "README.md"
 # the decoder's precision at inference -> its kernel paths (dnd_fast.paths). "fp8-fast": every layer's convs on
 # e4m3 planes and weights; "fp8": the same with the first and last layers in bf16, which keeps the held-out NLL
 # within 0.25% of bf16's on nine trained generators (fp8-fast: up to 1.7% off), their wide convs by FFT (bf16's
-# rounding: within 0.21% on the same nine tasks, and 17% less time than direct bf16 ends; benchmarks/RESULTS.md, FP8)
+# rounding: within 0.21% on the same nine tasks, 25% less time a batch of 8 than direct ends; RESULTS.md, FP8)
 PRECISION_PATHS = {"bf16": {}, "fp8": {"fp8": True, "fp8_bf16_layers": (0, -1), "fft_convs": True},
                    "fp8-fast": {"fp8": True}}
 PRECISIONS = tuple(PRECISION_PATHS)
@@ -54,7 +54,7 @@ class Generator(nn.Module):
         self.register_buffer("stats", stats.float().clone())
         self.base_model = str(base_model)
         self.lora_config = lora_config_dict(lora_config)
-        self._graphs: dict[tuple[int, int], _GraphedCall] = {}
+        self._graphs: dict[tuple[tuple[int, ...], paths.Paths], _GraphedCall] = {}
         self.use_cuda_graphs = True
         self.precision = "bf16"  # of the decoder at inference; set_precision("fp8" or "fp8-fast"): e4m3 on Hopper
 
@@ -169,7 +169,8 @@ class Generator(nn.Module):
         ids, mask = host_tokens.to(self.device, non_blocking=True)
         if self.device.type != "cuda" or not self.use_cuda_graphs:
             return self._pipeline(ids, mask)
-        key = tuple(ids.shape)  # batch x prompts, and the trimmed length
+        # batch x prompts, the trimmed length, and the caller's paths: a graph replays the kernels it was captured on
+        key = (tuple(ids.shape), paths.current())
         if key not in self._graphs:
             try:
                 self._graphs[key] = _GraphedCall(self._pipeline, ids, mask)

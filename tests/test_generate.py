@@ -224,15 +224,33 @@ def test_cuda_graph_path_equals_eager_on_the_gpu(tiny_base, tiny_encoder):
     torch.testing.assert_close(other, gen.generate_flat([PROMPTS[1:], PROMPTS[:2]]).cpu(), atol=1e-6, rtol=0)
 
 
+@needs_cuda
+def test_cuda_graphs_are_kept_per_paths(tiny_base, tiny_encoder):
+    """A call under other ``paths`` captures its own graph, not a replay of one captured on other kernels."""
+    from dnd_fast import paths
+
+    gen = random_generator(tiny_base, tiny_encoder).for_inference("cuda")
+    direct = gen.generate_flat([PROMPTS]).cpu()
+    with paths.use(fft_convs=True, fft_everywhere=True):  # every conv by FFT: other roundings than the direct convs'
+        by_fft = gen.generate_flat([PROMPTS]).cpu()
+        gen.use_cuda_graphs = False
+        torch.testing.assert_close(by_fft, gen.generate_flat([PROMPTS]).cpu(), atol=1e-6, rtol=0)
+        gen.use_cuda_graphs = True
+    assert not torch.equal(by_fft, direct)  # a replay of the first graph would have given this
+    assert len(gen._graphs) == 2
+    torch.testing.assert_close(gen.generate_flat([PROMPTS]).cpu(), direct, atol=0, rtol=0)
+
+
 @pytest.mark.parametrize("device", [d for d in ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
                                     if plane_convs_run_on(torch.device(d))])
 def test_fp8_generation_is_near_bf16_and_switches_back_exactly(tiny_base, tiny_encoder, device):
-    """generate(precision="fp8"): scales from the first fp8 call (eager, or the CUDA graph's warm-up), the same
-    adapter on every later call, within e4m3's error of the default; set back to bf16, the default exactly."""
+    """generate(precision="fp8-fast"): scales from the first fp8 call (eager, or the CUDA graph's warm-up), the same
+    adapter on every later call, within e4m3's error of the default; set back to bf16, the default exactly. (The tiny
+    decoder has two layers, both of which "fp8" keeps in bf16: on a GPU it gave the default exactly.)"""
     gen = random_generator(tiny_base, tiny_encoder).for_inference(device)
     default = gen.generate_flat([PROMPTS]).cpu()
-    first = dnd_fast.generate(PROMPTS, gen, precision="fp8").state_dict()
-    assert gen.precision == "fp8"
+    first = dnd_fast.generate(PROMPTS, gen, precision="fp8-fast").state_dict()
+    assert gen.precision == "fp8-fast"
     again = gen.generate_flat([PROMPTS]).cpu()
     flat = gen.layout.flatten(first).cpu()
     torch.testing.assert_close(again, flat.to(again.dtype), atol=0, rtol=0)
