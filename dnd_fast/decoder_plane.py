@@ -37,15 +37,18 @@ def plane_path(x: torch.Tensor) -> bool:
     return not torch.compiler.is_compiling() and plane_convs_run_on(x.device)
 
 
-def fft_chosen(plane_dtype: torch.dtype, conv_shape) -> bool:
-    """Whether an inference conv of ``conv_shape`` (C_in, C_out, P, Q, k) on a ``plane_dtype`` plane runs by FFT
-    (``Paths.fft_convs``): bf16 planes only, the FFT's products being bf16 (an fp32 decoder keeps its precision)."""
+def fft_chosen(plane_dtype: torch.dtype, conv_shape, over_e4m3: bool = False) -> bool:
+    """Whether an inference conv of ``conv_shape`` (C_in, C_out, P, Q, k) on a ``plane_dtype`` plane runs by FFT:
+    bf16 planes only, the FFT's products being bf16 (an fp32 decoder keeps its precision). ``over_e4m3``: the fp8
+    path's conv, whose input plane stays bf16 where this says so (``Paths.fft_over_e4m3``, against the e4m3 conv);
+    otherwise ``Paths.fft_convs``, against the direct bf16 conv."""
     from dnd_fast.kernels import fft_conv
 
     chosen = paths.current()
-    if not chosen.fft_convs or plane_dtype != torch.bfloat16:
+    if not (chosen.fft_over_e4m3 if over_e4m3 else chosen.fft_convs) or plane_dtype != torch.bfloat16:
         return False
-    return chosen.fft_everywhere or fft_conv.faster(*conv_shape)
+    rate = fft_conv.E4M3_FLOPS if over_e4m3 else fft_conv.DIRECT_FLOPS
+    return chosen.fft_everywhere or fft_conv.faster(*conv_shape, direct_flops=rate)
 
 
 def _axes(t: torch.Tensor, names, wanted) -> torch.Tensor:
@@ -77,8 +80,12 @@ def _layer_plane(layer: HyperConvLayer, x: torch.Tensor, residual: bool, saved: 
     store_axes = STORE_AXIS if fp8 is not None or amax is not None else {}  # the fp8 path, or its calibration run
 
     def plane(reader):
-        """The input plane of conv ``reader`` (an attribute of ``hc``, or "conv"): e4m3 on the fp8 path unless kept."""
-        dtype = hyperconv.FP8 if fp8 and reader not in kept else cdtype
+        """The input plane of conv ``reader`` (an attribute of ``hc``, or "conv"): e4m3 on the fp8 path unless kept
+        or taken by FFT."""
+        module = layer.conv if reader == "conv" else getattr(hc, reader)
+        p, q = plane_axes(size, CONV_INPUTS[reader][0], k, store_axes.get(reader))
+        by_fft = fp8 and fft_chosen(cdtype, (module.in_channels, module.out_channels, size[p], size[q], k), True)
+        dtype = hyperconv.FP8 if fp8 and reader not in kept and not by_fft else cdtype
         return _plane(B, size, k, dtype, x.device, *CONV_INPUTS[reader], store_axes.get(reader))
 
     def conv(module, src, out_channel, dest, dest_axes, bias=None, mode=0, other=None, extra=None, names=(None, None)):
@@ -94,7 +101,8 @@ def _layer_plane(layer: HyperConvLayer, x: torch.Tensor, residual: bool, saved: 
             w, col_scale = decoder_fp8.packed_weight(module, transposed, fp8, names[0])
             hyperconv.conv2d_plane(buf, w, k, dest_view, bias, mode, *others, w_layout=1, col_scale=col_scale,
                                    out_scale=out_scale, acc_terms=paths.current().fp8_acc_terms)
-        elif not train and fft_chosen(buf.buf.dtype, conv_shape):
+        elif not train and (fft_chosen(buf.buf.dtype, conv_shape) or
+                            bool(fp8) and fft_chosen(buf.buf.dtype, conv_shape, over_e4m3=True)):
             shape = fft_conv.tile_shape(*conv_shape)
             spectra = cached(module, ("fft", transposed, shape), module.weight, cdtype,
                              lambda: fft_conv.weight_spectra(module.weight, shape[1], shape[3], transposed))

@@ -49,9 +49,13 @@ class Paths:
     # inference convs that read bf16 planes (all of the bf16 path's; the fp8 path's kept layers and convs) by
     # overlap-save FFTs where kernels/fft_conv.faster says so: about 16x fewer FLOPs, bf16's rounding
     fft_convs: bool = False
-    # fft_convs: every such conv by FFT, whatever the model says (a quality yardstick: the experiment's small decoder
-    # would keep most convs direct)
+    # fft_convs, fft_over_e4m3: every such conv by FFT, whatever the model says (a quality yardstick: the
+    # experiment's small decoder would keep most convs direct)
     fft_everywhere: bool = False
+    # fp8: convs whose FFT the model puts ahead of their direct e4m3 conv (fft_conv.E4M3_FLOPS) read a bf16 plane
+    # and go by FFT: bf16's rounding where it is also faster. The paper decoder's L4-L7 channel convs timed alone on
+    # an H100 1.3-2.3x faster so than in e4m3 (RESULTS.md, FP8); not yet timed end to end nor scored
+    fft_over_e4m3: bool = False
     # set by decoder.layer_precision for the layer it wraps: that layer's convs named in fp8_bf16_convs
     fp8_layer_bf16_convs: tuple = ()
 

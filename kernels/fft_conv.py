@@ -33,6 +33,9 @@ FFT_SIZES = (12, 15, 16, 18, 20, 24, 25, 27, 30, 32, 36, 40, 45, 48, 50, 54, 60,
 # session 25; RESULTS.md): the complex GEMM, the direct bf16 conv, the transforms' passes over the activations (five
 # kernels and two cuFFT calls, each a read and a write), the weights' spectra streamed from HBM
 GEMM_FLOPS, DIRECT_FLOPS, ACTIVATION_BYTES_PER_S, SPECTRA_BYTES_PER_S = 3e14, 5e14, 8e11, 3e12
+# the direct e4m3 conv's rate, against which the fp8 path weighs the FFT (Paths.fft_over_e4m3): 7.6-9.1e14 on
+# eight of nine wide convs timed on one H100 with heuristic tilings (session 26, RESULTS.md; L1.1w: 5.9e14)
+E4M3_FLOPS = 8.5e14
 
 
 def _side(n, ks, longest):
@@ -65,9 +68,9 @@ def tile_shape(cin, cout, p, q, ks, longest=40):
                key=lambda s: cost(cin, cout, p, q, ks, *s) + cost(cin, cout, p, q, ks, *s, batch=1))
 
 
-def faster(cin, cout, p, q, ks) -> bool:
-    """Whether the model puts the FFT conv ahead of the direct one (at batch 8)."""
-    direct = 2 * 8 * p * q * cin * cout * ks * ks / DIRECT_FLOPS
+def faster(cin, cout, p, q, ks, direct_flops=DIRECT_FLOPS) -> bool:
+    """Whether the model puts the FFT conv ahead of the direct one at ``direct_flops`` (at batch 8)."""
+    direct = 2 * 8 * p * q * cin * cout * ks * ks / direct_flops
     return cost(cin, cout, p, q, ks, *tile_shape(cin, cout, p, q, ks)) < direct
 
 

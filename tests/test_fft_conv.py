@@ -174,3 +174,29 @@ def test_decoder_with_fft_convs_matches_the_reference(monkeypatch):
     with torch.no_grad(), torch.autocast(DEVICE, dtype=torch.bfloat16):
         direct = dec(x, backend="triton")
     assert len(calls) == 10 and rel(out, direct) < 2e-2
+
+
+def test_fp8_convs_go_by_fft_over_e4m3(monkeypatch):
+    """``Paths.fft_over_e4m3``: on the fp8 path, a conv the model (or ``fft_everywhere``) takes by FFT reads a bf16
+    plane: with every conv so, the fp8 decoder is the bf16 decoder by FFT bit for bit (no plane left in e4m3); with
+    the model's own choice these small convs stay e4m3, the plain fp8 decoder bit for bit."""
+    from dnd_fast.kernels import fft_conv
+
+    calls, real = [], fft_conv.conv2d_plane_fft
+    monkeypatch.setattr(fft_conv, "conv2d_plane_fft", lambda *a, **k: calls.append(1) or real(*a, **k))
+    reseed()
+    cfg = DecoderConfig(((4, 10, 12), (4, 10, 12), (6, 7, 9)), 9)
+    dec = HyperConvDecoder(cfg, backend="triton").to(DEVICE).eval()
+    x = torch.randn(2, *cfg.condition_shape, device=DEVICE)
+    with torch.no_grad(), torch.autocast(DEVICE, dtype=torch.bfloat16):
+        with paths.use(fp8=True):
+            e4m3 = dec(x)
+        with paths.use(fp8=True, fft_over_e4m3=True):
+            assert torch.equal(dec(x), e4m3)
+        assert not calls
+        with paths.use(fp8=True, fft_over_e4m3=True, fft_everywhere=True):
+            by_fft = dec(x)
+        assert len(calls) == 10
+        with paths.use(fft_convs=True, fft_everywhere=True):
+            assert torch.equal(dec(x), by_fft)
+    assert not torch.equal(by_fft, e4m3)
