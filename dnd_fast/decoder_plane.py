@@ -78,14 +78,16 @@ def _layer_plane(layer: HyperConvLayer, x: torch.Tensor, residual: bool, saved: 
             "W2": hc.conv1w.out_channels}
     kept = decoder_fp8.kept_convs(layer) if fp8 else ()
     store_axes = STORE_AXIS if fp8 is not None or amax is not None else {}  # the fp8 path, or its calibration run
+    by_fft_over_e4m3 = set()  # the fp8 path's convs whose planes plane() kept bf16 for the FFT (Paths.fft_over_e4m3)
 
     def plane(reader):
         """The input plane of conv ``reader`` (an attribute of ``hc``, or "conv"): e4m3 on the fp8 path unless kept
         or taken by FFT."""
         module = layer.conv if reader == "conv" else getattr(hc, reader)
         p, q = plane_axes(size, CONV_INPUTS[reader][0], k, store_axes.get(reader))
-        by_fft = fp8 and fft_chosen(cdtype, (module.in_channels, module.out_channels, size[p], size[q], k), True)
-        dtype = hyperconv.FP8 if fp8 and reader not in kept and not by_fft else cdtype
+        if fp8 and fft_chosen(cdtype, (module.in_channels, module.out_channels, size[p], size[q], k), True):
+            by_fft_over_e4m3.add(module)
+        dtype = hyperconv.FP8 if fp8 and reader not in kept and module not in by_fft_over_e4m3 else cdtype
         return _plane(B, size, k, dtype, x.device, *CONV_INPUTS[reader], store_axes.get(reader))
 
     def conv(module, src, out_channel, dest, dest_axes, bias=None, mode=0, other=None, extra=None, names=(None, None)):
@@ -101,8 +103,7 @@ def _layer_plane(layer: HyperConvLayer, x: torch.Tensor, residual: bool, saved: 
             w, col_scale = decoder_fp8.packed_weight(module, transposed, fp8, names[0])
             hyperconv.conv2d_plane(buf, w, k, dest_view, bias, mode, *others, w_layout=1, col_scale=col_scale,
                                    out_scale=out_scale, acc_terms=paths.current().fp8_acc_terms)
-        elif not train and (fft_chosen(buf.buf.dtype, conv_shape) or
-                            bool(fp8) and fft_chosen(buf.buf.dtype, conv_shape, over_e4m3=True)):
+        elif not train and (module in by_fft_over_e4m3 or fft_chosen(buf.buf.dtype, conv_shape)):
             shape = fft_conv.tile_shape(*conv_shape)
             spectra = cached(module, ("fft", transposed, shape), module.weight, cdtype,
                              lambda: fft_conv.weight_spectra(module.weight, shape[1], shape[3], transposed))

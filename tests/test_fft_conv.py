@@ -147,15 +147,25 @@ def test_bad_spectra_and_out_are_named():
         fft_conv.conv2d_plane_fft(plane_of(x, 9), good, 9, shape, torch.empty(1, 5, 6, 7, device=DEVICE))
 
 
-def test_decoder_with_fft_convs_matches_the_reference(monkeypatch):
-    """``Paths.fft_convs`` with ``fft_everywhere`` (these convs are small: the model keeps them direct): every bf16
-    inference conv by FFT gives the reference decoder's output within bf16's error, with and without a residual."""
+# two layers of 9 x 9 convs, every one small enough that the model keeps it direct
+SMALL_DECODER = DecoderConfig(((4, 10, 12), (4, 10, 12), (6, 7, 9)), 9)
+
+
+@pytest.fixture
+def fft_calls(monkeypatch):
+    """A list that gains an entry at every ``fft_conv.conv2d_plane_fft`` call."""
     from dnd_fast.kernels import fft_conv
 
     calls, real = [], fft_conv.conv2d_plane_fft
     monkeypatch.setattr(fft_conv, "conv2d_plane_fft", lambda *a, **k: calls.append(1) or real(*a, **k))
+    return calls
+
+
+def test_decoder_with_fft_convs_matches_the_reference(fft_calls):
+    """``Paths.fft_convs`` with ``fft_everywhere`` (these convs are small: the model keeps them direct): every bf16
+    inference conv by FFT gives the reference decoder's output within bf16's error, with and without a residual."""
     reseed()
-    cfg = DecoderConfig(((4, 10, 12), (4, 10, 12), (6, 7, 9)), 9)
+    cfg = SMALL_DECODER
     dec = HyperConvDecoder(cfg).to(DEVICE)
     x = torch.randn(2, *cfg.condition_shape, device=DEVICE)
     with torch.no_grad():
@@ -163,29 +173,25 @@ def test_decoder_with_fft_convs_matches_the_reference(monkeypatch):
         dec.float()
         with torch.autocast(DEVICE, dtype=torch.bfloat16), paths.use(fft_convs=True):
             dec(x, backend="triton")
-        assert not calls  # the model: no conv this small is faster by FFT
+        assert not fft_calls  # the model: no conv this small is faster by FFT
         with paths.use(fft_convs=True, fft_everywhere=True):
             dec(x, backend="triton")
-        assert not calls  # fp32 planes keep their precision: the FFT's products are bf16
+        assert not fft_calls  # fp32 planes keep their precision: the FFT's products are bf16
         with torch.autocast(DEVICE, dtype=torch.bfloat16), paths.use(fft_convs=True, fft_everywhere=True):
             out = dec(x, backend="triton")
-    assert len(calls) == 10  # five convs a layer
+    assert len(fft_calls) == 10  # five convs a layer
     assert rel(out, exact) < 2e-2
     with torch.no_grad(), torch.autocast(DEVICE, dtype=torch.bfloat16):
         direct = dec(x, backend="triton")
-    assert len(calls) == 10 and rel(out, direct) < 2e-2
+    assert len(fft_calls) == 10 and rel(out, direct) < 2e-2
 
 
-def test_fp8_convs_go_by_fft_over_e4m3(monkeypatch):
+def test_fp8_convs_go_by_fft_over_e4m3(fft_calls):
     """``Paths.fft_over_e4m3``: on the fp8 path, a conv the model (or ``fft_everywhere``) takes by FFT reads a bf16
     plane: with every conv so, the fp8 decoder is the bf16 decoder by FFT bit for bit (no plane left in e4m3); with
     the model's own choice these small convs stay e4m3, the plain fp8 decoder bit for bit."""
-    from dnd_fast.kernels import fft_conv
-
-    calls, real = [], fft_conv.conv2d_plane_fft
-    monkeypatch.setattr(fft_conv, "conv2d_plane_fft", lambda *a, **k: calls.append(1) or real(*a, **k))
     reseed()
-    cfg = DecoderConfig(((4, 10, 12), (4, 10, 12), (6, 7, 9)), 9)
+    cfg = SMALL_DECODER
     dec = HyperConvDecoder(cfg, backend="triton").to(DEVICE).eval()
     x = torch.randn(2, *cfg.condition_shape, device=DEVICE)
     with torch.no_grad(), torch.autocast(DEVICE, dtype=torch.bfloat16):
@@ -193,10 +199,10 @@ def test_fp8_convs_go_by_fft_over_e4m3(monkeypatch):
             e4m3 = dec(x)
         with paths.use(fp8=True, fft_over_e4m3=True):
             assert torch.equal(dec(x), e4m3)
-        assert not calls
+        assert not fft_calls
         with paths.use(fp8=True, fft_over_e4m3=True, fft_everywhere=True):
             by_fft = dec(x)
-        assert len(calls) == 10
+        assert len(fft_calls) == 10
         with paths.use(fft_convs=True, fft_everywhere=True):
             assert torch.equal(dec(x), by_fft)
     assert not torch.equal(by_fft, e4m3)
