@@ -160,11 +160,14 @@ def reference_layer(layer, x: torch.Tensor, residual: bool, state: dict | None, 
     rounded (the others stay fp32: where a layer's e4m3 error comes from); ``TAPS`` in place of "weights" rounds
     the weights by ``tap_rounded_weight`` on each conv's input here; with ``INT8``, to int8 in place of e4m3.
     ``state`` None: training through the rounding (``fp8_aware_forward``): each plane scaled by its own largest
-    value, gradients straight through."""
+    value, gradients straight through. The convs ``Paths.fft_over_e4m3`` takes by FFT are unrounded too."""
     import torch.nn.functional as F
 
+    from dnd_fast.decoder_plane import e4m3_convs_by_fft, layer_sizes
+    from dnd_fast.packed_weights import compute_dtype
+
     hc = layer.hyper
-    kept = kept_convs(layer)
+    kept = kept_convs(layer) + e4m3_convs_by_fft(layer, layer_sizes(layer, x.shape), compute_dtype(x))
     if "weights" in rounded and TAPS in rounded:
         raise ValueError(f"reference_layer: round the weights one way, 'weights' or {TAPS!r}, not both")
     if INT8 in rounded and TAPS in rounded:

@@ -51,6 +51,26 @@ def fft_chosen(plane_dtype: torch.dtype, conv_shape, over_e4m3: bool = False) ->
     return chosen.fft_everywhere or fft_conv.faster(*conv_shape, direct_flops=rate)
 
 
+def e4m3_convs_by_fft(layer: "HyperConvLayer", size: dict, cdtype: torch.dtype) -> tuple[str, ...]:
+    """The convs of ``layer`` (names in ``CONV_INPUTS``) that the fp8 path runs by FFT on a bf16 plane in place of
+    e4m3 (``Paths.fft_over_e4m3``), its axes' lengths ``size`` (C, H, W, C2, H2, W2) and compute dtype ``cdtype``."""
+    k = layer.conv.kernel_size[0]
+    picked = []
+    for reader, (spatial, channel) in CONV_INPUTS.items():
+        module = layer.conv if reader == "conv" else getattr(layer.hyper, reader)
+        p, q = plane_axes(size, spatial, k, STORE_AXIS[reader])
+        if fft_chosen(cdtype, (module.in_channels, module.out_channels, size[p], size[q], k), True):
+            picked.append(reader)
+    return tuple(picked)
+
+
+def layer_sizes(layer: "HyperConvLayer", shape) -> dict:
+    """The axes' lengths of ``layer`` on an input of ``shape`` [B, C, H, W]: C, H, W, and C2, H2, W2 of its output."""
+    _, c, h, w = shape
+    return {"C": c, "H": h, "W": w, "C2": layer.conv.out_channels, "H2": layer.hyper.conv1h.out_channels,
+            "W2": layer.hyper.conv1w.out_channels}
+
+
 def _axes(t: torch.Tensor, names, wanted) -> torch.Tensor:
     """``t`` [B, *dims named ``names``] as the view [B, *dims named ``wanted``]."""
     return t.permute(0, *(1 + list(names).index(a) for a in wanted))
@@ -74,20 +94,16 @@ def _layer_plane(layer: HyperConvLayer, x: torch.Tensor, residual: bool, saved: 
     if not train and amax is None and paths.current().fp8:
         fp8 = decoder_fp8.scales(layer, lambda record: _layer_plane(layer, x, residual, amax=record))
     B, C, H, W = x.shape
-    size = {"C": C, "H": H, "W": W, "C2": layer.conv.out_channels, "H2": hc.conv1h.out_channels,
-            "W2": hc.conv1w.out_channels}
+    size = layer_sizes(layer, x.shape)
     kept = decoder_fp8.kept_convs(layer) if fp8 else ()
     store_axes = STORE_AXIS if fp8 is not None or amax is not None else {}  # the fp8 path, or its calibration run
-    by_fft_over_e4m3 = set()  # the fp8 path's convs whose planes plane() kept bf16 for the FFT (Paths.fft_over_e4m3)
+    by_fft = e4m3_convs_by_fft(layer, size, cdtype) if fp8 else ()  # their planes stay bf16 (Paths.fft_over_e4m3)
+    by_fft_over_e4m3 = {layer.conv if reader == "conv" else getattr(hc, reader) for reader in by_fft}
 
     def plane(reader):
         """The input plane of conv ``reader`` (an attribute of ``hc``, or "conv"): e4m3 on the fp8 path unless kept
         or taken by FFT."""
-        module = layer.conv if reader == "conv" else getattr(hc, reader)
-        p, q = plane_axes(size, CONV_INPUTS[reader][0], k, store_axes.get(reader))
-        if fp8 and fft_chosen(cdtype, (module.in_channels, module.out_channels, size[p], size[q], k), True):
-            by_fft_over_e4m3.add(module)
-        dtype = hyperconv.FP8 if fp8 and reader not in kept and module not in by_fft_over_e4m3 else cdtype
+        dtype = hyperconv.FP8 if fp8 and reader not in kept and reader not in by_fft else cdtype
         return _plane(B, size, k, dtype, x.device, *CONV_INPUTS[reader], store_axes.get(reader))
 
     def conv(module, src, out_channel, dest, dest_axes, bias=None, mode=0, other=None, extra=None, names=(None, None)):

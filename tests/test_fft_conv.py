@@ -206,3 +206,31 @@ def test_fp8_convs_go_by_fft_over_e4m3(fft_calls):
         with paths.use(fft_convs=True, fft_everywhere=True):
             assert torch.equal(dec(x), by_fft)
     assert not torch.equal(by_fft, e4m3)
+
+
+def test_fp8_layers_with_some_convs_by_fft_match_their_reference(fft_calls, monkeypatch):
+    """With the model's choice mixed (here: the channel convs, the paper decoder's picks), each fp8 layer matches
+    ``decoder_fp8.reference_layer``, which leaves those convs' planes and weights unrounded: within the kernels' own
+    error, and well inside the error against the reference that rounds them. (A conv by FFT upstream of an e4m3
+    plane moves values across its rounding boundaries: about sqrt(its error x an e4m3 step), 1-2% here.)"""
+    from dnd_fast import decoder_fp8
+    from dnd_fast.decoder_plane import layer_plane
+    from dnd_fast.kernels import fft_conv
+
+    monkeypatch.setattr(fft_conv, "faster", lambda cin, cout, p, q, ks, direct_flops: cin < 6)
+    reseed()
+    cfg = DecoderConfig(((4, 10, 12), (5, 10, 11), (6, 7, 9)), 9)  # no residual: its bf16 rounding would swamp it
+    dec = HyperConvDecoder(cfg, backend="triton").to(DEVICE, torch.bfloat16).eval()  # the reference: in fp32
+    x = torch.randn(2, *cfg.condition_shape, device=DEVICE, dtype=torch.bfloat16)
+    with torch.no_grad(), paths.use(fp8=True, fft_over_e4m3=True):
+        dec(x)  # the scales
+        h = x
+        for layer, residual in dec.residual_layers():
+            assert not residual
+            fast = layer_plane(layer, h, residual)
+            ref = decoder_fp8.reference_layer(layer, h, residual, layer._dnd_fp8)
+            with paths.use(fft_over_e4m3=False):
+                all_rounded = decoder_fp8.reference_layer(layer, h, residual, layer._dnd_fp8)
+            assert rel(fast, ref) < 1e-2 and rel(fast, all_rounded) > 2 * rel(fast, ref)
+            h = fast
+    assert len(fft_calls) == 2 * 2  # the channel conv of both layers, in the scales' call and here
