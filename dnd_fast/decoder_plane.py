@@ -56,7 +56,7 @@ def e4m3_convs_by_fft(layer: "HyperConvLayer", size: dict, cdtype: torch.dtype) 
     e4m3 (``Paths.fft_over_e4m3``), its axes' lengths ``size`` (C, H, W, C2, H2, W2) and compute dtype ``cdtype``."""
     k = layer.conv.kernel_size[0]
     picked = []
-    for reader, (spatial, channel) in CONV_INPUTS.items():
+    for reader, (spatial, _) in CONV_INPUTS.items():
         module = layer.conv if reader == "conv" else getattr(layer.hyper, reader)
         p, q = plane_axes(size, spatial, k, STORE_AXIS[reader])
         if fft_chosen(cdtype, (module.in_channels, module.out_channels, size[p], size[q], k), True):
@@ -93,7 +93,7 @@ def _layer_plane(layer: HyperConvLayer, x: torch.Tensor, residual: bool, saved: 
     fp8 = None
     if not train and amax is None and paths.current().fp8:
         fp8 = decoder_fp8.scales(layer, lambda record: _layer_plane(layer, x, residual, amax=record))
-    B, C, H, W = x.shape
+    B, C = x.shape[:2]
     size = layer_sizes(layer, x.shape)
     kept = decoder_fp8.kept_convs(layer) if fp8 else ()
     store_axes = STORE_AXIS if fp8 is not None or amax is not None else {}  # the fp8 path, or its calibration run
