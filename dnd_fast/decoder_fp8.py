@@ -163,7 +163,7 @@ def reference_layer(layer, x: torch.Tensor, residual: bool, state: dict | None, 
     value, gradients straight through. The convs ``Paths.fft_over_e4m3`` takes by FFT are unrounded too."""
     import torch.nn.functional as F
 
-    from dnd_fast.decoder_plane import e4m3_convs_by_fft, layer_sizes
+    from dnd_fast.decoder_plane import conv_module, e4m3_convs_by_fft, layer_sizes
     from dnd_fast.packed_weights import compute_dtype
 
     hc = layer.hyper
@@ -175,7 +175,7 @@ def reference_layer(layer, x: torch.Tensor, residual: bool, state: dict | None, 
     grid = INT8 if INT8 in rounded else "e4m3"
 
     def conv(name, t):
-        module = getattr(hc, name) if name != "conv" else layer.conv
+        module = conv_module(layer, name)
         weight = module.weight.float()
         if name not in kept and {"weights", TAPS} & set(rounded):
             rounded_weight = tap_rounded_weight(weight, t) if TAPS in rounded else quantized_weight(weight, grid)

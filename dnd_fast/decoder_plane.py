@@ -57,11 +57,16 @@ def e4m3_convs_by_fft(layer: "HyperConvLayer", size: dict, cdtype: torch.dtype) 
     k = layer.conv.kernel_size[0]
     picked = []
     for reader, (spatial, _) in CONV_INPUTS.items():
-        module = layer.conv if reader == "conv" else getattr(layer.hyper, reader)
+        module = conv_module(layer, reader)
         p, q = plane_axes(size, spatial, k, STORE_AXIS[reader])
         if fft_chosen(cdtype, (module.in_channels, module.out_channels, size[p], size[q], k), True):
             picked.append(reader)
     return tuple(picked)
+
+
+def conv_module(layer: "HyperConvLayer", reader: str):
+    """The conv of ``layer`` named ``reader`` in ``CONV_INPUTS``: an attribute of its hyper block, or "conv"."""
+    return layer.conv if reader == "conv" else getattr(layer.hyper, reader)
 
 
 def layer_sizes(layer: "HyperConvLayer", shape) -> dict:
@@ -97,13 +102,13 @@ def _layer_plane(layer: HyperConvLayer, x: torch.Tensor, residual: bool, saved: 
     size = layer_sizes(layer, x.shape)
     kept = decoder_fp8.kept_convs(layer) if fp8 else ()
     store_axes = STORE_AXIS if fp8 is not None or amax is not None else {}  # the fp8 path, or its calibration run
-    by_fft = e4m3_convs_by_fft(layer, size, cdtype) if fp8 else ()  # their planes stay bf16 (Paths.fft_over_e4m3)
-    by_fft_over_e4m3 = {layer.conv if reader == "conv" else getattr(hc, reader) for reader in by_fft}
+    # the fp8 path's convs taken by FFT: their planes stay bf16 (Paths.fft_over_e4m3)
+    by_fft = {conv_module(layer, reader) for reader in e4m3_convs_by_fft(layer, size, cdtype)} if fp8 else set()
 
     def plane(reader):
         """The input plane of conv ``reader`` (an attribute of ``hc``, or "conv"): e4m3 on the fp8 path unless kept
         or taken by FFT."""
-        dtype = hyperconv.FP8 if fp8 and reader not in kept and reader not in by_fft else cdtype
+        dtype = hyperconv.FP8 if fp8 and reader not in kept and conv_module(layer, reader) not in by_fft else cdtype
         return _plane(B, size, k, dtype, x.device, *CONV_INPUTS[reader], store_axes.get(reader))
 
     def conv(module, src, out_channel, dest, dest_axes, bias=None, mode=0, other=None, extra=None, names=(None, None)):
@@ -119,7 +124,7 @@ def _layer_plane(layer: HyperConvLayer, x: torch.Tensor, residual: bool, saved: 
             w, col_scale = decoder_fp8.packed_weight(module, transposed, fp8, names[0])
             hyperconv.conv2d_plane(buf, w, k, dest_view, bias, mode, *others, w_layout=1, col_scale=col_scale,
                                    out_scale=out_scale, acc_terms=paths.current().fp8_acc_terms)
-        elif not train and (module in by_fft_over_e4m3 or fft_chosen(buf.buf.dtype, conv_shape)):
+        elif not train and (module in by_fft or fft_chosen(buf.buf.dtype, conv_shape)):
             shape = fft_conv.tile_shape(*conv_shape)
             spectra = cached(module, ("fft", transposed, shape), module.weight, cdtype,
                              lambda: fft_conv.weight_spectra(module.weight, shape[1], shape[3], transposed))
