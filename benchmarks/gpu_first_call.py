@@ -4,6 +4,8 @@ call (fp8: calibrating the plane scales; every conv shape's tiling search, or th
 ``DND_FAST_CACHE`` (and ``--ignore-shipped``: not the package's tilings) to see the remembered tilings skip the
 search.
 Run: DND_FAST_CACHE=DIR python benchmarks/gpu_first_call.py [--batch 8] [--precision fp8] [--ignore-shipped]
+(several at once, each with its own throwaway DND_FAST_CACHE, fill Triton's disk cache in parallel before one process
+searches: scripts/gpu/tune.sh)
 """
 import argparse
 import os
@@ -17,13 +19,15 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import device_name  # noqa: E402
 
 from dnd_fast import DecoderConfig, HyperConvDecoder, paths  # noqa: E402
+from dnd_fast.generator import PRECISION_PATHS  # noqa: E402
 from dnd_fast.kernels import tuning  # noqa: E402
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--precision", choices=["bf16", "fp8"], default="fp8")
+    ap.add_argument("--precision", choices=list(PRECISION_PATHS), default="fp8",
+                    help="the decoder's paths as generate() runs each precision")
     ap.add_argument("--ignore-shipped", action="store_true", help="not the package's tilings (tuning.SHIPPED)")
     args = ap.parse_args()
     if args.ignore_shipped:
@@ -36,7 +40,7 @@ def main():
     for _ in range(2):
         torch.cuda.synchronize()
         start = time.perf_counter()
-        with torch.no_grad(), paths.use(fp8=args.precision == "fp8"):
+        with torch.no_grad(), paths.use(**PRECISION_PATHS[args.precision]):
             decoder(x, backend="triton")
         torch.cuda.synchronize()
         seconds.append(time.perf_counter() - start)
