@@ -112,6 +112,24 @@ def wgrad_splits(M, base_ctas, block_k, weight_numel):
 # DND_FAST_TUNE=0 keeps the heuristic tiling: no compile of the other candidates (minutes for a new
 # decoder shape in a fresh process), for runs where the first call's latency matters more than the last 5-15%.
 TUNE = os.environ.get("DND_FAST_TUNE", "1") != "0"
+# DND_FAST_TUNE_SHARD=i/n: this process compiles and times only the heuristic and every n-th other candidate from
+# the i-th, so that n processes, each with a throwaway DND_FAST_CACHE, fill Triton's disk cache in parallel before one
+# process searches with every compile cached (scripts/gpu/tune.sh). Such a process's picks are not the search's.
+SHARD = os.environ.get("DND_FAST_TUNE_SHARD", "")
+
+
+def sharded(candidates: list, shard: str) -> list:
+    """``candidates`` as the process of ``shard`` ("i/n", or "" for all) times them: the first (the heuristic) and
+    those at positions 1 + i, 1 + i + n, ..."""
+    if not shard:
+        return candidates
+    try:
+        i, n = (int(v) for v in shard.split("/"))
+    except ValueError:
+        i = n = -1
+    if not 0 <= i < n:
+        raise ValueError(f"DND_FAST_TUNE_SHARD={shard!r}: expected i/n with 0 <= i < n (e.g. 0/4)")
+    return candidates[:1] + candidates[1 + i::n]
 
 
 CHOSEN: dict[tuple, dict] = {}
@@ -327,4 +345,4 @@ def fastest(candidates, launch, reps=3, trials=3):
             end.synchronize()
             best = min(best, start.elapsed_time(end))
         return best
-    return min(candidates, key=device_ms)
+    return min(sharded(candidates, SHARD), key=device_ms)

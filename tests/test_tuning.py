@@ -160,3 +160,20 @@ def test_fp8_accumulations_are_timed_apart(monkeypatch, tmp_path):
     keys = sorted(hyperconv.tuning.CHOSEN, key=len)
     assert len(keys) == 2 and keys[1] == keys[0] + ("acc_terms", 512)
     assert len(json.loads(hyperconv.tuning.tilings_file(torch.device("cuda")).read_text())) == 2
+
+
+@pytest.mark.parametrize("n", [1, 3, 7])
+def test_shards_split_the_candidates_between_them(n):
+    """Every candidate but the heuristic is timed by exactly one of the n processes; each times the heuristic."""
+    candidates = [{"BLOCK_M": m} for m in range(11)]
+    shards = [tuning.sharded(candidates, f"{i}/{n}") for i in range(n)]
+    assert all(s[0] == candidates[0] for s in shards)
+    rest = sorted(m["BLOCK_M"] for s in shards for m in s[1:])
+    assert rest == list(range(1, 11))
+    assert tuning.sharded(candidates, "") == candidates
+
+
+@pytest.mark.parametrize("shard", ["4/4", "x", "1/0", "-1/2"])
+def test_a_bad_shard_names_itself(shard):
+    with pytest.raises(ValueError, match="DND_FAST_TUNE_SHARD"):
+        tuning.sharded([{}], shard)

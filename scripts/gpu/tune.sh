@@ -2,28 +2,33 @@
 # One device call that searches the tilings of a GPU model with no shipped file (kernels/tilings/), then times
 # generate() on them:
 #   bash scripts/gpu/tune.sh ENCODER_DIR [PRECISIONS] [BATCHES] [GENERATE_SECONDS]
-# First one gpu_first_call.py per precision and batch, all at once, each with a throwaway DND_FAST_CACHE: they fill
-# Triton's disk cache (the compiles are most of a cold search, and each process compiles on one core). Then one
+# First DND_FAST_TUNE_SHARDS (5) gpu_first_call.py per batch, all at once, each compiling its share of the candidates
+# (kernels/tuning.SHARD) with a throwaway DND_FAST_CACHE: they fill Triton's disk cache (the compiles are most of a
+# cold search: ~300 e4m3 ones for batches 1 and 8, ~2.5 s each on one core). Then one
 # gpu_generate.py on a quiet GPU searches with those compiles cached (DND_FAST_CACHE=$OUT/cache, so the picks come
 # back even if the call is cut short) and times the rows. Copy $OUT/cache/tilings/*.json into kernels/tilings/ to
 # ship the picks. Set DND_FAST_COMMIT=$(git rev-parse --short HEAD) in the command sent (benchmarks/common.commit).
 set -uo pipefail
 OUT=${OUT:-out}; mkdir -p "$OUT"
 ENCODER=${1:?usage: $0 ENCODER_DIR [PRECISIONS] [BATCHES] [GENERATE_SECONDS]}
-PRECISIONS=${2:-fp8,fp8-fast}; BATCHES=${3:-8,1}; SECONDS_LEFT=${4:-400}
+PRECISIONS=${2:-fp8,fp8-fast}; BATCHES=${3:-8,1}; SECONDS_LEFT=${4:-400}; SHARDS=${DND_FAST_TUNE_SHARDS:-5}
 export PYTHONUNBUFFERED=1 PYTHONPATH=${PYTHONPATH:-}:$PWD DND_FAST_ENCODER=$ENCODER
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
 python3 -c "import dnd_fast.kernels, dnd_fast._C" 2>/dev/null || \
   python3 -m pip install --no-build-isolation --no-deps -e . > "$OUT/build.log" 2>&1 || { tail -30 "$OUT/build.log"; exit 1; }
-start=$(date +%s)
-for p in ${PRECISIONS//,/ }; do
+start=$(date +%s) logs=$(mktemp -d)  # $OUT takes 8 files
+# e4m3 convs warm through fp8-fast (no FFT spectra: a small process); fp8's bf16 end layers then compile in the search
+warm=$(echo ",$PRECISIONS," | grep -q ",fp8" && echo fp8-fast; echo ",$PRECISIONS," | grep -q ",bf16," && echo bf16)
+for p in $warm; do
   for b in ${BATCHES//,/ }; do
-    DND_FAST_CACHE=$(mktemp -d) timeout 300 python3 benchmarks/gpu_first_call.py --batch "$b" --precision "$p" \
-      > "$OUT/warm_${p}_$b.log" 2>&1 &
+    for ((i = 0; i < SHARDS; i++)); do
+      DND_FAST_CACHE=$(mktemp -d) DND_FAST_TUNE_SHARD=$i/$SHARDS timeout 240 python3 benchmarks/gpu_first_call.py \
+        --batch "$b" --precision "$p" > "$logs/${p}_${b}_$i.log" 2>&1 &
+    done
   done
 done
 wait
-echo "compiles in parallel: $(( $(date +%s) - start )) s"; tail -qn1 "$OUT"/warm_*.log
+{ echo "compiles in parallel: $(( $(date +%s) - start )) s"; tail -n3 "$logs"/*.log; } | tee "$OUT/warm.log"
 # gpu_generate.py names the fp8 precisions by their paths: fp8 = ends_fft, fp8-fast = imprecise
 paths=$(echo ",$PRECISIONS," | sed 's/,fp8-fast,/,imprecise,/; s/,fp8,/,ends_fft,/; s/,bf16,/,/g; s/^,*//; s/,*$//')
 rows=$( { [ -n "$paths" ] && echo fp8; echo "$PRECISIONS" | grep -qw bf16 && echo bf16; } | paste -sd,)
