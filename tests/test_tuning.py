@@ -177,3 +177,20 @@ def test_shards_split_the_candidates_between_them(n):
 def test_a_bad_shard_names_itself(shard):
     with pytest.raises(ValueError, match="DND_FAST_TUNE_SHARD"):
         tuning.sharded([{}], shard)
+
+
+@pytest.mark.parametrize("cin,cout", [(300, 256), (128, 200), (256, 50), (2048, 4296), (24, 48), (100, 130)])
+def test_the_e4m3_heuristic_takes_128_deep_k_tiles_within_shared_memory(monkeypatch, cin, cout):
+    """The first e4m3 candidate (what DND_FAST_TUNE=0 runs, and what must compile) is the bf16 heuristic with its
+    64-deep K tile made 128 deep, the search's usual pick (kernels/tilings/); the same set of candidates either way;
+    every candidate's pipeline fits a Hopper SM's 227 KiB of shared memory."""
+    monkeypatch.setenv("TRITON_INTERPRET", "0")  # the GPU's candidates, not the interpreter's one
+    bf16 = tuning.plane_candidates(cin, cout, torch.bfloat16, 1 << 20)
+    e4m3 = tuning.plane_candidates(cin, cout, torch.float8_e4m3fn, 1 << 20)
+    assert e4m3[0]["BLOCK_K"] == (128 if bf16[0]["BLOCK_K"] == 64 else max(32, bf16[0]["BLOCK_K"]))
+    assert {k: v for k, v in e4m3[0].items() if k not in ("BLOCK_K", "WINDOW")} == \
+        {k: v for k, v in bf16[0].items() if k not in ("BLOCK_K", "WINDOW")}
+    assert len({json.dumps(m, sort_keys=True) for m in e4m3}) == len(e4m3)
+    for meta in e4m3:
+        width = meta["BLOCK_M"] + meta["BLOCK_N"] + meta.get("BLOCK_N2", 0) + meta.get("BLOCK_N3", 0)
+        assert meta["num_stages"] * width * meta["BLOCK_K"] <= 227 * 1024, meta
