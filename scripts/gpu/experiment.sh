@@ -11,9 +11,7 @@ export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 TQDM_MININTERVAL=30 DND_FAST_CACH
 export DND_FAST_BASE=$STAGE/SmolLM2-135M-Instruct.Q4_1.gguf DND_FAST_ENCODER=$STAGE/minilm
 SECONDS_LEFT=${1:-500}; shift || true
 GPUS=${GPUS:-$(nvidia-smi -L | wc -l)}
-python3 -c "import dnd_fast.kernels, dnd_fast._C" 2>/dev/null || { t0=$SECONDS
-  python3 -m pip install --no-build-isolation --no-deps -e . > "$STAGE/build.log" 2>&1 || { tail -30 "$STAGE/build.log"; exit 1; }
-  echo "built the extension in $((SECONDS - t0)) s"; }
+bash scripts/gpu/build.sh "$STAGE" || exit 1
 EXP=${EXP:-$STAGE/exp}  # a generator variant: EXP=$STAGE/exp2 ... --store $STAGE/exp/store --train-set ...
 LOG=$EXP.log
 timeout "$SECONDS_LEFT" python3 -m dnd_fast.cli demo --preset gpu --hold-out all --gpus "$GPUS" \

@@ -11,8 +11,7 @@ set -uo pipefail
 OUT=${OUT:-out}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 PYTHONPATH=${PYTHONPATH:-}:$PWD
 [ -n "${2:-}" ] && export DND_FAST_ENCODER=$2
-python3 -c "import dnd_fast.kernels, dnd_fast._C" 2>/dev/null || \
-  python3 -m pip install --no-build-isolation --no-deps -e . > "$OUT/build.log" 2>&1 || { tail -30 "$OUT/build.log"; exit 1; }
+bash scripts/gpu/build.sh "$OUT" || exit 1
 nvidia-smi --query-gpu=name,memory.total --format=csv | tee "$OUT/gpu.txt"
 case "${1:-decoder}" in
   decoder)

@@ -16,8 +16,7 @@ ENCODER=${1:?usage: $0 ENCODER_DIR [PRECISIONS] [BATCHES] [GENERATE_SECONDS]}
 PRECISIONS=${2:-fp8,fp8-fast}; BATCHES=${3:-8,1}; SECONDS_LEFT=${4:-400}; SHARDS=${DND_FAST_TUNE_SHARDS:-5}
 export PYTHONUNBUFFERED=1 PYTHONPATH=${PYTHONPATH:-}:$PWD DND_FAST_ENCODER=$ENCODER
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
-python3 -c "import dnd_fast.kernels, dnd_fast._C" 2>/dev/null || \
-  python3 -m pip install --no-build-isolation --no-deps -e . > "$OUT/build.log" 2>&1 || { tail -30 "$OUT/build.log"; exit 1; }
+bash scripts/gpu/build.sh "$OUT" || exit 1
 start=$(date +%s) logs=$(mktemp -d)  # $OUT takes 8 files
 # e4m3 convs warm through fp8-fast (no FFT spectra: a small process; its first call's bf16 calibration warms the bf16
 # convs too), one batch at a time: at batch 8 on an H100 a process holds 8-12 GB and peaks near 22 GB while it packs
