@@ -345,12 +345,9 @@ def conv2d_plane(x: PaddedPlane, packed_weight, ks, out, bias=None, mode=0, othe
             if w_layout == 2:  # K runs over one tap's channels: the flipped taps are not one window
                 windowless = [dict(m, WINDOW=False) for m in candidates]
                 candidates = [m for i, m in enumerate(windowless) if m not in windowless[:i]]
-            if tuning.tuning_on(x.buf) and len(candidates) > 1:
-                def search(candidates):
-                    with tuning.kept_other(other, out, mode):
-                        return tuning.fastest(candidates, launch)
-                meta = tuning.choose(key, candidates, search, x.buf.device)
-            else:
-                meta = candidates[0]
+            def search(candidates):
+                with tuning.kept_other(other, out, mode):
+                    return tuning.fastest(candidates, launch)
+            meta = tuning.pick(key, candidates, search, x.buf.device)
     launch(meta)
     return out

@@ -85,8 +85,5 @@ def conv2d_plane_wgrad(x: PaddedPlane, grad: PaddedPlane, meta=None) -> torch.Te
         meta = tuning.CHOSEN.get(key)
         if meta is None:
             candidates = tuning.wgrad_plane_candidates(kc8, COUT, x.buf.dtype)
-            if tuning.tuning_on(x.buf) and len(candidates) > 1:
-                meta = tuning.choose(key, candidates, lambda c: tuning.fastest(c, launch), x.buf.device)
-            else:
-                meta = candidates[0]
+            meta = tuning.pick(key, candidates, lambda c: tuning.fastest(c, launch), x.buf.device)
     return launch(meta)

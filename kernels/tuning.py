@@ -1,8 +1,9 @@
 """Tile sizes and heuristics of every conv kernel, and the first-call timing that picks among them.
 
 Heuristic block shapes come from searches on an H100 (benchmarks/gpu_convs.py, gpu_plane.py --search,
-gpu_train_convs.py). ``TUNE`` switches the first-call timing on (the default) or off (tests); what
-it chose per shape is in ``CHOSEN``, and in a file per GPU model (``choose``) for later processes.
+gpu_train_convs.py). ``pick`` is the one place a conv's tiling is decided: ``TUNE`` switches the first-call timing on
+(the default) or off (tests); what it chose per shape is in ``CHOSEN``, and in a file per GPU model (``choose``) for
+later processes.
 """
 import contextlib
 import functools
@@ -111,7 +112,12 @@ def wgrad_splits(M, base_ctas, block_k, weight_numel):
 # in a fixed order, so a choice that includes it is deterministic too, rounded differently.
 # DND_FAST_TUNE=0 keeps the heuristic tiling: no compile of the other candidates (minutes for a new
 # decoder shape in a fresh process), for runs where the first call's latency matters more than the last 5-15%.
-TUNE = os.environ.get("DND_FAST_TUNE", "1") != "0"
+# DND_FAST_TUNE=known times nothing either, but takes a pick where one is known (``known``), the picks shipped for
+# another GPU model of the same chip included, else the heuristic.
+_MODE = os.environ.get("DND_FAST_TUNE", "1")
+if _MODE not in ("0", "1", "known"):
+    raise ValueError(f"DND_FAST_TUNE={_MODE!r}: expected 1 (search, the default), known or 0 (the heuristic)")
+TUNE, KNOWN = _MODE == "1", _MODE == "known"
 # DND_FAST_TUNE_SHARD=i/n: this process compiles and times only the heuristic and every n-th other candidate from
 # the i-th, so that n processes, each with a throwaway DND_FAST_CACHE, fill Triton's disk cache in parallel before one
 # process searches with every compile cached (scripts/gpu/tune.sh). Such a process's picks are not the search's.
@@ -135,8 +141,18 @@ def sharded(candidates: list, shard: str) -> list:
 CHOSEN: dict[tuple, dict] = {}
 
 
-def tuning_on(buf):
-    return TUNE and buf.is_cuda and not torch.cuda.is_current_stream_capturing()
+def pick(key: tuple, candidates: list[dict], search, device: torch.device) -> dict:
+    """The tiling a conv of ``key`` runs: the heuristic (``candidates[0]``) off the GPU, with DND_FAST_TUNE=0, or
+    while a CUDA graph is captured before a search (a capture uses what its warm-up chose); with
+    DND_FAST_TUNE=known a known pick (``known``), else the heuristic; else ``choose``."""
+    if len(candidates) == 1 or device.type != "cuda" or not (TUNE or KNOWN):
+        return candidates[0]
+    if KNOWN:  # remembered in CHOSEN: the files are read once a shape
+        CHOSEN[key] = known(key, candidates, device, same_chip=True) or candidates[0]
+        return CHOSEN[key]
+    if torch.cuda.is_current_stream_capturing():
+        return candidates[0]
+    return choose(key, candidates, search, device)
 
 
 # What the timing chose outlives the process: one JSON file per GPU model and Triton version under
@@ -148,18 +164,42 @@ def tuning_on(buf):
 SHIPPED = Path(__file__).parent / "tilings"
 
 
+# The GPU models whose picks ship, by chip: (compute capability, SMs). A model with no pick for a shape may take one
+# of another model of the same chip (DND_FAST_TUNE=known): the H100 SXM and the H200 are both a GH100 with 132 SMs
+# (HBM differs: 3.35 against 4.8 TB/s), and their searches picked the same tiling for 13 of the 20 shapes both timed.
+SHIPPED_CHIPS = {"NVIDIA_H100_80GB_HBM3": (9, 0, 132), "NVIDIA_H200": (9, 0, 132)}
+
+
 def choose(key: tuple, candidates: list[dict], search, device: torch.device) -> dict:
-    """CHOSEN[key]: the tiling remembered for this GPU model (this machine's file, else the shipped one) if it
-    is one of ``candidates``, else ``search(candidates)``, remembered."""
-    path, text = tilings_file(device), _key_text(key)
-    meta = _read(path).get(text)
-    if meta not in candidates:
-        meta = _shipped(SHIPPED / path.name).get(text)
-    if meta not in candidates:
+    """CHOSEN[key]: the tiling known for this GPU model (``known``), else ``search(candidates)``, remembered."""
+    meta = known(key, candidates, device)
+    if meta is None:
         meta = search(candidates)
-        _write(path, text, meta)
+        _write(tilings_file(device), _key_text(key), meta)
     CHOSEN[key] = meta
     return meta
+
+
+def known(key: tuple, candidates: list[dict], device: torch.device, same_chip: bool = False) -> dict | None:
+    """The pick for ``key`` on ``device``'s GPU model that is one of ``candidates``: this machine's file's, else the
+    shipped one's, else (``same_chip``) one shipped for another model of the same chip (``SHIPPED_CHIPS``); None."""
+    path, text = tilings_file(device), _key_text(key)
+    files = [SHIPPED / path.name] + (_same_chip_files(device, path.name) if same_chip else [])
+    for meta in [_read(path).get(text)] + [_shipped(f).get(text) for f in files]:
+        if meta in candidates:
+            return meta
+    return None
+
+
+def _same_chip_files(device: torch.device, own: str) -> list[Path]:
+    chip, triton_part = _chip(device), own[own.index("-triton-"):]
+    return [SHIPPED / f"{model}{triton_part}" for model, c in SHIPPED_CHIPS.items()
+            if c == chip and f"{model}{triton_part}" != own]
+
+
+def _chip(device: torch.device) -> tuple:
+    p = torch.cuda.get_device_properties(device)
+    return p.major, p.minor, p.multi_processor_count
 
 
 def tilings_file(device: torch.device) -> Path:

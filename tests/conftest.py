@@ -157,3 +157,4 @@ def _heuristic_plane_tiles(monkeypatch):
     from dnd_fast.kernels import hyperconv
 
     monkeypatch.setattr(hyperconv.tuning, "TUNE", False)
+    monkeypatch.setattr(hyperconv.tuning, "KNOWN", False)

@@ -1,5 +1,8 @@
 """The first-call tiling choice (kernels/tuning.py): timed on the GPU, remembered per GPU model on disk."""
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -83,8 +86,65 @@ def test_the_shipped_tilings_parse_and_name_gpu_models_and_triton_versions():
     assert files, f"no shipped tilings in {tuning.SHIPPED}"
     for f in files:
         assert "-triton-" in f.stem
+        assert f.stem.split("-triton-")[0] in tuning.SHIPPED_CHIPS, f"{f.name}: name its chip in SHIPPED_CHIPS"
         found = json.loads(f.read_text())
         assert found and all(isinstance(m, dict) and {"BLOCK_M", "BLOCK_N", "BLOCK_K"} <= set(m) for m in found.values())
+
+
+@pytest.fixture
+def chips(cache, monkeypatch):
+    """Shipped picks of two other GPU models: SAME (this machine's chip) picks CANDIDATES[2], SMALLER (the same
+    architecture, fewer SMs) CANDIDATES[1]."""
+    own = cache.name.split("-triton-")[0]
+    monkeypatch.setattr(tuning, "SHIPPED_CHIPS", {own: (9, 0, 132), "SAME": (9, 0, 132), "SMALLER": (9, 0, 114)})
+    monkeypatch.setattr(tuning, "_chip", lambda device: (9, 0, 132))
+    tuning.SHIPPED.mkdir(parents=True)
+    triton_part = cache.name[cache.name.index("-triton-"):]
+    for model, meta in (("SAME", CANDIDATES[2]), ("SMALLER", CANDIDATES[1])):
+        (tuning.SHIPPED / f"{model}{triton_part}").write_text(json.dumps({tuning._key_text(KEY): meta}))
+    return tuning.SHIPPED / cache.name
+
+
+def test_known_picks_take_a_same_chip_models_only_when_asked_and_only_as_a_candidate(chips):
+    cpu = torch.device("cpu")
+    assert tuning.known(KEY, CANDIDATES, cpu) is None
+    assert tuning.known(KEY, CANDIDATES, cpu, same_chip=True) == CANDIDATES[2]
+    assert tuning.known(KEY, CANDIDATES[:2], cpu, same_chip=True) is None  # SMALLER's is no pick for this chip
+    chips.write_text(json.dumps({tuning._key_text(KEY): CANDIDATES[0]}))  # this model's own shipped pick comes first
+    tuning._shipped.cache_clear()
+    assert tuning.known(KEY, CANDIDATES, cpu, same_chip=True) == CANDIDATES[0]
+    search = Search(1)  # the search never takes another model's pick
+    chips.unlink()
+    tuning._shipped.cache_clear()
+    assert tuning.choose(KEY, CANDIDATES, search, cpu) == CANDIDATES[1] and search.calls == 1
+
+
+@pytest.mark.parametrize("tune,known,capturing,expected,searched", [
+    (True, False, False, 1, 1),   # the default: searched (nothing known for this model)
+    (True, False, True, 0, 0),    # inside a CUDA graph capture: the heuristic
+    (False, True, False, 2, 0),   # DND_FAST_TUNE=known: the same chip's pick, no search
+    (False, False, False, 0, 0),  # DND_FAST_TUNE=0: the heuristic
+])
+def test_one_place_picks_the_tiling_of_each_tuning_mode(chips, monkeypatch, tune, known, capturing, expected,
+                                                        searched):
+    monkeypatch.setattr(tuning, "TUNE", tune)
+    monkeypatch.setattr(tuning, "KNOWN", known)
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: capturing)
+    monkeypatch.setattr(tuning, "tilings_file", lambda device: chips.parent.parent / "cache" / chips.name)
+    tuning._shipped.cache_clear()
+    search = Search(1)
+    assert tuning.pick(KEY, CANDIDATES, search, torch.device("cuda")) == CANDIDATES[expected]
+    assert search.calls == searched
+    assert tuning.pick(KEY, CANDIDATES, search, torch.device("cpu")) == CANDIDATES[0]  # off the GPU: the heuristic
+    assert tuning.pick(KEY, CANDIDATES[1:2], search, torch.device("cuda")) == CANDIDATES[1]  # one candidate
+    assert search.calls == searched
+
+
+def test_a_bad_tuning_mode_names_itself():
+    env = {**os.environ, "DND_FAST_TUNE": "yes"}
+    run = subprocess.run([sys.executable, "-c", "import dnd_fast.kernels.tuning"], env=env, capture_output=True,
+                         text=True)
+    assert run.returncode != 0 and "DND_FAST_TUNE='yes': expected 1" in run.stderr
 
 
 def test_an_unwritable_cache_still_gives_the_choice(monkeypatch, tmp_path):
