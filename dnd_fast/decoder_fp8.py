@@ -104,17 +104,12 @@ def quantized(t: torch.Tensor, scale, grid: str = "e4m3") -> torch.Tensor:
     return (t.float() / scale).clamp(-FP8_MAX, FP8_MAX).to(FP8).float() * scale
 
 
-def weight_scale(w: torch.Tensor) -> torch.Tensor:
-    """A conv weight's per-output-channel e4m3 scales [C_out, 1, 1, 1]: its largest |value| lands on e4m3's."""
-    from dnd_fast.kernels.common import FP8_MAX
-
-    return w.abs().amax((1, 2, 3), keepdim=True).clamp_min(1e-12) / FP8_MAX
-
-
 def quantized_weight(weight: torch.Tensor, grid: str = "e4m3") -> torch.Tensor:
     """A conv weight as its per-output-channel e4m3 (or int8) copy holds it, back in fp32."""
+    from dnd_fast.kernels.common import fp8_weight_scale
+
     w = weight.detach().float()
-    return quantized(w, weight_scale(w), grid)
+    return quantized(w, fp8_weight_scale(w), grid)
 
 
 def tap_rounded_weight(weight: torch.Tensor, x: torch.Tensor, damp: float = 0.01) -> torch.Tensor:
@@ -122,9 +117,11 @@ def tap_rounded_weight(weight: torch.Tensor, x: torch.Tensor, damp: float = 0.01
     value rounded up or down so that the conv's output error on the input ``x`` [B, C_in, P, Q] is small: GPTQ over
     each input channel's kh x kw taps with those taps' input correlations (the autocorrelation of the channel's
     plane; correlations across channels ignored, which would need a (C_in kh kw)^2 matrix), back in fp32."""
+    from dnd_fast.kernels.common import fp8_weight_scale
+
     w = weight.detach().float()
     cout, cin, kh, kw = w.shape
-    scale = weight_scale(w)
+    scale = fp8_weight_scale(w)
     x = x.detach().float().transpose(0, 1)  # [C_in, B, P, Q]
     p, q = x.shape[-2:]
     # the autocorrelation of each channel's plane, R[c, d] = sum_u x(u) x(u + d), at every lag d between two taps

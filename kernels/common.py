@@ -22,6 +22,12 @@ FP8 = torch.float8_e4m3fn  # the fp8 inference path's planes and weights (e4m3: 
 FP8_MAX = 448.0
 
 
+def fp8_weight_scale(w: torch.Tensor) -> torch.Tensor:
+    """A conv weight's per-output-channel e4m3 scales [C_out, 1, 1, 1]: its largest |value| lands on e4m3's. The one
+    definition: the packed e4m3 weight (``pack_weight_plane_fp8``) and the fp8 reference (``dnd_fast.decoder_fp8``)."""
+    return w.abs().amax((1, 2, 3), keepdim=True).clamp_min(1e-12) / FP8_MAX
+
+
 def channel_pad(dtype):
     """A plane's channels (and a packed weight's input channels) round up to this: 16-byte rows for TMA."""
     return 16 // dtype.itemsize if dtype.itemsize < 2 else 8

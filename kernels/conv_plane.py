@@ -12,7 +12,7 @@ import triton
 import triton.language as tl
 
 from . import tuning
-from .common import FP8, FP8_MAX, block, channel_pad, ieee, mma, round_up, tap_range
+from .common import FP8, block, channel_pad, fp8_weight_scale, ieee, mma, round_up, tap_range
 from .epilogue import epilogue, split_epilogue
 from .padded_plane import PaddedPlane
 
@@ -41,10 +41,9 @@ def pack_weight_plane_fp8(weight: torch.Tensor, transpose: bool = False):
     """(the out-major weight in e4m3 [C_out, k*k*C16], its per-output-channel scales [C_out] fp32): each output
     channel divided by its largest |w| / 448, so every channel uses e4m3's whole range."""
     w = weight.detach().float()
-    scale = w.abs().amax((1, 2, 3)).clamp_min(1e-12) / FP8_MAX
-    packed = pack_weight_plane(w / scale[:, None, None, None], torch.float32, transpose, out_major=True,
-                               pad_to=channel_pad(FP8))
-    return packed.to(FP8), scale
+    scale = fp8_weight_scale(w)
+    packed = pack_weight_plane(w / scale, torch.float32, transpose, out_major=True, pad_to=channel_pad(FP8))
+    return packed.to(FP8), scale.flatten()
 
 
 @triton.jit
