@@ -146,9 +146,10 @@ def _transpose(pairs: torch.Tensor, planes: torch.Tensor, to_planes: bool):
     _transpose_kernel[grid](pairs, planes, R, F, TO_PLANES=to_planes, BLOCK_R=64, BLOCK_F=32)
 
 
-def complex_bmm(spectra: torch.Tensor, spec_x: torch.Tensor) -> torch.Tensor:
+def complex_bmm(spectra: torch.Tensor, spec_x: torch.Tensor, meta: dict | None = None) -> torch.Tensor:
     """Per frequency f: Y[f] = W[f] @ X[f] for ``spectra`` [2, F, M, K] and ``spec_x`` [2, F, K, N], both bf16 (real
-    and imaginary parts, contiguous), products summed in fp32. Returns Y [2, F, M, N] fp32."""
+    and imaginary parts, contiguous), products summed in fp32. Returns Y [2, F, M, N] fp32. ``meta``: a tiling
+    (``complex_bmm_meta``'s keys) in place of that heuristic (benchmarks/gpu_complex_bmm.py times others)."""
     _, F, M, K = spectra.shape
     N = spec_x.shape[-1]
     if spectra.dtype != torch.bfloat16 or spec_x.dtype != torch.bfloat16 or tuple(spec_x.shape) != (2, F, K, N):
@@ -156,15 +157,20 @@ def complex_bmm(spectra: torch.Tensor, spec_x: torch.Tensor) -> torch.Tensor:
                          f"{list(spectra.shape)} and {spec_x.dtype} {list(spec_x.shape)}")
     spectra, spec_x = spectra.contiguous(), spec_x.contiguous()
     y = torch.empty(2, F, M, N, device=spec_x.device, dtype=torch.float32)
+    meta = meta or complex_bmm_meta(N)
+    grid = (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]), F)
+    _complex_bmm_kernel[grid](spectra, spec_x, y, M, N, K, F, IEEE=interpreted(), **meta)
+    return y
+
+
+def complex_bmm_meta(N: int) -> dict:
+    """``complex_bmm``'s tiling for N columns (tiles of the FFT conv's plane)."""
+    if interpreted():
+        return {"BLOCK_M": 32, "BLOCK_N": 16, "BLOCK_K": 32, "num_warps": 4, "num_stages": 1}
     # timed alone on an H100 (docs/journal.md, session 25): L7.ch's 104 tiles at batch 8 in 128 x 64 tiles at 217
     # TFLOP/s (64 x 128: 116), layer 0's 384 in 128 x 128 at 364 (128 x 64: 311)
     bn = 128 if N > 256 else 64 if N > 32 else max(16, triton.next_power_of_2(N))
-    bm, bn = (32, 16) if interpreted() else (128, bn)
-    bk = 32 if interpreted() else 64
-    grid = (triton.cdiv(M, bm) * triton.cdiv(N, bn), F)
-    _complex_bmm_kernel[grid](spectra, spec_x, y, M, N, K, F, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, IEEE=interpreted(),
-                              num_warps=4 if interpreted() else 8, num_stages=1 if interpreted() else 3)
-    return y
+    return {"BLOCK_M": 128, "BLOCK_N": bn, "BLOCK_K": 64, "num_warps": 8, "num_stages": 3}
 
 
 def complex_bmm_reference(spectra: torch.Tensor, spec_x: torch.Tensor) -> torch.Tensor:
