@@ -1,6 +1,6 @@
 """The FFT conv's complex GEMM (kernels/fft_conv.complex_bmm) alone, its heuristic tiling against others.
 
-For each FFT conv of the fp8 path's bf16 end layers (``fft_conv.faster``; ``--only`` to pick) of
+For each FFT conv of the fp8 path's bf16 end layers (``decoder_plane.fft_chosen``; ``--only`` to pick) of
 ``DecoderConfig.paper_qwen05()`` at each batch: the GEMM's shape (F frequencies of C_out x C_in weights times
 C_in x N tile columns), each candidate tiling's median time (CUDA events, 20 calls), its rate (TFLOP/s) and the rate
 at which it reads the weights' spectra (GB/s, and the fraction of ``--hbm``). At batch 8 L7.ch's GEMM meets 56
@@ -21,8 +21,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 import common  # noqa: E402
 from common import append_csv, device_name, median_ms, print_table  # noqa: E402
 
+from dnd_fast import paths  # noqa: E402
 from dnd_fast.decoder_config import DecoderConfig  # noqa: E402
-from dnd_fast.decoder_plane import conv_planes  # noqa: E402
+from dnd_fast.decoder_plane import conv_planes, fft_chosen  # noqa: E402
+from dnd_fast.generator import PRECISION_PATHS  # noqa: E402
 from dnd_fast.kernels import fft_conv  # noqa: E402
 
 KS = 9
@@ -48,10 +50,12 @@ def candidates(n: int) -> list[dict]:
 
 
 def fft_convs(config, only):
-    """(name, C_in, C_out, P, Q) of the convs the fp8 path takes by FFT (its bf16 end layers), or those in ``only``."""
+    """(name, C_in, C_out, P, Q) of the convs the fp8 path takes by FFT (its bf16 end layers, as
+    ``decoder_plane.fft_chosen`` decides under precision fp8's paths), or those in ``only``."""
     last = len(config.features) - 2
-    return [c for c in conv_planes(config)
-            if (c[0] in only if only else c[0].split(".")[0] in ("L0", f"L{last}") and fft_conv.faster(*c[1:], KS))]
+    with paths.use(**PRECISION_PATHS["fp8"]):
+        return [c for c in conv_planes(config) if (c[0] in only if only else c[0].split(".")[0] in ("L0", f"L{last}")
+                                                    and fft_chosen(torch.bfloat16, (*c[1:], KS)))]
 
 
 def main():

@@ -175,12 +175,13 @@ def choose(key: tuple, candidates: list[dict], search, device: torch.device) -> 
     """CHOSEN[key]: the tiling known for this GPU model (``known``), else ``search(candidates)``, remembered."""
     meta = known(key, candidates, device)
     if meta is None:
+        path = tilings_file(device)
         # shown once a process (the warnings filter's default): the first call can otherwise sit silent for minutes
         warnings.warn(f"dnd_fast: timing conv tilings, a first use of these decoder shapes on this GPU model and "
-                      f"Triton version (minutes of compiles; kept in {tilings_file(device)}). DND_FAST_TUNE=known "
-                      "skips the timing: known picks, else the heuristic", RuntimeWarning, stacklevel=2)
+                      f"Triton version (minutes of compiles; kept in {path}). DND_FAST_TUNE=known skips the timing: "
+                      "known picks, else the heuristic", RuntimeWarning, stacklevel=2)
         meta = search(candidates)
-        _write(tilings_file(device), _key_text(key), meta)
+        _write(path, _key_text(key), meta)
     CHOSEN[key] = meta
     return meta
 
