@@ -53,6 +53,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batches", default="8,1")
     ap.add_argument("--only", default="", help="comma list of convs (L0.1w, ...); default: layers 0 and 7")
+    ap.add_argument("--longest", default="", help="comma list of longer FFT caps (e.g. 64) timed beside the default "
+                    f"{fft_conv.SHORT_FFT}: rows 'fftN'")
     ap.add_argument("--csv", default=str(Path(__file__).parent / "results" / "fft_conv.csv"))
     args = ap.parse_args()
     torch.manual_seed(0)
@@ -82,6 +84,14 @@ def main():
                 fft_conv.conv2d_plane_fft(plane, spectra, KS, shape, out_fft)
             e4m3 = conv_call((name, cin, cout, p, q, False), batch)
             times = {"bf16": median_ms(direct), "e4m3": median_ms(lambda: e4m3(None)), "fft": median_ms(fft)}
+            for longest in [int(v) for v in args.longest.split(",") if v]:
+                long_shape = fft_conv.tile_shape(cin, cout, p, q, KS, longest=longest)
+                long_spectra = fft_conv.weight_spectra(w, long_shape[1], long_shape[3])
+                times[f"fft{longest}"] = median_ms(lambda: fft_conv.conv2d_plane_fft(plane, long_spectra, KS,
+                                                                                     long_shape, out_fft))
+                print(f"{name} b{batch}: FFT up to {longest}: tile {long_shape}, {times[f'fft{longest}']:.3f} ms "
+                      f"(up to {fft_conv.SHORT_FFT}: {shape}, {times['fft']:.3f})", flush=True)
+                del long_spectra
             torch.backends.cudnn.allow_tf32 = False
             exact = torch.nn.functional.conv2d(plane.interior.permute(0, 3, 1, 2).float(), w, padding="same")
 

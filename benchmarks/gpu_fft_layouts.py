@@ -9,7 +9,8 @@ of 20):
   torch:   rfft2 + transpose to bf16 planes; fp32 planes transposed back to pairs + irfft2 (its clone included)
   cufft:   one R2C plan writing [F, C x tiles] complex, one C2R plan reading [F, C_out x tiles] (CuPy's cuFFT handle
            on torch's memory), no transpose, no clone
-and checks that both give the same spectra and planes.
+and checks that both give the same spectra and planes. On an H100 (session 30) cuFFT's strided layouts took 2.0-2.7x
+torch's time at batch 8 (L0.1w: 5.30 against 1.98 ms forward, 5.69 against 2.73 inverse): the transposes stay.
 Run: python benchmarks/gpu_fft_layouts.py [--batches 8,1] [--only L0.1w,L7.ch]
 """
 import argparse
@@ -88,7 +89,7 @@ def main():
             forward_diff = ((got - planes.float()).norm() / planes.float().norm()).item()
             cufft_inverse()
             want = torch_inverse()
-            inverse_diff = ((out - want).norm() / want.norm()).item()
+            inverse_diff = ((out / (nh * nw) - want).norm() / want.norm()).item()  # cuFFT leaves out irfft2's 1/N
             copy_ms = median_ms(lambda: y_work.copy_(y_pairs))  # the benchmark's own copy, taken off cufft's time
             times = [median_ms(f) for f in (torch_forward, cufft_forward, torch_inverse, cufft_inverse)]
             times[3] -= copy_ms

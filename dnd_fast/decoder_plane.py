@@ -125,7 +125,8 @@ def _layer_plane(layer: HyperConvLayer, x: torch.Tensor, residual: bool, saved: 
             hyperconv.conv2d_plane(buf, w, k, dest_view, bias, mode, *others, w_layout=1, col_scale=col_scale,
                                    out_scale=out_scale, acc_terms=paths.current().fp8_acc_terms)
         elif not train and (module in by_fft or fft_chosen(buf.buf.dtype, conv_shape)):
-            shape = fft_conv.tile_shape(*conv_shape)
+            shape = fft_conv.tile_shape(*conv_shape, longest=fft_conv.LONG_FFT if paths.current().fft_long_tiles
+                                        else fft_conv.SHORT_FFT)
             spectra = cached(module, ("fft", transposed, shape), module.weight, cdtype,
                              lambda: fft_conv.weight_spectra(module.weight, shape[1], shape[3], transposed))
             fft_conv.conv2d_plane_fft(buf, spectra, k, shape, dest_view, bias, mode, *others, out_scale=out_scale)

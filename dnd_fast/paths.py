@@ -56,6 +56,9 @@ class Paths:
     # and go by FFT: bf16's rounding where it is also faster. The paper decoder's L4-L7 channel convs timed alone on
     # an H100 1.3-2.3x faster so than in e4m3 (RESULTS.md, FP8); not yet timed end to end nor scored
     fft_over_e4m3: bool = False
+    # FFT convs: the model (fft_conv.tile_shape) may choose FFT lengths up to fft_conv.LONG_FFT (64) in place of 40:
+    # fewer, larger tiles (less overlap to transform) for larger weight spectra. A trial: timed on one H100 only
+    fft_long_tiles: bool = False
     # set by decoder.layer_precision for the layer it wraps: that layer's convs named in fp8_bf16_convs
     fp8_layer_bf16_convs: tuple = ()
 

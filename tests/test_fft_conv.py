@@ -33,6 +33,7 @@ def plane_of(x, ks, dtype=torch.bfloat16):
     (1, 40, 17, 30, 9, 9, True, 24),     # the weight's taps transposed for the plane's rows
     (3, 8, 8, 5, 5, 3, False, 40),       # one tile wider than the plane
     (2, 7, 19, 23, 6, 5, True, 16),
+    (1, 16, 16, 12, 110, 9, False, 64),  # FFTs of 64 along the rows (Paths.fft_long_tiles)
 ])
 def test_fft_conv_is_the_same_conv(B, C, COUT, P, Q, ks, transpose, longest):
     from dnd_fast.kernels import fft_conv
@@ -272,3 +273,27 @@ def test_the_complex_gemm_benchmark_tries_tilings_that_fit_and_finds_the_fp8_pat
     names = [c[0] for c in gpu_complex_bmm.fft_convs(DecoderConfig.paper_qwen05(), [])]
     assert names == ["L0.1w", "L0.1h", "L0.2h", "L0.2w", "L7.ch"]
     assert [c[0] for c in gpu_complex_bmm.fft_convs(DecoderConfig.paper_qwen05(), ["L1.1w"])] == ["L1.1w"]
+
+
+def test_long_tiles_switch_lets_the_model_choose_longer_ffts(monkeypatch):
+    """``Paths.fft_long_tiles``: the decoder asks the model for tiles of FFT lengths up to ``LONG_FFT`` in place of
+    ``SHORT_FFT``; the model then takes longer FFTs for the paper decoder's wide layer-0 convs (the long-tile conv
+    itself: ``test_fft_conv_is_the_same_conv``)."""
+    from dnd_fast.kernels import fft_conv
+
+    asked, real = [], fft_conv.tile_shape
+    monkeypatch.setattr(fft_conv, "tile_shape", lambda *a, **k: asked.append(k.get("longest")) or real(*a, **k))
+    reseed()
+    dec = HyperConvDecoder(SMALL_DECODER).to(DEVICE)
+    x = torch.randn(1, *SMALL_DECODER.condition_shape, device=DEVICE)
+    with torch.no_grad(), torch.autocast(DEVICE, dtype=torch.bfloat16):
+        with paths.use(fft_convs=True, fft_everywhere=True):
+            short = dec(x, backend="triton")
+        assert asked and set(asked) == {fft_conv.SHORT_FFT}
+        asked.clear()
+        with paths.use(fft_convs=True, fft_everywhere=True, fft_long_tiles=True):
+            long = dec(x, backend="triton")
+        assert asked and set(asked) == {fft_conv.LONG_FFT}
+    assert torch.equal(long, short)  # planes of at most 12 x 12: one tile either way
+    for cin, cout, p, q in ((384, 300, 128, 200), (384, 200, 128, 300)):  # L0.2w, L0.1h
+        assert real(cin, cout, p, q, 9, longest=fft_conv.LONG_FFT)[3] > real(cin, cout, p, q, 9)[3]
