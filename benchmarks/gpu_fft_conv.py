@@ -98,6 +98,12 @@ def main():
             def err(out):
                 return ((out.float() - exact).norm() / exact.norm()).item()
             errors = [err(out_direct), err(out_fft)]
+            for longest in [int(v) for v in args.longest.split(",") if v]:  # each longer tile's error, beside
+                long_shape = fft_conv.tile_shape(cin, cout, p, q, KS, longest=longest)
+                fft_conv.conv2d_plane_fft(plane, fft_conv.weight_spectra(w, long_shape[1], long_shape[3]), KS,
+                                          long_shape, out_fft)
+                print(f"{name} b{batch}: FFT up to {longest}: {100 * err(out_fft):.3f}% from fp32 (up to "
+                      f"{fft_conv.SHORT_FFT}: {100 * errors[1]:.3f}%)", flush=True)
             del exact
             stages = stage_ms(fft)
             th, nh, tw, nw = shape
