@@ -23,7 +23,7 @@ from common import append_csv, device_name, median_ms, print_table  # noqa: E402
 
 from dnd_fast import paths  # noqa: E402
 from dnd_fast.decoder_config import DecoderConfig  # noqa: E402
-from dnd_fast.decoder_plane import conv_planes, fft_chosen  # noqa: E402
+from dnd_fast.decoder_plane import conv_planes, fft_chosen, fft_tile  # noqa: E402
 from dnd_fast.generator import PRECISION_PATHS  # noqa: E402
 from dnd_fast.kernels import fft_conv  # noqa: E402
 
@@ -76,7 +76,7 @@ def main():
     rows, csv_rows = [], []
     for batch in [int(b) for b in args.batches.split(",")]:
         for name, cin, cout, p, q in convs:
-            th, nh, tw, nw = fft_conv.tile_shape(cin, cout, p, q, KS)
+            th, nh, tw, nw = fft_tile((cin, cout, p, q, KS))
             f, n = nh * (nw // 2 + 1), batch * triton.cdiv(p, th) * triton.cdiv(q, tw)
             spectra = torch.randn(2, f, cout, cin, device="cuda").bfloat16()
             x = torch.randn(2, f, cin, n, device="cuda").bfloat16()

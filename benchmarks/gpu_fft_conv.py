@@ -6,7 +6,8 @@ batch: the direct bf16 conv (``conv2d_plane``, the decoder's heuristic tiling), 
 the FFT conv's relative distance from the fp32 conv's (cuDNN, no TF32); and where the FFT conv's time goes
 (torch.profiler, GPU time per kernel group over 5 calls: gather, cuFFT, the two transposes, the complex GEMM,
 scatter).
-Run: python benchmarks/gpu_fft_conv.py [--batches 8,1] [--only L0.1w,L7.ch] [--csv benchmarks/results/fft_conv.csv]
+``--longest 40``: also the tile of FFTs up to 40 (``Paths.fft_long_tiles`` off), its time (row "fft40") and error.
+Run: python benchmarks/gpu_fft_conv.py [--batches 8,1] [--only L0.1w,L7.ch] [--longest 40] [--csv ...]
 """
 import argparse
 import collections
@@ -22,7 +23,7 @@ from common import append_csv, device_name, median_ms, print_table  # noqa: E402
 from gpu_fp8_convs import conv_call  # noqa: E402
 
 from dnd_fast.decoder_config import DecoderConfig  # noqa: E402
-from dnd_fast.decoder_plane import conv_planes  # noqa: E402
+from dnd_fast.decoder_plane import conv_planes, fft_tile  # noqa: E402
 from dnd_fast.kernels import fft_conv, hyperconv  # noqa: E402
 
 KS = 9
@@ -53,8 +54,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batches", default="8,1")
     ap.add_argument("--only", default="", help="comma list of convs (L0.1w, ...); default: layers 0 and 7")
-    ap.add_argument("--longest", default="", help="comma list of longer FFT caps (e.g. 64) timed beside the default "
-                    f"{fft_conv.SHORT_FFT}: rows 'fftN'")
+    ap.add_argument("--longest", default="", help="comma list of other FFT caps (e.g. 40) timed beside the decoder's "
+                    "tile (decoder_plane.fft_tile): rows 'fftN'")
     ap.add_argument("--csv", default=str(Path(__file__).parent / "results" / "fft_conv.csv"))
     args = ap.parse_args()
     torch.manual_seed(0)
@@ -67,7 +68,7 @@ def main():
     rows, csv_rows = [], []
     for batch in [int(b) for b in args.batches.split(",")]:
         for name, cin, cout, p, q in convs:
-            shape = fft_conv.tile_shape(cin, cout, p, q, KS)
+            shape = fft_tile((cin, cout, p, q, KS))
             w = torch.randn(cout, cin, KS, KS, device="cuda") / (cin * KS * KS) ** 0.5
             plane = hyperconv.PaddedPlane(batch, p, q, cin, KS, torch.bfloat16, "cuda")
             plane.interior.copy_(torch.randn(batch, p, q, cin, device="cuda"))
@@ -84,26 +85,24 @@ def main():
                 fft_conv.conv2d_plane_fft(plane, spectra, KS, shape, out_fft)
             e4m3 = conv_call((name, cin, cout, p, q, False), batch)
             times = {"bf16": median_ms(direct), "e4m3": median_ms(lambda: e4m3(None)), "fft": median_ms(fft)}
-            for longest in [int(v) for v in args.longest.split(",") if v]:
-                long_shape = fft_conv.tile_shape(cin, cout, p, q, KS, longest=longest)
-                long_spectra = fft_conv.weight_spectra(w, long_shape[1], long_shape[3])
-                times[f"fft{longest}"] = median_ms(lambda: fft_conv.conv2d_plane_fft(plane, long_spectra, KS,
-                                                                                     long_shape, out_fft))
-                print(f"{name} b{batch}: FFT up to {longest}: tile {long_shape}, {times[f'fft{longest}']:.3f} ms "
-                      f"(up to {fft_conv.SHORT_FFT}: {shape}, {times['fft']:.3f})", flush=True)
-                del long_spectra
             torch.backends.cudnn.allow_tf32 = False
             exact = torch.nn.functional.conv2d(plane.interior.permute(0, 3, 1, 2).float(), w, padding="same")
 
             def err(out):
                 return ((out.float() - exact).norm() / exact.norm()).item()
             errors = [err(out_direct), err(out_fft)]
-            for longest in [int(v) for v in args.longest.split(",") if v]:  # each longer tile's error, beside
-                long_shape = fft_conv.tile_shape(cin, cout, p, q, KS, longest=longest)
-                fft_conv.conv2d_plane_fft(plane, fft_conv.weight_spectra(w, long_shape[1], long_shape[3]), KS,
-                                          long_shape, out_fft)
-                print(f"{name} b{batch}: FFT up to {longest}: {100 * err(out_fft):.3f}% from fp32 (up to "
-                      f"{fft_conv.SHORT_FFT}: {100 * errors[1]:.3f}%)", flush=True)
+            for longest in [int(v) for v in args.longest.split(",") if v]:  # other tiles: time and error
+                other_shape = fft_conv.tile_shape(cin, cout, p, q, KS, longest=longest)
+                other_spectra = fft_conv.weight_spectra(w, other_shape[1], other_shape[3])
+                other_out = torch.empty_like(out_fft)
+
+                def other():
+                    fft_conv.conv2d_plane_fft(plane, other_spectra, KS, other_shape, other_out)
+                times[f"fft{longest}"] = median_ms(other)
+                print(f"{name} b{batch}: FFT up to {longest}: tile {other_shape}, {times[f'fft{longest}']:.3f} ms, "
+                      f"{100 * err(other_out):.3f}% from fp32 (the decoder's {shape}: {times['fft']:.3f} ms, "
+                      f"{100 * errors[1]:.3f}%)", flush=True)
+                del other_spectra, other_out
             del exact
             stages = stage_ms(fft)
             th, nh, tw, nw = shape

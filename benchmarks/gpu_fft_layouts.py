@@ -27,6 +27,7 @@ from common import append_csv, device_name, median_ms, print_table  # noqa: E402
 from gpu_complex_bmm import KS, fft_convs  # noqa: E402
 
 from dnd_fast.decoder_config import DecoderConfig  # noqa: E402
+from dnd_fast.decoder_plane import fft_tile  # noqa: E402
 from dnd_fast.kernels import fft_conv  # noqa: E402
 
 
@@ -55,7 +56,7 @@ def main():
     rows, csv_rows = [], []
     for batch in [int(b) for b in args.batches.split(",")]:
         for name, cin, cout, p, q in fft_convs(DecoderConfig.paper_qwen05(), [c for c in args.only.split(",") if c]):
-            th, nh, tw, nw = fft_conv.tile_shape(cin, cout, p, q, KS)
+            th, nh, tw, nw = fft_tile((cin, cout, p, q, KS))
             n, freqs = batch * triton.cdiv(p, th) * triton.cdiv(q, tw), nh * (nw // 2 + 1)
             tiles = torch.randn(cin * n, nh, nw, device="cuda")
             planes = torch.empty(2, freqs, cin * n, device="cuda", dtype=torch.bfloat16)

@@ -48,7 +48,22 @@ def fft_chosen(plane_dtype: torch.dtype, conv_shape, over_e4m3: bool = False) ->
     if not (chosen.fft_over_e4m3 if over_e4m3 else chosen.fft_convs) or plane_dtype != torch.bfloat16:
         return False
     rate = fft_conv.E4M3_FLOPS if over_e4m3 else fft_conv.DIRECT_FLOPS
-    return chosen.fft_everywhere or fft_conv.faster(*conv_shape, direct_flops=rate)
+    return chosen.fft_everywhere or fft_conv.faster(*conv_shape, direct_flops=rate, longest=fft_longest())
+
+
+def fft_longest() -> int:
+    """The longest FFT the tile model weighs on the current paths (``Paths.fft_long_tiles``)."""
+    from dnd_fast.kernels import fft_conv
+
+    return fft_conv.LONG_FFT if paths.current().fft_long_tiles else fft_conv.SHORT_FFT
+
+
+def fft_tile(conv_shape) -> tuple:
+    """(th, nh, tw, nw): the tile and FFT lengths a conv of ``conv_shape`` (C_in, C_out, P, Q, k) takes by FFT on
+    the current paths."""
+    from dnd_fast.kernels import fft_conv
+
+    return fft_conv.tile_shape(*conv_shape, longest=fft_longest())
 
 
 def e4m3_convs_by_fft(layer: "HyperConvLayer", size: dict, cdtype: torch.dtype) -> tuple[str, ...]:
@@ -125,8 +140,7 @@ def _layer_plane(layer: HyperConvLayer, x: torch.Tensor, residual: bool, saved: 
             hyperconv.conv2d_plane(buf, w, k, dest_view, bias, mode, *others, w_layout=1, col_scale=col_scale,
                                    out_scale=out_scale, acc_terms=paths.current().fp8_acc_terms)
         elif not train and (module in by_fft or fft_chosen(buf.buf.dtype, conv_shape)):
-            shape = fft_conv.tile_shape(*conv_shape, longest=fft_conv.LONG_FFT if paths.current().fft_long_tiles
-                                        else fft_conv.SHORT_FFT)
+            shape = fft_tile(conv_shape)
             spectra = cached(module, ("fft", transposed, shape), module.weight, cdtype,
                              lambda: fft_conv.weight_spectra(module.weight, shape[1], shape[3], transposed))
             fft_conv.conv2d_plane_fft(buf, spectra, k, shape, dest_view, bias, mode, *others, out_scale=out_scale)

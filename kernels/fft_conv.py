@@ -36,7 +36,7 @@ GEMM_FLOPS, DIRECT_FLOPS, ACTIVATION_BYTES_PER_S, SPECTRA_BYTES_PER_S = 3e14, 5e
 # the direct e4m3 conv's rate, against which the fp8 path weighs the FFT (Paths.fft_over_e4m3): 7.6-9.1e14 on
 # eight of nine wide convs timed on one H100 with heuristic tilings (session 26, RESULTS.md; L1.1w: 5.9e14)
 E4M3_FLOPS = 8.5e14
-# the longest FFT the model weighs: SHORT_FFT by default, LONG_FFT under Paths.fft_long_tiles
+# the longest FFT the model weighs: LONG_FFT under Paths.fft_long_tiles (the default), else SHORT_FFT
 SHORT_FFT, LONG_FFT = 40, 64
 
 
@@ -70,10 +70,11 @@ def tile_shape(cin, cout, p, q, ks, longest=SHORT_FFT):
                key=lambda s: cost(cin, cout, p, q, ks, *s) + cost(cin, cout, p, q, ks, *s, batch=1))
 
 
-def faster(cin, cout, p, q, ks, direct_flops=DIRECT_FLOPS) -> bool:
-    """Whether the model puts the FFT conv ahead of the direct one at ``direct_flops`` (at batch 8)."""
+def faster(cin, cout, p, q, ks, direct_flops=DIRECT_FLOPS, longest=SHORT_FFT) -> bool:
+    """Whether the model puts the FFT conv (its tile of FFT lengths up to ``longest``) ahead of the direct one at
+    ``direct_flops`` (at batch 8)."""
     direct = 2 * 8 * p * q * cin * cout * ks * ks / direct_flops
-    return cost(cin, cout, p, q, ks, *tile_shape(cin, cout, p, q, ks)) < direct
+    return cost(cin, cout, p, q, ks, *tile_shape(cin, cout, p, q, ks, longest=longest)) < direct
 
 
 def weight_spectra(weight: torch.Tensor, nh: int, nw: int, transpose: bool = False) -> torch.Tensor:

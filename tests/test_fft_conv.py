@@ -231,7 +231,7 @@ def test_fp8_layers_with_some_convs_by_fft_match_their_reference(fft_calls, monk
     from dnd_fast.decoder_plane import layer_plane
     from dnd_fast.kernels import fft_conv
 
-    monkeypatch.setattr(fft_conv, "faster", lambda cin, cout, p, q, ks, direct_flops: cin < 6)
+    monkeypatch.setattr(fft_conv, "faster", lambda cin, cout, p, q, ks, direct_flops, longest: cin < 6)
     reseed()
     cfg = DecoderConfig(((4, 10, 12), (5, 10, 11), (6, 7, 9)), 9)  # no residual: its bf16 rounding would swamp it
     dec = HyperConvDecoder(cfg, backend="triton").to(DEVICE, torch.bfloat16).eval()  # the reference: in fp32
@@ -276,9 +276,9 @@ def test_the_complex_gemm_benchmark_tries_tilings_that_fit_and_finds_the_fp8_pat
 
 
 def test_long_tiles_switch_lets_the_model_choose_longer_ffts(monkeypatch):
-    """``Paths.fft_long_tiles``: the decoder asks the model for tiles of FFT lengths up to ``LONG_FFT`` in place of
-    ``SHORT_FFT``; the model then takes longer FFTs for the paper decoder's wide layer-0 convs (the long-tile conv
-    itself: ``test_fft_conv_is_the_same_conv``)."""
+    """``Paths.fft_long_tiles`` (the default): the decoder asks the model for tiles of FFT lengths up to
+    ``LONG_FFT``, off up to ``SHORT_FFT``; the model then takes longer FFTs for the paper decoder's wide layer-0 convs
+    (the long-tile conv itself: ``test_fft_conv_is_the_same_conv``) and weighs FFT against direct on that tile."""
     from dnd_fast.kernels import fft_conv
 
     asked, real = [], fft_conv.tile_shape
@@ -287,13 +287,20 @@ def test_long_tiles_switch_lets_the_model_choose_longer_ffts(monkeypatch):
     dec = HyperConvDecoder(SMALL_DECODER).to(DEVICE)
     x = torch.randn(1, *SMALL_DECODER.condition_shape, device=DEVICE)
     with torch.no_grad(), torch.autocast(DEVICE, dtype=torch.bfloat16):
-        with paths.use(fft_convs=True, fft_everywhere=True):
+        with paths.use(fft_convs=True, fft_everywhere=True, fft_long_tiles=False):
             short = dec(x, backend="triton")
         assert asked and set(asked) == {fft_conv.SHORT_FFT}
         asked.clear()
-        with paths.use(fft_convs=True, fft_everywhere=True, fft_long_tiles=True):
+        with paths.use(fft_convs=True, fft_everywhere=True):
             long = dec(x, backend="triton")
+        assert asked and set(asked) == {fft_conv.LONG_FFT}
+        asked.clear()
+        with paths.use(fft_convs=True):  # the model's choice: each conv weighed on its long tile
+            dec(x, backend="triton")
         assert asked and set(asked) == {fft_conv.LONG_FFT}
     assert torch.equal(long, short)  # planes of at most 12 x 12: one tile either way
     for cin, cout, p, q in ((384, 300, 128, 200), (384, 200, 128, 300)):  # L0.2w, L0.1h
         assert real(cin, cout, p, q, 9, longest=fft_conv.LONG_FFT)[3] > real(cin, cout, p, q, 9)[3]
+    # L2.1w: direct bf16 on a tile of FFTs up to 40, by FFT on one up to 64
+    assert fft_conv.faster(256, 200, 100, 128, 9, longest=fft_conv.LONG_FFT) and not fft_conv.faster(256, 200, 100,
+                                                                                                      128, 9)
