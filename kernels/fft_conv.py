@@ -36,7 +36,7 @@ GEMM_FLOPS, DIRECT_FLOPS, ACTIVATION_BYTES_PER_S, SPECTRA_BYTES_PER_S = 3e14, 5e
 # the direct e4m3 conv's rate, against which the fp8 path weighs the FFT (Paths.fft_over_e4m3): 7.6-9.1e14 on
 # eight of nine wide convs timed on one H100 with heuristic tilings (session 26, RESULTS.md; L1.1w: 5.9e14)
 E4M3_FLOPS = 8.5e14
-# the longest FFT the model weighs: LONG_FFT under Paths.fft_long_tiles (the default), else SHORT_FFT
+# the longest FFT the model weighs: LONG_FFT, or SHORT_FFT with Paths.fft_long_tiles off (session 29's tiles)
 SHORT_FFT, LONG_FFT = 40, 64
 
 
@@ -63,14 +63,14 @@ def cost(cin, cout, p, q, ks, th, nh, tw, nw, batch=8):
 
 
 @functools.lru_cache(maxsize=None)  # asked for every conv of every decoder call: the model's search runs once a shape
-def tile_shape(cin, cout, p, q, ks, longest=SHORT_FFT):
+def tile_shape(cin, cout, p, q, ks, longest=LONG_FFT):
     """(th, nh, tw, nw): the output tile and FFT lengths the model finds fastest at batches 8 and 1 together (the
     spectra are kept per weight, so one tile serves every batch; at batch 1 their read can dominate)."""
     return min(((th, nh, tw, nw) for th, nh in _side(p, ks, longest) for tw, nw in _side(q, ks, longest)),
                key=lambda s: cost(cin, cout, p, q, ks, *s) + cost(cin, cout, p, q, ks, *s, batch=1))
 
 
-def faster(cin, cout, p, q, ks, direct_flops=DIRECT_FLOPS, longest=SHORT_FFT) -> bool:
+def faster(cin, cout, p, q, ks, direct_flops=DIRECT_FLOPS, longest=LONG_FFT) -> bool:
     """Whether the model puts the FFT conv (its tile of FFT lengths up to ``longest``) ahead of the direct one at
     ``direct_flops`` (at batch 8)."""
     direct = 2 * 8 * p * q * cin * cout * ks * ks / direct_flops
