@@ -112,6 +112,13 @@ def cuda_graph(fn):
     return graph.replay
 
 
+def rel_err(got, want) -> float:
+    """||got - want|| / ||want||, computed in fp32 or the wider of the two dtypes: every benchmark's error figure."""
+    dtype = torch.promote_types(torch.promote_types(got.dtype, want.dtype), torch.float32)
+    want = want.to(dtype)
+    return ((got.to(dtype) - want).norm() / want.norm()).item()
+
+
 def print_table(title, header, rows):
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     print(f"\n## {title}\n")

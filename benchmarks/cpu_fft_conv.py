@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import print_table  # noqa: E402
+from common import print_table, rel_err  # noqa: E402
 
 from dnd_fast.decoder_config import DecoderConfig  # noqa: E402
 from dnd_fast.decoder_plane import conv_planes  # noqa: E402
@@ -109,7 +109,7 @@ def main():
         exact = F.conv2d(x.double(), w.double(), padding="same")
 
         def rel(a):
-            return f"{100 * ((a.double() - exact).norm() / exact.norm()).item():.3f}"
+            return f"{100 * rel_err(a, exact):.3f}"
         errors.append([name, rel(F.conv2d(x.bfloat16().float(), w.bfloat16().float(), padding="same")),
                        *(rel(fft_conv_same(x, w, t, torch.bfloat16)) for t in tiles)])
         print(errors[-1], flush=True)

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import print_table  # noqa: E402
+from common import print_table, rel_err  # noqa: E402
 
 from dnd_fast import decoder_fp8  # noqa: E402
 from dnd_fast.decoder import DecoderConfig, HyperConvDecoder  # noqa: E402
@@ -27,10 +27,6 @@ from dnd_fast.encoder import PromptEncoder  # noqa: E402
 
 # the zero-shot experiment's decoder ("medium" for SmolLM2-135M's layout, as its training log prints it)
 EXPERIMENT = ((64, 64, 384), (161, 40, 293), (404, 25, 223), (512, 16, 170), (2550, 10, 130))
-
-
-def rel(a, b):
-    return ((a - b).norm() / b.norm()).item()
 
 
 def layer0_plane(encoder: PromptEncoder, hyper, task: str) -> torch.Tensor:
@@ -70,18 +66,20 @@ def main():
         plane = layer0_plane(encoder, hyper, task)
         with torch.no_grad():
             scale = decoder_fp8.plane_scale(plane.abs().amax())
-            own = [f"{100 * rel(decoder_fp8.quantized(plane, scale, grid), plane):.2f}" for grid in ("e4m3", "int8")]
+            own = [f"{100 * rel_err(decoder_fp8.quantized(plane, scale, grid), plane):.2f}"
+                   for grid in ("e4m3", "int8")]
             for name, x in (("conv1w", plane.transpose(-1, -3)), ("conv2h", plane.transpose(-2, -3))):
                 w = getattr(hyper, name).weight.float()
                 exact = F.conv2d(x, w, padding="same")
-                nearest = rel(F.conv2d(x, decoder_fp8.quantized_weight(w), padding="same"), exact)
-                taps = rel(F.conv2d(x, decoder_fp8.tap_rounded_weight(w, x), padding="same"), exact)
-                int8 = rel(F.conv2d(x, decoder_fp8.quantized_weight(w, decoder_fp8.INT8), padding="same"), exact)
+                nearest = rel_err(F.conv2d(x, decoder_fp8.quantized_weight(w), padding="same"), exact)
+                taps = rel_err(F.conv2d(x, decoder_fp8.tap_rounded_weight(w, x), padding="same"), exact)
+                int8 = rel_err(F.conv2d(x, decoder_fp8.quantized_weight(w, decoder_fp8.INT8), padding="same"), exact)
                 rows.append([Path(task).stem, name, "x".join(map(str, x.shape[1:])), f"{100 * nearest:.2f}",
                              f"{100 * taps:.2f}", f"{taps / nearest:.2f}", f"{100 * int8:.2f}",
                              f"{int8 / nearest:.2f}"])
-                both = [rel(both_rounded(x, w, grid), exact) for grid in ("e4m3", decoder_fp8.INT8)]
-                smoothed = rel(both_rounded(x, w, decoder_fp8.INT8, smooth=True), exact) if name == "conv1w" else None
+                both = [rel_err(both_rounded(x, w, grid), exact) for grid in ("e4m3", decoder_fp8.INT8)]
+                smoothed = (rel_err(both_rounded(x, w, decoder_fp8.INT8, smooth=True), exact) if name == "conv1w"
+                            else None)
                 plane_rows.append([Path(task).stem, name, *own, *(f"{100 * e:.2f}" for e in both),
                                    "" if smoothed is None else f"{100 * smoothed:.2f}"])
                 print(rows[-1], plane_rows[-1], flush=True)

@@ -19,7 +19,7 @@ import triton
 
 sys.path.insert(0, str(Path(__file__).parent))
 import common  # noqa: E402
-from common import append_csv, device_name, median_ms, print_table  # noqa: E402
+from common import append_csv, device_name, median_ms, print_table, rel_err  # noqa: E402
 
 from dnd_fast import paths  # noqa: E402
 from dnd_fast.decoder_config import DecoderConfig  # noqa: E402
@@ -83,7 +83,7 @@ def main():
             few = slice(0, min(f, 4))
             want = fft_conv.complex_bmm_reference(spectra[:, few].contiguous(), x[:, few].contiguous())
             first = fft_conv.complex_bmm(spectra, x)
-            err = ((first[:, few] - want).norm() / want.norm()).item()
+            err = rel_err(first[:, few], want)
             if err > 1e-4:
                 sys.exit(f"gpu_complex_bmm.py: {name} batch {batch}: the heuristic is {err:.2e} from torch")
             del want
@@ -95,7 +95,7 @@ def main():
                 except Exception as e:  # too many registers or too much shared memory on this GPU / Triton
                     print(f"{name} b{batch} {meta}: did not run ({type(e).__name__})", flush=True)
                     continue
-                diff = ((got - first).norm() / first.norm()).item()
+                diff = rel_err(got, first)
                 ms = median_ms(lambda: fft_conv.complex_bmm(spectra, x, meta))
                 base = base or ms
                 tiling = f"{meta['BLOCK_M']}x{meta['BLOCK_N']}x{meta['BLOCK_K']} w{meta['num_warps']} " \

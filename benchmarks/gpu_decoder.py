@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import cuda_graph, device_name, median_ms, print_table  # noqa: E402
+from common import cuda_graph, device_name, median_ms, print_table, rel_err  # noqa: E402
 
 from dnd_fast import paths  # noqa: E402
 from dnd_fast.decoder import DecoderConfig, HyperConvDecoder  # noqa: E402
@@ -89,7 +89,7 @@ def main():
         if {"torch", "triton"} <= set(args.train_backends.split(",")):  # one step's gradients, same weights
             for b in ("torch", "triton"):
                 step(b, keep=True)
-            err = ((grads["triton"] - grads["torch"]).norm() / grads["torch"].norm()).item()
+            err = rel_err(grads["triton"], grads["torch"])
             print(f"train step gradients, triton vs torch (bf16 autocast both): rel. err {err:.2e}", flush=True)
             del grads
         if args.profile_train:

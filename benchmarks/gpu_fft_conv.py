@@ -19,7 +19,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 import common  # noqa: E402
-from common import append_csv, device_name, median_ms, print_table  # noqa: E402
+from common import append_csv, device_name, median_ms, print_table, rel_err  # noqa: E402
 from gpu_fp8_convs import conv_call  # noqa: E402
 
 from dnd_fast.decoder_config import DecoderConfig  # noqa: E402
@@ -87,10 +87,7 @@ def main():
             times = {"bf16": median_ms(direct), "e4m3": median_ms(lambda: e4m3(None)), "fft": median_ms(fft)}
             torch.backends.cudnn.allow_tf32 = False
             exact = torch.nn.functional.conv2d(plane.interior.permute(0, 3, 1, 2).float(), w, padding="same")
-
-            def err(out):
-                return ((out.float() - exact).norm() / exact.norm()).item()
-            errors = [err(out_direct), err(out_fft)]
+            errors = [rel_err(out_direct, exact), rel_err(out_fft, exact)]
             for longest in [int(v) for v in args.longest.split(",") if v]:  # other tiles: time and error
                 other_shape = fft_conv.tile_shape(cin, cout, p, q, KS, longest=longest)
                 other_spectra = fft_conv.weight_spectra(w, other_shape[1], other_shape[3])
@@ -100,8 +97,8 @@ def main():
                     fft_conv.conv2d_plane_fft(plane, other_spectra, KS, other_shape, other_out)
                 times[f"fft{longest}"] = median_ms(other)
                 print(f"{name} b{batch}: FFT up to {longest}: tile {other_shape}, {times[f'fft{longest}']:.3f} ms, "
-                      f"{100 * err(other_out):.3f}% from fp32 (the decoder's {shape}: {times['fft']:.3f} ms, "
-                      f"{100 * errors[1]:.3f}%)", flush=True)
+                      f"{100 * rel_err(other_out, exact):.3f}% from fp32 (the decoder's {shape}: "
+                      f"{times['fft']:.3f} ms, {100 * errors[1]:.3f}%)", flush=True)
                 del other_spectra, other_out
             del exact
             stages = stage_ms(fft)

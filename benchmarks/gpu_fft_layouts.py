@@ -23,7 +23,7 @@ import triton
 
 sys.path.insert(0, str(Path(__file__).parent))
 import common  # noqa: E402
-from common import append_csv, device_name, median_ms, print_table  # noqa: E402
+from common import append_csv, device_name, median_ms, print_table, rel_err  # noqa: E402
 from gpu_complex_bmm import KS, fft_convs  # noqa: E402
 
 from dnd_fast.decoder_config import DecoderConfig  # noqa: E402
@@ -87,10 +87,10 @@ def main():
             cufft_forward()
             torch_forward()
             got = freq_major.permute(2, 0, 1).to(torch.bfloat16).float()
-            forward_diff = ((got - planes.float()).norm() / planes.float().norm()).item()
+            forward_diff = rel_err(got, planes)
             cufft_inverse()
             want = torch_inverse()
-            inverse_diff = ((out / (nh * nw) - want).norm() / want.norm()).item()  # cuFFT leaves out irfft2's 1/N
+            inverse_diff = rel_err(out / (nh * nw), want)  # cuFFT leaves out irfft2's 1/N
             copy_ms = median_ms(lambda: y_work.copy_(y_pairs))  # the benchmark's own copy, taken off cufft's time
             times = [median_ms(f) for f in (torch_forward, cufft_forward, torch_inverse, cufft_inverse)]
             times[3] -= copy_ms

@@ -18,7 +18,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 import common  # noqa: E402
-from common import append_csv, device_name, median_ms, print_table  # noqa: E402
+from common import append_csv, device_name, median_ms, print_table, rel_err  # noqa: E402
 
 from dnd_fast import paths  # noqa: E402
 from dnd_fast.decoder import DecoderConfig, HyperConvDecoder, _layer_triton  # noqa: E402
@@ -73,7 +73,7 @@ def main():
                 rows.append([i, f"{fin} -> {fout}", f"{gflop:.0f}"] +
                             [f"{t:.3f} ({gflop / t:.0f})" for t in times.values()] +
                             [f"{times['bf16'] / times['fp8 (thin convs bf16)']:.2f}x"] +
-                            [f"{100 * ((outs[n] - outs['bf16']).norm() / outs['bf16'].norm()).item():.3f}"
+                            [f"{100 * rel_err(outs[n], outs['bf16']):.3f}"
                              for n in PATHS if n != "bf16"])
                 with paths.use(fp8=False):
                     h = _layer_triton(layer, h, fin == fout)

@@ -52,7 +52,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import (FP8_PATHS, append_csv, commit, device_name, fp8_generator, fp8_path as fp8_switches,  # noqa: E402
-                    print_table)
+                    print_table, rel_err)
 
 from dnd_fast import decoder_fp8, paths  # noqa: E402
 from dnd_fast.decoder import layer_precision  # noqa: E402
@@ -75,7 +75,7 @@ def layer_errors(gen: Generator, prompts: list[str], fp8_path: dict) -> list[flo
 
 def chain_errors(reference: list[torch.Tensor], outs: list[torch.Tensor]) -> list[float]:
     """Each layer's relative error, ``outs`` against ``reference`` (``layer_chain``'s lists)."""
-    return [((b.float() - a.float()).norm() / a.float().norm()).item() for a, b in zip(reference, outs)]
+    return [rel_err(b, a) for a, b in zip(reference, outs)]
 
 
 def fp8_state(layer, x: torch.Tensor, residual: bool) -> dict:
@@ -101,7 +101,7 @@ def born_errors(gen: Generator, prompts: list[str]) -> list[dict]:
             int8 = decoder_fp8.INT8
             which = [*((r, (r,)) for r in (*decoder_fp8.ROUNDED, decoder_fp8.TAPS)), ("all", decoder_fp8.ROUNDED),
                      ("int8 weights", ("weights", int8)), ("int8 all", (*decoder_fp8.ROUNDED, int8))]
-            rows.append({what: ((ref(rounded) - exact).norm() / exact.norm()).item() for what, rounded in which})
+            rows.append({what: rel_err(ref(rounded), exact) for what, rounded in which})
             with paths.use(fp8=False):
                 x = layer_plane(layer, x, residual)
     decoder_fp8.reset(gen.decoder)

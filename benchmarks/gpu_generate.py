@@ -27,7 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 import common  # noqa: E402
 from common import (append_csv, device_name, fp8_generator, fp8_path as fp8_switches, print_table,  # noqa: E402
-                    qwen05_lora, wall_ms)
+                    qwen05_lora, rel_err, wall_ms)
 
 from dnd_fast import DecoderConfig, Generator, HyperConvDecoder, PromptEncoder, paths  # noqa: E402
 from dnd_fast.tokenizer import detokenize_flat  # noqa: E402
@@ -104,7 +104,7 @@ def main():
                     err = f"{(fast - reference(sets)).abs().max().item():.2e} (vs ref)"
                 else:
                     against = bf16_out if bf16_out is not None else reference(sets)
-                    err = f"{((fast - against).norm() / against.norm()).item():.2e} (rel. to bf16)"
+                    err = f"{rel_err(fast, against):.2e} (rel. to bf16)"
                 for mode, ms in results.items():
                     rows.append([batch, f"fast, {label}, {mode}", f"{ms:.2f}", f"{ms / batch:.2f}",
                                  f"{batch * 1e3 / ms:.1f}", f"{ref_ms / ms:.2f}x", err if mode == "cuda graph" else ""])
