@@ -47,6 +47,8 @@ def main():
                          "or several joined by '_' (acc0_bf16layer1)")
     ap.add_argument("--csv", default=str(Path(__file__).parent / "results" / "generate.csv"))
     ap.add_argument("--vary", default="", help="comma list of Paths switches, each run off and on")
+    ap.add_argument("--vary-on-first", action="store_true", help="run the --vary switches on before off (an order "
+                    "effect shows as a gain that changes sign)")
     ap.add_argument("--stream", type=int, default=64, help="tasks generated as a stream of batches (0: no such rows)")
     ap.add_argument("--reps", type=int, default=10, help="timed calls per fast row (the median is reported)")
     args = ap.parse_args()
@@ -72,7 +74,8 @@ def main():
 
     rows = []
     varied = [name for name in args.vary.split(",") if name]
-    settings = [dict(zip(varied, values)) for values in itertools.product((False, True), repeat=len(varied))]
+    states = (True, False) if args.vary_on_first else (False, True)
+    settings = [dict(zip(varied, values)) for values in itertools.product(states, repeat=len(varied))]
     variants = [(p, fp8_path, setting) for p in args.precisions.split(",")
                 for fp8_path in (args.fp8_paths.split(",") if p == "fp8" else [None]) for setting in settings]
 
