@@ -12,9 +12,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from common import device_name, median_ms, print_table, qwen05_lora, wall_ms  # noqa: E402
 
-from dnd_fast import DecoderConfig, Generator, HyperConvDecoder, PromptEncoder, paths  # noqa: E402
+from dnd_fast import DecoderConfig, Generator, HyperConvDecoder, PromptEncoder  # noqa: E402
 from dnd_fast.encoder import select_prompts  # noqa: E402
-from dnd_fast.generator import PRECISION_PATHS, PRECISIONS  # noqa: E402
+from dnd_fast.generator import PRECISIONS  # noqa: E402
 from dnd_fast.tokenizer import detokenize_flat  # noqa: E402
 
 
@@ -36,11 +36,10 @@ def main():
     ids, mask = gen.encoder.tokenize(texts, "cuda", trim=True)
     with torch.no_grad():
         cond = gen.encoder.embed_ids(ids, mask).view(args.batch, 128, 384, -1)
-    fp8 = args.precision != "bf16"
 
-    def decode():  # as Generator._decode: the precision's paths
-        with torch.no_grad(), paths.use(**PRECISION_PATHS[args.precision]):
-            return gen.decoder(cond, backend="triton" if fp8 else None)
+    def decode():
+        with torch.no_grad():
+            return gen.decode(cond)
     tokens = decode()
     flat = detokenize_flat(tokens, gen.stats, layout)
     host = torch.empty(flat.shape, dtype=flat.dtype, pin_memory=True)

@@ -145,11 +145,15 @@ class Generator(nn.Module):
         batch = input_ids.shape[0] // n
         with nvtx_range("generate.encoder", self.device):
             condition = self.encoder.embed_ids(input_ids, attention_mask).view(batch, n, length, hidden)
-        fp8 = self.precision != "bf16"
-        with paths.use(**PRECISION_PATHS[self.precision]):  # e4m3: only the plane kernels (a CPU: the interpreter's)
-            tokens = self.decoder(condition, backend="triton" if fp8 else None)
+        tokens = self.decode(condition)
         with nvtx_range("generate.detokenize", self.device):
             return detokenize_flat(tokens, self.stats, self.layout)
+
+    def decode(self, condition: torch.Tensor) -> torch.Tensor:
+        """The decoder on ``condition`` [B, N, L, H] at this generator's precision (its paths) -> tokens."""
+        fp8 = self.precision != "bf16"
+        with paths.use(**PRECISION_PATHS[self.precision]):  # e4m3: only the plane kernels (a CPU: the interpreter's)
+            return self.decoder(condition, backend="triton" if fp8 else None)
 
     def _host_tokens(self, prompt_sets: list[list[str]], seed: int) -> torch.Tensor:
         """The host stage: each set's prompts chosen, then [2, B*N, L] ids and mask on the host."""
