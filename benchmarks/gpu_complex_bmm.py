@@ -79,7 +79,7 @@ def main():
     rows, csv_rows = [], []
     for batch in [int(b) for b in args.batches.split(",")]:
         for name, cin, cout, p, q in convs:
-            th, nh, tw, nw = fft_tile((cin, cout, p, q, KS))
+            th, nh, tw, nw = fft_tile((cin, cout, p, q, KS), batch)
             f, n = nh * (nw // 2 + 1), batch * triton.cdiv(p, th) * triton.cdiv(q, tw)
             if args.int8:
                 spectra = torch.randint(-127, 128, (2, f, cout, cin), device="cuda", dtype=torch.int8)

@@ -8,6 +8,8 @@ the FFT conv's relative distance from the fp32 conv's (cuDNN, no TF32); and wher
 scatter).
 ``--longest 40``: also the tile of FFTs up to 40 (``Paths.fft_long_tiles`` off), its time (row "fft40") and error.
 ``--int8``: also the decoder's tile on int8 spectra (``Paths.fft_int8_spectra``), its time (row "fft_int8") and error.
+At batch 1, where the decoder's tile is batch 1's own (``Paths.fft_batch1_tiles``), also the shared tile of batches 8
+and 1 (row "fft_shared").
 Run: python benchmarks/gpu_fft_conv.py [--batches 8,1] [--only L0.1w,L7.ch] [--longest 40] [--int8] [--csv ...]
 """
 import argparse
@@ -70,7 +72,7 @@ def main():
     rows, csv_rows = [], []
     for batch in [int(b) for b in args.batches.split(",")]:
         for name, cin, cout, p, q in convs:
-            shape = fft_tile((cin, cout, p, q, KS))
+            shape = fft_tile((cin, cout, p, q, KS), batch)
             w = torch.randn(cout, cin, KS, KS, device="cuda") / (cin * KS * KS) ** 0.5
             plane = hyperconv.PaddedPlane(batch, p, q, cin, KS, torch.bfloat16, "cuda")
             plane.interior.copy_(torch.randn(batch, p, q, cin, device="cuda"))
@@ -92,6 +94,8 @@ def main():
             errors = [rel_err(out_direct, exact), rel_err(out_fft, exact)]
             others = [(f"fft{v}", fft_conv.tile_shape(cin, cout, p, q, KS, longest=int(v)), False)
                       for v in args.longest.split(",") if v] + ([("fft_int8", shape, True)] if args.int8 else [])
+            shared = fft_conv.tile_shape(cin, cout, p, q, KS)
+            others += [("fft_shared", shared, False)] if shared != shape else []
             for label, other_shape, int8 in others:  # other tiles or spectra: time and error
                 other_spectra = fft_conv.weight_spectra(w, other_shape[1], other_shape[3], int8=int8)
                 other_out = torch.empty_like(out_fft)

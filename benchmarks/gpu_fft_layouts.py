@@ -56,7 +56,7 @@ def main():
     rows, csv_rows = [], []
     for batch in [int(b) for b in args.batches.split(",")]:
         for name, cin, cout, p, q in fft_convs(DecoderConfig.paper_qwen05(), [c for c in args.only.split(",") if c]):
-            th, nh, tw, nw = fft_tile((cin, cout, p, q, KS))
+            th, nh, tw, nw = fft_tile((cin, cout, p, q, KS), batch)
             n, freqs = batch * triton.cdiv(p, th) * triton.cdiv(q, tw), nh * (nw // 2 + 1)
             tiles = torch.randn(cin * n, nh, nw, device="cuda")
             planes = torch.empty(2, freqs, cin * n, device="cuda", dtype=torch.bfloat16)

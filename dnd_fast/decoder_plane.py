@@ -58,12 +58,13 @@ def fft_longest() -> int:
     return fft_conv.LONG_FFT if paths.current().fft_long_tiles else fft_conv.SHORT_FFT
 
 
-def fft_tile(conv_shape) -> tuple:
-    """(th, nh, tw, nw): the tile and FFT lengths a conv of ``conv_shape`` (C_in, C_out, P, Q, k) takes by FFT on
-    the current paths."""
+def fft_tile(conv_shape, batch: int) -> tuple:
+    """(th, nh, tw, nw): the tile and FFT lengths a conv of ``conv_shape`` (C_in, C_out, P, Q, k) takes by FFT at
+    ``batch`` on the current paths."""
     from dnd_fast.kernels import fft_conv
 
-    return fft_conv.tile_shape(*conv_shape, longest=fft_longest())
+    alone = batch == 1 and paths.current().fft_batch1_tiles
+    return fft_conv.tile_shape(*conv_shape, longest=fft_longest(), batches=(1,) if alone else (8, 1))
 
 
 def e4m3_convs_by_fft(layer: "HyperConvLayer", size: dict, cdtype: torch.dtype) -> tuple[str, ...]:
@@ -140,7 +141,7 @@ def _layer_plane(layer: HyperConvLayer, x: torch.Tensor, residual: bool, saved: 
             hyperconv.conv2d_plane(buf, w, k, dest_view, bias, mode, *others, w_layout=1, col_scale=col_scale,
                                    out_scale=out_scale, acc_terms=paths.current().fp8_acc_terms)
         elif not train and (module in by_fft or fft_chosen(buf.buf.dtype, conv_shape)):
-            shape, int8 = fft_tile(conv_shape), paths.current().fft_int8_spectra
+            shape, int8 = fft_tile(conv_shape, B), paths.current().fft_int8_spectra
             spectra = cached(module, ("fft", transposed, shape, int8), module.weight, cdtype,
                              lambda: fft_conv.weight_spectra(module.weight, shape[1], shape[3], transposed, int8))
             fft_conv.conv2d_plane_fft(buf, spectra, k, shape, dest_view, bias, mode, *others, out_scale=out_scale)

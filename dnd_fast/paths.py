@@ -61,6 +61,10 @@ class Paths:
     # fp8 streams batches of 8 in 78.9 against 82.5-82.9 ms on an H100 (three runs each, session 30), the same at
     # batch 1, and each layer-0 conv's error from fp32 is the same (0.281-0.282%)
     fft_long_tiles: bool = True
+    # FFT convs at batch 1: the tile the model finds fastest at batch 1 alone, not the one it weighs at batches 8 and
+    # 1 together; the weights' spectra are kept per tile, so a generator run at batch 1 and at larger batches keeps
+    # both (the paper decoder's L7.ch: 5.07 GB beside 8.87, fewer frequencies for the GEMM to stream)
+    fft_batch1_tiles: bool = True
     # FFT convs: the weights' spectra kept in int8 (fft_conv.Int8Spectra, scaled per input channel and per frequency
     # and output channel), half the bytes the complex GEMM streams, which bound it at batch 1 (the paper decoder's
     # L7.ch reads 8.87 GB of bf16 spectra a call). On random weights the conv is ~0.6% from exact against bf16

@@ -371,3 +371,26 @@ def test_long_tiles_switch_lets_the_model_choose_longer_ffts(monkeypatch):
     # L2.1w: by FFT on a tile of FFTs up to 64, direct bf16 on one up to 40
     assert fft_conv.faster(256, 200, 100, 128, 9) and not fft_conv.faster(256, 200, 100, 128, 9,
                                                                           longest=fft_conv.SHORT_FFT)
+
+
+def test_batch_one_takes_its_own_tile(monkeypatch):
+    """``Paths.fft_batch1_tiles`` (the default): at batch 1 the decoder asks the model for the tile fastest at batch
+    1 alone, at other batches (or with the switch off) for the one weighed at 8 and 1; the paper decoder's L7.ch then
+    streams fewer frequencies of spectra at batch 1, and its output is the same conv within bf16's error."""
+    from dnd_fast.kernels import fft_conv
+
+    asked, real = [], fft_conv.tile_shape
+    monkeypatch.setattr(fft_conv, "tile_shape", lambda *a, **k: asked.append(k.get("batches")) or real(*a, **k))
+    reseed()
+    dec = HyperConvDecoder(SMALL_DECODER).to(DEVICE)
+    x = torch.randn(2, *SMALL_DECODER.condition_shape, device=DEVICE)
+    outs = {}
+    with torch.no_grad(), torch.autocast(DEVICE, dtype=torch.bfloat16):
+        for batch, switch, want in ((1, True, (1,)), (2, True, (8, 1)), (1, False, (8, 1))):
+            with paths.use(fft_convs=True, fft_everywhere=True, fft_batch1_tiles=switch):
+                outs[batch, switch] = dec(x[:batch], backend="triton")
+            assert asked and set(asked) == {want}, (batch, switch)
+            asked.clear()
+    assert rel(outs[1, True], outs[2, True][:1]) < 2e-2 and rel(outs[1, True], outs[1, False]) < 2e-2
+    alone, shared = real(2048, 4296, 10, 130, 9, batches=(1,)), real(2048, 4296, 10, 130, 9)
+    assert alone[1] * (alone[3] // 2 + 1) < shared[1] * (shared[3] // 2 + 1)
