@@ -18,14 +18,13 @@ def qwen05_lora():
 # the default: precision "fp8-fast"), thin layers' convs in bf16 ("mixed"), the first and last layers in bf16 ("ends"),
 # bf16 convs by FFT where the model says faster ("fft", joined: "ends_fft", precision "fp8") or all
 # of them ("fftall"), e4m3 convs by FFT (on bf16 planes) where the model says faster than e4m3 ("fft8"), FFT tiles
-# of lengths up to 40 in place of 64 ("fft40": Paths.fft_long_tiles off, session 29's tiles), the FFT convs' weight
-# spectra in int8 ("i8": Paths.fft_int8_spectra);
+# of lengths up to 40 in place of 64 ("fft40": Paths.fft_long_tiles off, session 29's tiles);
 # ``fp8_path("accN")``: sums added in fp32 every N K terms (Paths.fp8_acc_terms)
 FP8_PATHS = {"all": {"fp8_wide_only": False}, "mixed": {"fp8_wide_only": True},
              "imprecise": {"fp8_wide_only": False, "fp8_acc_terms": 0},
              "ends": {"fp8_wide_only": False, "fp8_acc_terms": 0, "fp8_bf16_layers": (0, -1)},
              "fft": {"fft_convs": True}, "fftall": {"fft_convs": True, "fft_everywhere": True},
-             "fft8": {"fft_over_e4m3": True}, "fft40": {"fft_long_tiles": False}, "i8": {"fft_int8_spectra": True}}
+             "fft8": {"fft_over_e4m3": True}, "fft40": {"fft_long_tiles": False}}
 
 
 # the precision a named fp8 path's switches are laid over: "fp8-fast" sets nothing but e4m3, so each path runs as

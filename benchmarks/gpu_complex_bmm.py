@@ -6,9 +6,8 @@ C_in x N tile columns), each candidate tiling's median time (CUDA events, 20 cal
 at which it reads the weights' spectra (GB/s, and the fraction of ``--hbm``). At batch 8 L7.ch's GEMM meets 56
 columns per weight, 112 FLOP a byte: below an H100's ridge (989 TFLOP/s over 3.35 TB/s = 295), so bound by HBM.
 Every candidate's result is checked against the heuristic's (and that one against complex64 torch on a few
-frequencies). ``--int8``: the spectra in int8 (``Paths.fft_int8_spectra``: half the bytes; tilings "int8 ...").
-Rows go to ``--csv``.
-Run: python benchmarks/gpu_complex_bmm.py [--batches 8,1] [--only L7.ch,L0.1w] [--hbm 3.35] [--int8]
+frequencies). Rows go to ``--csv``.
+Run: python benchmarks/gpu_complex_bmm.py [--batches 8,1] [--only L7.ch,L0.1w] [--hbm 3.35]
 """
 import argparse
 import datetime
@@ -35,17 +34,16 @@ VARIANTS = [(128, 64, 8, 4), (128, 64, 4, 4), (128, 128, 8, 3), (128, 128, 8, 2)
             (64, 64, 4, 5), (256, 64, 8, 2), (64, 256, 4, 3)]
 
 
-def candidates(n: int, w_bytes: int = 2) -> list[dict]:
-    """The heuristic tiling for ``n`` columns first, then ``VARIANTS`` whose stages fit shared memory (weights of
-    ``w_bytes``) and whose three fp32 accumulators take no more of a thread's registers than the heuristic's 128 x 128
-    tile on 8 warps (192)."""
+def candidates(n: int) -> list[dict]:
+    """The heuristic tiling for ``n`` columns first, then ``VARIANTS`` whose stages fit shared memory and whose three
+    fp32 accumulators take no more of a thread's registers than the heuristic's 128 x 128 tile on 8 warps (192)."""
     first = fft_conv.complex_bmm_meta(n)
     widths = sorted({first["BLOCK_N"], max(16, min(128, triton.next_power_of_2(n)))})
     out = [first]
     for bm, bk, warps, stages in VARIANTS:
         for bn in widths:
             meta = {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "num_warps": warps, "num_stages": stages}
-            smem = stages * 2 * (w_bytes * bm * bk + 2 * bk * bn)  # two parts of each operand, bf16 columns
+            smem = stages * 2 * 2 * (bm * bk + bk * bn)  # two parts of each operand, bf16
             if smem <= SMEM and 3 * bm * bn // (32 * warps) <= 192 and meta not in out:
                 out.append(meta)
     return out
@@ -65,7 +63,6 @@ def main():
     ap.add_argument("--batches", default="8,1")
     ap.add_argument("--only", default="", help="comma list of convs (L7.ch, ...); default: the fp8 path's FFT convs")
     ap.add_argument("--hbm", type=float, default=0.0, help="HBM TB/s (default: H200 4.8, else 3.35)")
-    ap.add_argument("--int8", action="store_true", help="int8 spectra (Paths.fft_int8_spectra)")
     ap.add_argument("--csv", default=str(Path(__file__).parent / "results" / "complex_bmm.csv"))
     args = ap.parse_args()
     torch.manual_seed(0)
@@ -81,32 +78,27 @@ def main():
         for name, cin, cout, p, q in convs:
             th, nh, tw, nw = fft_tile((cin, cout, p, q, KS), batch)
             f, n = nh * (nw // 2 + 1), batch * triton.cdiv(p, th) * triton.cdiv(q, tw)
-            if args.int8:
-                spectra = torch.randint(-127, 128, (2, f, cout, cin), device="cuda", dtype=torch.int8)
-                scale = torch.rand(f, cout, device="cuda") + 0.5
-            else:
-                spectra, scale = torch.randn(2, f, cout, cin, device="cuda").bfloat16(), None
+            spectra = torch.randn(2, f, cout, cin, device="cuda").bfloat16()
             x = torch.randn(2, f, cin, n, device="cuda").bfloat16()
             few = slice(0, min(f, 4))
-            want = fft_conv.complex_bmm_reference(spectra[:, few].contiguous(), x[:, few].contiguous(),
-                                                  None if scale is None else scale[few].contiguous())
-            first = fft_conv.complex_bmm(spectra, x, row_scale=scale)
+            want = fft_conv.complex_bmm_reference(spectra[:, few].contiguous(), x[:, few].contiguous())
+            first = fft_conv.complex_bmm(spectra, x)
             err = rel_err(first[:, few], want)
             if err > 1e-4:
                 sys.exit(f"gpu_complex_bmm.py: {name} batch {batch}: the heuristic is {err:.2e} from torch")
             del want
-            flop, spectra_bytes = 8 * f * cout * n * cin, 2 * spectra.element_size() * f * cout * cin
+            flop, spectra_bytes = 8 * f * cout * n * cin, 4 * f * cout * cin
             base = None
-            for meta in candidates(n, spectra.element_size()):
+            for meta in candidates(n):
                 try:
-                    got = fft_conv.complex_bmm(spectra, x, meta, scale)
+                    got = fft_conv.complex_bmm(spectra, x, meta)
                 except Exception as e:  # too many registers or too much shared memory on this GPU / Triton
                     print(f"{name} b{batch} {meta}: did not run ({type(e).__name__})", flush=True)
                     continue
                 diff = rel_err(got, first)
-                ms = median_ms(lambda: fft_conv.complex_bmm(spectra, x, meta, scale))
+                ms = median_ms(lambda: fft_conv.complex_bmm(spectra, x, meta))
                 base = base or ms
-                tiling = ("int8 " if args.int8 else "") + f"{meta['BLOCK_M']}x{meta['BLOCK_N']}x{meta['BLOCK_K']} w{meta['num_warps']} " \
+                tiling = f"{meta['BLOCK_M']}x{meta['BLOCK_N']}x{meta['BLOCK_K']} w{meta['num_warps']} " \
                          f"s{meta['num_stages']}"
                 rows.append([batch, name, f"F {f}: {cout}x{cin} @ {cin}x{n}", tiling, f"{ms:.3f}",
                              f"{base / ms:.2f}x", f"{flop / ms / 1e9:.0f}", f"{spectra_bytes / ms / 1e6:.0f}",
@@ -114,7 +106,7 @@ def main():
                 print(rows[-1], flush=True)
                 csv_rows.append([stamp, gpu, commit, batch, name, tiling, round(ms, 4)])
                 del got
-            del spectra, scale, x, first
+            del spectra, x, first
             torch.cuda.empty_cache()
     print_table(f"complex_bmm alone (the first row of each conv: the heuristic); HBM {hbm} TB/s",
                 ["batch", "conv", "GEMM", "tiling (M x N x K, warps, stages)", "ms", "vs heuristic", "TFLOP/s",

@@ -7,10 +7,9 @@ the FFT conv's relative distance from the fp32 conv's (cuDNN, no TF32); and wher
 (torch.profiler, GPU time per kernel group over 5 calls: gather, cuFFT, the two transposes, the complex GEMM,
 scatter).
 ``--longest 40``: also the tile of FFTs up to 40 (``Paths.fft_long_tiles`` off), its time (row "fft40") and error.
-``--int8``: also the decoder's tile on int8 spectra (``Paths.fft_int8_spectra``), its time (row "fft_int8") and error.
 At batch 1, where the decoder's tile is batch 1's own (``Paths.fft_batch1_tiles``), also the shared tile of batches 8
 and 1 (row "fft_shared").
-Run: python benchmarks/gpu_fft_conv.py [--batches 8,1] [--only L0.1w,L7.ch] [--longest 40] [--int8] [--csv ...]
+Run: python benchmarks/gpu_fft_conv.py [--batches 8,1] [--only L0.1w,L7.ch] [--longest 40] [--csv ...]
 """
 import argparse
 import collections
@@ -59,7 +58,6 @@ def main():
     ap.add_argument("--only", default="", help="comma list of convs (L0.1w, ...); default: layers 0 and 7")
     ap.add_argument("--longest", default="", help="comma list of other FFT caps (e.g. 40) timed beside the decoder's "
                     "tile (decoder_plane.fft_tile): rows 'fftN'")
-    ap.add_argument("--int8", action="store_true", help="also the decoder's tile on int8 spectra: row 'fft_int8'")
     ap.add_argument("--csv", default=str(Path(__file__).parent / "results" / "fft_conv.csv"))
     args = ap.parse_args()
     torch.manual_seed(0)
@@ -92,19 +90,19 @@ def main():
             torch.backends.cudnn.allow_tf32 = False
             exact = torch.nn.functional.conv2d(plane.interior.permute(0, 3, 1, 2).float(), w, padding="same")
             errors = [rel_err(out_direct, exact), rel_err(out_fft, exact)]
-            others = [(f"fft{v}", fft_conv.tile_shape(cin, cout, p, q, KS, longest=int(v)), False)
-                      for v in args.longest.split(",") if v] + ([("fft_int8", shape, True)] if args.int8 else [])
+            others = [(f"fft{v}", fft_conv.tile_shape(cin, cout, p, q, KS, longest=int(v)))
+                      for v in args.longest.split(",") if v]
             shared = fft_conv.tile_shape(cin, cout, p, q, KS)
-            others += [("fft_shared", shared, False)] if shared != shape else []
-            for label, other_shape, int8 in others:  # other tiles or spectra: time and error
-                other_spectra = fft_conv.weight_spectra(w, other_shape[1], other_shape[3], int8=int8)
+            others += [("fft_shared", shared)] if shared != shape else []
+            for label, other_shape in others:  # other tiles: time and error
+                other_spectra = fft_conv.weight_spectra(w, other_shape[1], other_shape[3])
                 other_out = torch.empty_like(out_fft)
 
                 def other():
                     fft_conv.conv2d_plane_fft(plane, other_spectra, KS, other_shape, other_out)
                 times[label] = median_ms(other)
                 print(f"{name} b{batch}: {label}: tile {other_shape}, {times[label]:.3f} ms, "
-                      f"{100 * rel_err(other_out, exact):.3f}% from fp32 (the decoder's {shape} in bf16: "
+                      f"{100 * rel_err(other_out, exact):.3f}% from fp32 (the decoder's {shape}: "
                       f"{times['fft']:.3f} ms, {100 * errors[1]:.3f}%)", flush=True)
                 del other_spectra, other_out
             del exact

@@ -44,7 +44,7 @@ def main():
                          "every N K terms), ends (precision fp8), bf16layerN[+M] (those decoder layers in bf16), "
                          "bf16convL.CONV[+...] (those convs in bf16), fft / fftall (bf16 convs by FFT where the model "
                          "says faster / all of them), fft8 (e4m3 convs by FFT where the model says faster), fft40 (FFT "
-                         "lengths up to 40, not 64), i8 (FFT weight spectra in int8), "
+                         "lengths up to 40, not 64), "
                          "or several joined by '_' (acc0_bf16layer1)")
     ap.add_argument("--csv", default=str(Path(__file__).parent / "results" / "generate.csv"))
     ap.add_argument("--vary", default="", help="comma list of Paths switches, each run off and on")

@@ -141,9 +141,9 @@ def _layer_plane(layer: HyperConvLayer, x: torch.Tensor, residual: bool, saved: 
             hyperconv.conv2d_plane(buf, w, k, dest_view, bias, mode, *others, w_layout=1, col_scale=col_scale,
                                    out_scale=out_scale, acc_terms=paths.current().fp8_acc_terms)
         elif not train and (module in by_fft or fft_chosen(buf.buf.dtype, conv_shape)):
-            shape, int8 = fft_tile(conv_shape, B), paths.current().fft_int8_spectra
-            spectra = cached(module, ("fft", transposed, shape, int8), module.weight, cdtype,
-                             lambda: fft_conv.weight_spectra(module.weight, shape[1], shape[3], transposed, int8))
+            shape = fft_tile(conv_shape, B)
+            spectra = cached(module, ("fft", transposed, shape), module.weight, cdtype,
+                             lambda: fft_conv.weight_spectra(module.weight, shape[1], shape[3], transposed))
             fft_conv.conv2d_plane_fft(buf, spectra, k, shape, dest_view, bias, mode, *others, out_scale=out_scale)
         elif not train and mode == 0 and bias is None and out_scale is None and \
                 thin_conv.usable(module.in_channels, module.out_channels, cdtype, x.device):

@@ -65,11 +65,6 @@ class Paths:
     # 1 together; the weights' spectra are kept per tile, so a generator run at batch 1 and at larger batches keeps
     # both (the paper decoder's L7.ch: 5.07 GB beside 8.87, fewer frequencies for the GEMM to stream)
     fft_batch1_tiles: bool = True
-    # FFT convs: the weights' spectra kept in int8 (fft_conv.Int8Spectra, scaled per input channel and per frequency
-    # and output channel), half the bytes the complex GEMM streams, which bound it at batch 1 (the paper decoder's
-    # L7.ch reads 8.87 GB of bf16 spectra a call). On random weights the conv is ~0.6% from exact against bf16
-    # spectra's ~0.2%; off until its held-out NLL is measured (fp8 path part "i8")
-    fft_int8_spectra: bool = False
     # set by decoder.layer_precision for the layer it wraps: that layer's convs named in fp8_bf16_convs
     fp8_layer_bf16_convs: tuple = ()
 

@@ -7,9 +7,6 @@ operands, fp32 sums): nh x (nw / 2 + 1) / (th x tw) complex multiply-adds per ou
 (9 x 9, 16 x 16 tiles: 16x fewer FLOPs). The inverse transform's first th x tw positions of each tile are the
 conv's outputs (the rest wrap around); they go through the shared fused epilogue (bias, path merge, residual, an
 e4m3 store) into any strided ``out``, as ``conv2d_plane``'s do. Its rounding is bf16's: both spectra in bf16.
-``Int8Spectra`` (``weight_spectra(..., int8=True)``) halves the bytes the GEMM streams, which bound it at batch 1: the
-weights' spectra in int8, scaled per input channel (folded into the gathered tiles) and per frequency and output
-channel (applied to the GEMM's sums); int8 products with bf16 are exact, the rounding is the int8 grid's.
 
 Pieces: ``tile_shape`` (the tile a conv's shape gets, by a cost model), ``weight_spectra`` (once per weight),
 ``conv2d_plane_fft`` (the conv on a ``PaddedPlane``), four kernels: gather the tiles ([C, tiles, nh, nw]: cuFFT
@@ -21,7 +18,6 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import NamedTuple
 
 import torch
 import triton
@@ -82,62 +78,37 @@ def faster(cin, cout, p, q, ks, direct_flops=DIRECT_FLOPS, longest=LONG_FFT) -> 
     return cost(cin, cout, p, q, ks, *tile_shape(cin, cout, p, q, ks, longest=longest)) < direct
 
 
-class Int8Spectra(NamedTuple):
-    """Weight spectra in int8: spectrum[part, f, o, i] = values[part, f, o, i] x row_scale[f, o] x col_scale[i]."""
-    values: torch.Tensor  # [2, F, C_out, C_in] int8
-    row_scale: torch.Tensor  # [F, C_out] fp32: each row's largest part / 127
-    col_scale: torch.Tensor  # [C_in] fp32: each input channel's rms weight (input channels of unlike size share rows)
-
-    @property
-    def shape(self):
-        return self.values.shape
-
-    def dequantized(self) -> torch.Tensor:
-        """[2, F, C_out, C_in] fp32: the spectra these values stand for."""
-        return self.values.float() * self.row_scale[None, :, :, None] * self.col_scale
-
-
-def weight_spectra(weight: torch.Tensor, nh: int, nw: int, transpose: bool = False, int8: bool = False):
+def weight_spectra(weight: torch.Tensor, nh: int, nw: int, transpose: bool = False) -> torch.Tensor:
     """[2 (real, imaginary), nh * (nw / 2 + 1), C_out, C_in] bf16: the conjugate spectrum of each weight (a
-    correlation, not a convolution). ``transpose``: the plane's rows run along the weight's last axis. ``int8``: an
-    ``Int8Spectra`` in place of the bf16 tensor."""
+    correlation, not a convolution). ``transpose``: the plane's rows run along the weight's last axis."""
     cout, cin = weight.shape[:2]
-    out = torch.empty(2, nh * (nw // 2 + 1), cout, cin, device=weight.device, dtype=torch.int8 if int8 else
-                      torch.bfloat16)
-    col_scale = weight.detach().float().pow(2).mean(dim=(0, 2, 3)).sqrt().clamp_min(1e-30) if int8 else None
-    row_scale = torch.empty(out.shape[1], cout, device=weight.device) if int8 else None
+    out = torch.empty(2, nh * (nw // 2 + 1), cout, cin, device=weight.device, dtype=torch.bfloat16)
     step = max(1, 2 ** 27 // (cin * nh * nw))  # output channels a chunk: the fp32 transform of all would take GBs
     for o in range(0, cout, step):
         w = weight[o:o + step].detach().float()
-        w = w / col_scale[:, None, None] if int8 else w
         spec = torch.fft.rfft2(w.transpose(2, 3) if transpose else w, s=(nh, nw)).conj()  # [c, C_in, nh, nw / 2 + 1]
-        parts = torch.view_as_real(spec.permute(2, 3, 0, 1).reshape(-1, w.shape[0], cin).resolve_conj()).movedim(-1, 0)
-        if int8:
-            scale = parts.abs().amax(dim=(0, 3)).clamp_min(1e-30) / 127  # [F, c]
-            row_scale[:, o:o + step] = scale
-            parts = torch.round(parts / scale[None, :, :, None])
-        out[:, :, o:o + step] = parts
-    return Int8Spectra(out, row_scale, col_scale) if int8 else out
+        spec = spec.permute(2, 3, 0, 1).reshape(-1, w.shape[0], cin)
+        out[0, :, o:o + step] = spec.real
+        out[1, :, o:o + step] = spec.imag
+    return out
 
 
 def conv2d_plane_fft(x: PaddedPlane, spectra: torch.Tensor, ks, shape, out, bias=None, mode=0, other=None, extra=None,
                      out_scale=None):
     """``conv2d_plane``'s conv by FFT: ``x``'s interior [B, P, Q, C] convolved ('same', ``ks`` x ``ks``) into ``out``
     [B, C_out, P, Q] (any strides) with ``spectra`` = ``weight_spectra`` of the tile ``shape`` = (th, nh, tw, nw)
-    (``tile_shape``), bf16 or ``Int8Spectra``. Epilogue MODE, ``bias``, ``other``, ``extra``, ``out_scale`` (an e4m3
-    ``out``): as ``conv2d_plane``."""
+    (``tile_shape``). Epilogue MODE, ``bias``, ``other``, ``extra``, ``out_scale`` (an e4m3 ``out``): as
+    ``conv2d_plane``."""
     B, P, Q, C = x.shape
     th, nh, tw, nw = shape
     if nh < th + ks - 1 or nw < tw + ks - 1:
         raise ValueError(f"conv2d_plane_fft: FFT lengths {nh}x{nw} are too short for {th}x{tw} tiles of a {ks}x{ks} "
                          "conv")
     freqs, cout = nh * (nw // 2 + 1), out.shape[1]
-    int8 = isinstance(spectra, Int8Spectra)
-    values = spectra.values if int8 else spectra
-    if tuple(values.shape) != (2, freqs, cout, C) or values.dtype != (torch.int8 if int8 else torch.bfloat16):
+    if tuple(spectra.shape) != (2, freqs, cout, C) or spectra.dtype != torch.bfloat16:
         raise ValueError(f"conv2d_plane_fft: tiles {th}x{tw} (FFT {nh}x{nw}) from {C} to {cout} channels need "
-                         f"[2, {freqs}, {cout}, {C}] bf16 spectra or Int8Spectra (weight_spectra), got "
-                         f"{list(values.shape)} {values.dtype}")
+                         f"[2, {freqs}, {cout}, {C}] bf16 spectra (weight_spectra), got {list(spectra.shape)} "
+                         f"{spectra.dtype}")
     if tuple(out.shape) != (B, cout, P, Q):
         raise ValueError(f"conv2d_plane_fft: out must be [{B}, {cout}, {P}, {Q}], got {list(out.shape)}")
     if (out.dtype == torch.float8_e4m3fn) != (out_scale is not None):
@@ -148,15 +119,14 @@ def conv2d_plane_fft(x: PaddedPlane, spectra: torch.Tensor, ks, shape, out, bias
     # every intermediate keeps what the next step reads innermost: each tile's positions for cuFFT (transforms over
     # the last two axes), the tiles for the GEMM (one [C, tiles] matrix per frequency), then back
     tiles = torch.empty(C, n, nh, nw, device=dev, dtype=torch.float32)
-    _gather_tiles_kernel[(n, triton.cdiv(C, 32))](interior, tiles, spectra.col_scale if int8 else tiles, C, n, P, Q,
-                                                  tp, tq, th, tw, nh, nw, ks // 2, *interior.stride(), SCALED=int8,
-                                                  BLOCK_C=32, BLOCK_W=triton.next_power_of_2(nw))
+    _gather_tiles_kernel[(n, triton.cdiv(C, 32))](interior, tiles, C, n, P, Q, tp, tq, th, tw, nh, nw, ks // 2,
+                                                  *interior.stride(), BLOCK_C=32, BLOCK_W=triton.next_power_of_2(nw))
     spec = torch.fft.rfft2(tiles)  # [C, n, nh, nw / 2 + 1] complex64
     del tiles
     spec_x = torch.empty(2, freqs, C, n, device=dev, dtype=torch.bfloat16)
     _transpose(torch.view_as_real(spec).view(C * n, freqs, 2), spec_x.view(2, freqs, C * n), to_planes=True)
     del spec
-    spec_y = complex_bmm(values, spec_x, row_scale=spectra.row_scale if int8 else None)  # [2, F, C_out, n] fp32
+    spec_y = complex_bmm(spectra, spec_x)  # [2, F, C_out, n] fp32
     del spec_x
     spec = torch.empty(cout, n, nh, nw // 2 + 1, device=dev, dtype=torch.complex64)
     _transpose(torch.view_as_real(spec).view(cout * n, freqs, 2), spec_y.view(2, freqs, cout * n), to_planes=False)
@@ -180,28 +150,20 @@ def _transpose(pairs: torch.Tensor, planes: torch.Tensor, to_planes: bool):
     _transpose_kernel[grid](pairs, planes, R, F, TO_PLANES=to_planes, BLOCK_R=64, BLOCK_F=32)
 
 
-def complex_bmm(spectra: torch.Tensor, spec_x: torch.Tensor, meta: dict | None = None,
-                row_scale: torch.Tensor | None = None) -> torch.Tensor:
+def complex_bmm(spectra: torch.Tensor, spec_x: torch.Tensor, meta: dict | None = None) -> torch.Tensor:
     """Per frequency f: Y[f] = W[f] @ X[f] for ``spectra`` [2, F, M, K] and ``spec_x`` [2, F, K, N], both bf16 (real
     and imaginary parts, contiguous), products summed in fp32. Returns Y [2, F, M, N] fp32. ``meta``: a tiling
-    (``complex_bmm_meta``'s keys) in place of that heuristic (benchmarks/gpu_complex_bmm.py times others). int8
-    ``spectra`` take ``row_scale`` [F, M] fp32: W[f] = spectra[:, f] x row_scale[f][:, None]."""
+    (``complex_bmm_meta``'s keys) in place of that heuristic (benchmarks/gpu_complex_bmm.py times others)."""
     _, F, M, K = spectra.shape
     N = spec_x.shape[-1]
-    int8 = spectra.dtype == torch.int8
-    if spectra.dtype not in (torch.bfloat16, torch.int8) or spec_x.dtype != torch.bfloat16 or \
-            tuple(spec_x.shape) != (2, F, K, N):
-        raise ValueError(f"complex_bmm: want bf16 or int8 [2, F, M, K] and bf16 [2, F, K, N], got {spectra.dtype} "
+    if spectra.dtype != torch.bfloat16 or spec_x.dtype != torch.bfloat16 or tuple(spec_x.shape) != (2, F, K, N):
+        raise ValueError(f"complex_bmm: want bf16 [2, F, M, K] and [2, F, K, N], got {spectra.dtype} "
                          f"{list(spectra.shape)} and {spec_x.dtype} {list(spec_x.shape)}")
-    if int8 != (row_scale is not None) or (int8 and (tuple(row_scale.shape) != (F, M) or
-                                                     row_scale.dtype != torch.float32)):
-        raise ValueError(f"complex_bmm: int8 spectra take an fp32 row_scale [{F}, {M}], bf16 spectra none")
     spectra, spec_x = spectra.contiguous(), spec_x.contiguous()
     y = torch.empty(2, F, M, N, device=spec_x.device, dtype=torch.float32)
     meta = meta or complex_bmm_meta(N)
     grid = (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]), F)
-    _complex_bmm_kernel[grid](spectra, spec_x, y, row_scale.contiguous() if int8 else y, M, N, K, F, IEEE=interpreted(),
-                              W_INT8=int8, **meta)
+    _complex_bmm_kernel[grid](spectra, spec_x, y, M, N, K, F, IEEE=interpreted(), **meta)
     return y
 
 
@@ -215,20 +177,18 @@ def complex_bmm_meta(N: int) -> dict:
     return {"BLOCK_M": 128, "BLOCK_N": bn, "BLOCK_K": 64, "num_warps": 8, "num_stages": 3}
 
 
-def complex_bmm_reference(spectra: torch.Tensor, spec_x: torch.Tensor,
-                          row_scale: torch.Tensor | None = None) -> torch.Tensor:
+def complex_bmm_reference(spectra: torch.Tensor, spec_x: torch.Tensor) -> torch.Tensor:
     """``complex_bmm`` in complex64 torch."""
-    spectra = spectra.float() if row_scale is None else spectra.float() * row_scale[None, :, :, None]
-    w = torch.complex(spectra[0], spectra[1])
+    w = torch.complex(spectra[0].float(), spectra[1].float())
     y = w @ torch.complex(spec_x[0].float(), spec_x[1].float())
     return torch.stack([y.real, y.imag])
 
 
 @triton.jit
-def _gather_tiles_kernel(x_ptr, t_ptr, scale_ptr, C, N, P, Q, TP, TQ, TH, TW, NH, NW, R, sxb, sxp, sxq, sxc,
-                         SCALED: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_W: tl.constexpr):
-    """tiles[c, t, i, j] (fp32) = x[b, a * TH + i - R, s * TW + j - R, c] (x scale[c] where SCALED) for tile t =
-    (b, a, s), zero off the plane: one program per tile and block of channels, a row i at a time."""
+def _gather_tiles_kernel(x_ptr, t_ptr, C, N, P, Q, TP, TQ, TH, TW, NH, NW, R, sxb, sxp, sxq, sxc,
+                         BLOCK_C: tl.constexpr, BLOCK_W: tl.constexpr):
+    """tiles[c, t, i, j] (fp32) = x[b, a * TH + i - R, s * TW + j - R, c] for tile t = (b, a, s), zero off the plane:
+    one program per tile and block of channels, a row i at a time."""
     t = tl.program_id(0)
     ch = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     j = tl.arange(0, BLOCK_W)
@@ -237,15 +197,11 @@ def _gather_tiles_kernel(x_ptr, t_ptr, scale_ptr, C, N, P, Q, TP, TQ, TH, TW, NH
     col_ok = (j < NW) & (q >= 0) & (q < Q)
     src = x_ptr + b.to(tl.int64) * sxb + q[:, None] * sxq + ch[None, :] * sxc
     dst = t_ptr + (ch.to(tl.int64)[None, :] * N + t) * NH * NW + j[:, None]
-    if SCALED:
-        scale = tl.load(scale_ptr + ch, mask=ch < C, other=0.0)
     for i in range(NH):
         p = a * TH + i - R + 0 * j  # a vector: the interpreter takes no scalar in a mask
         row_ok = col_ok & (p >= 0) & (p < P)
-        v = tl.load(src + p[:, None] * sxp, mask=row_ok[:, None] & (ch < C)[None, :], other=0.0).to(tl.float32)
-        if SCALED:
-            v = v * scale[None, :]
-        tl.store(dst + i * NW, v, mask=(j < NW)[:, None] & (ch < C)[None, :])
+        v = tl.load(src + p[:, None] * sxp, mask=row_ok[:, None] & (ch < C)[None, :], other=0.0)
+        tl.store(dst + i * NW, v.to(tl.float32), mask=(j < NW)[:, None] & (ch < C)[None, :])
 
 
 @triton.jit
@@ -272,11 +228,10 @@ def _transpose_kernel(pairs_ptr, planes_ptr, R, F, TO_PLANES: tl.constexpr, BLOC
 
 
 @triton.jit
-def _complex_bmm_kernel(w_ptr, x_ptr, y_ptr, scale_ptr, M, N, K, F, W_INT8: tl.constexpr,
+def _complex_bmm_kernel(w_ptr, x_ptr, y_ptr, M, N, K, F,
                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, IEEE: tl.constexpr):
     """One [BLOCK_M, BLOCK_N] tile of Y[f] = W[f] X[f], each operand's real and imaginary parts apart ([2, F, ...]):
-    real part Wr Xr - Wi Xi, imaginary Wr Xi + Wi Xr, each product a bf16 MMA summed in fp32. W_INT8: W's int8
-    values widened to bf16 (exactly) in registers, each row's sums times scale[f, m]."""
+    real part Wr Xr - Wi Xi, imaginary Wr Xi + Wi Xr, each product a bf16 MMA summed in fp32."""
     f = tl.program_id(1)
     tiles_n = tl.cdiv(N, BLOCK_N)
     m = tl.program_id(0) // tiles_n * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -291,10 +246,8 @@ def _complex_bmm_kernel(w_ptr, x_ptr, y_ptr, scale_ptr, M, N, K, F, W_INT8: tl.c
         k = k0 + tl.arange(0, BLOCK_K)
         w_ok = (m < M)[:, None] & (k < K)[None, :]
         x_ok = (k < K)[:, None] & (n < N)[None, :]
-        wr = tl.load(w_row + k[None, :], mask=w_ok, other=0)
-        wi = tl.load(w_row + w_part + k[None, :], mask=w_ok, other=0)
-        if W_INT8:  # widened to fp32 under the interpreter, whose int8 -> bf16 cast is wrong (triton 3.9)
-            wr, wi = wr.to(tl.float32 if IEEE else tl.bfloat16), wi.to(tl.float32 if IEEE else tl.bfloat16)
+        wr = tl.load(w_row + k[None, :], mask=w_ok, other=0.0)
+        wi = tl.load(w_row + w_part + k[None, :], mask=w_ok, other=0.0)
         xr = tl.load(x_col + k[:, None] * N, mask=x_ok, other=0.0)
         xi = tl.load(x_col + x_part + k[:, None] * N, mask=x_ok, other=0.0)
         acc_r = mma(acc_r, wr, xr, IEEE)
@@ -303,11 +256,7 @@ def _complex_bmm_kernel(w_ptr, x_ptr, y_ptr, scale_ptr, M, N, K, F, W_INT8: tl.c
         acc_i = mma(acc_i, wi, xr, IEEE)
     y_at = y_ptr + (f.to(tl.int64) * M + m[:, None]) * N + n[None, :]
     ok = (m < M)[:, None] & (n < N)[None, :]
-    acc_r = acc_r - acc_ii
-    if W_INT8:
-        scale = tl.load(scale_ptr + f.to(tl.int64) * M + m, mask=m < M, other=0.0)[:, None]
-        acc_r, acc_i = acc_r * scale, acc_i * scale
-    tl.store(y_at, acc_r, mask=ok)
+    tl.store(y_at, acc_r - acc_ii, mask=ok)
     tl.store(y_at + F.to(tl.int64) * M * N, acc_i, mask=ok)
 
 

@@ -53,65 +53,6 @@ def test_fft_conv_is_the_same_conv(B, C, COUT, P, Q, ks, transpose, longest):
     assert rel(out, F.conv2d(x.bfloat16().double(), other_way.double(), bias.double(), padding="same")) > 10 * BF16_CONV
 
 
-# int8 spectra: each value within half a step of its row's largest / 127, an rms of ~1/440 of it; a row's largest
-# is 2-4x its rms: 0.5-0.9% of a conv's output, bounded here with room
-INT8_CONV = 2e-2
-
-
-@pytest.mark.parametrize("B,C,COUT,P,Q,ks,transpose", [
-    (2, 13, 21, 11, 37, 9, False),
-    (1, 40, 17, 30, 9, 9, True),
-])
-def test_fft_conv_with_int8_spectra_is_the_same_conv(B, C, COUT, P, Q, ks, transpose):
-    """Input channels of unlike size (a spread of e^2 either way), which one scale a row would round away."""
-    from dnd_fast.kernels import fft_conv
-
-    reseed()
-    x = torch.randn(B, C, P, Q, device=DEVICE)
-    w = torch.randn(COUT, C, ks, ks, device=DEVICE) / (C * ks) * torch.exp(2 * torch.randn(1, C, 1, 1, device=DEVICE))
-    shape = fft_conv.tile_shape(C, COUT, P, Q, ks, longest=24)
-    spectra = fft_conv.weight_spectra(w, shape[1], shape[3], transpose, int8=True)
-    assert isinstance(spectra, fft_conv.Int8Spectra) and spectra.values.dtype == torch.int8
-    out = torch.empty(B, P, Q, COUT, device=DEVICE).permute(0, 3, 1, 2)
-    fft_conv.conv2d_plane_fft(plane_of(x, ks), spectra, ks, shape, out)
-    taps = w.transpose(2, 3) if transpose else w
-    exact = F.conv2d(x.bfloat16().double(), taps.double(), padding="same")
-    assert rel(out, exact) < INT8_CONV
-    other_way = w if transpose else w.transpose(2, 3)
-    assert rel(out, F.conv2d(x.bfloat16().double(), other_way.double(), padding="same")) > 5 * INT8_CONV
-
-
-def test_int8_spectra_round_each_value_to_its_grid():
-    """Each value within half a step (row scale x column scale) of the exact spectrum, the rows' largest on +-127."""
-    from dnd_fast.kernels import fft_conv
-
-    reseed()
-    w = torch.randn(7, 5, 3, 3, device=DEVICE) * torch.exp(torch.randn(1, 5, 1, 1, device=DEVICE))
-    q = fft_conv.weight_spectra(w, 8, 10, int8=True)
-    exact = torch.view_as_real(torch.fft.rfft2(w.double(), s=(8, 10)).conj().permute(2, 3, 0, 1).reshape(-1, 7, 5)
-                               .resolve_conj())
-    exact = exact.movedim(-1, 0)
-    step = q.row_scale.double()[None, :, :, None] * q.col_scale.double()
-    assert ((q.dequantized().double() - exact).abs() <= 0.5 * step * (1 + 1e-5) + 1e-12).all()
-    assert (q.values.abs().amax(dim=(0, 3)) == 127).all()
-
-
-def test_complex_bmm_with_int8_spectra_matches_torch():
-    """int8 x bf16 products are exact: the kernel's sums match torch's on the dequantized spectra in fp32."""
-    from dnd_fast.kernels import fft_conv
-
-    reseed()
-    F_, M, K, N = 4, 37, 70, 19
-    values = torch.randint(-127, 128, (2, F_, M, K), device=DEVICE, dtype=torch.int8)
-    scale = torch.rand(F_, M, device=DEVICE) + 0.5
-    x = torch.randn(2, F_, K, N, device=DEVICE).bfloat16()
-    got = fft_conv.complex_bmm(values, x, row_scale=scale)
-    assert rel(got, fft_conv.complex_bmm_reference(values, x, scale)) < 1e-5
-    assert rel(got, fft_conv.complex_bmm_reference(values, x)) > 0.1  # the scales matter
-    with pytest.raises(ValueError, match="row_scale"):
-        fft_conv.complex_bmm(values, x)
-
-
 @pytest.mark.parametrize("mode", [1, 2])
 def test_fft_conv_epilogues_merge_and_add(mode):
     """MODE 1 (tanh merge with ``other`` and ``extra``) and 2 (residual), strided ``other``, as conv2d_plane's."""
@@ -236,10 +177,7 @@ def fft_calls(monkeypatch):
 
 def test_decoder_with_fft_convs_matches_the_reference(fft_calls):
     """``Paths.fft_convs`` with ``fft_everywhere`` (these convs are small: the model keeps them direct): every bf16
-    inference conv by FFT gives the reference decoder's output within bf16's error, with and without a residual;
-    with ``fft_int8_spectra`` within int8's, apart from bf16's output, each weight's spectra kept in both forms."""
-    from dnd_fast.kernels import fft_conv
-
+    inference conv by FFT gives the reference decoder's output within bf16's error, with and without a residual."""
     reseed()
     cfg = SMALL_DECODER
     dec = HyperConvDecoder(cfg).to(DEVICE)
@@ -255,16 +193,11 @@ def test_decoder_with_fft_convs_matches_the_reference(fft_calls):
         assert not fft_calls  # fp32 planes keep their precision: the FFT's products are bf16
         with torch.autocast(DEVICE, dtype=torch.bfloat16), paths.use(fft_convs=True, fft_everywhere=True):
             out = dec(x, backend="triton")
-            assert len(fft_calls) == 10  # five convs a layer
-            with paths.use(fft_int8_spectra=True):
-                int8 = dec(x, backend="triton")
+    assert len(fft_calls) == 10  # five convs a layer
     assert rel(out, exact) < 2e-2
-    assert rel(int8, exact) < 3 * INT8_CONV and not torch.equal(int8, out)
-    kept = [type(v[1]) for m in dec.modules() for k, v in m.__dict__.get("_dnd_packed", {}).items() if k[0] == "fft"]
-    assert kept.count(fft_conv.Int8Spectra) == 10 and kept.count(torch.Tensor) == 10
     with torch.no_grad(), torch.autocast(DEVICE, dtype=torch.bfloat16):
         direct = dec(x, backend="triton")
-    assert len(fft_calls) == 20 and rel(out, direct) < 2e-2
+    assert len(fft_calls) == 10 and rel(out, direct) < 2e-2
 
 
 def test_fp8_convs_go_by_fft_over_e4m3(fft_calls):
