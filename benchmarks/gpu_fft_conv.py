@@ -24,6 +24,7 @@ import common  # noqa: E402
 from common import append_csv, device_name, median_ms, print_table, rel_err  # noqa: E402
 from gpu_fp8_convs import conv_call  # noqa: E402
 
+from dnd_fast import paths  # noqa: E402
 from dnd_fast.decoder_config import DecoderConfig  # noqa: E402
 from dnd_fast.decoder_plane import conv_planes, fft_tile  # noqa: E402
 from dnd_fast.kernels import fft_conv, hyperconv  # noqa: E402
@@ -92,7 +93,8 @@ def main():
             errors = [rel_err(out_direct, exact), rel_err(out_fft, exact)]
             others = [(f"fft{v}", fft_conv.tile_shape(cin, cout, p, q, KS, longest=int(v)))
                       for v in args.longest.split(",") if v]
-            shared = fft_conv.tile_shape(cin, cout, p, q, KS)
+            with paths.use(fft_batch1_tiles=False):  # the decoder's tile shared by every batch (its FFT cap too)
+                shared = fft_tile((cin, cout, p, q, KS), batch)
             others += [("fft_shared", shared)] if shared != shape else []
             for label, other_shape in others:  # other tiles: time and error
                 other_spectra = fft_conv.weight_spectra(w, other_shape[1], other_shape[3])

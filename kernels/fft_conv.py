@@ -65,8 +65,8 @@ def cost(cin, cout, p, q, ks, th, nh, tw, nw, batch=8):
 @functools.lru_cache(maxsize=None)  # asked for every conv of every decoder call: the model's search runs once a shape
 def tile_shape(cin, cout, p, q, ks, longest=LONG_FFT, batches=(8, 1)):
     """(th, nh, tw, nw): the output tile and FFT lengths the model finds fastest over ``batches`` together (the
-    spectra are kept per weight and tile, so one tile serves every batch; at batch 1 their read can dominate, and
-    ``batches=(1,)`` gives that batch its own)."""
+    spectra are kept per weight and tile, so one tile serves every batch in ``batches``; at batch 1 their read can
+    dominate, and ``batches=(1,)`` gives that batch its own)."""
     return min(((th, nh, tw, nw) for th, nh in _side(p, ks, longest) for tw, nw in _side(q, ks, longest)),
                key=lambda s: sum(cost(cin, cout, p, q, ks, *s, batch=b) for b in batches))
 
