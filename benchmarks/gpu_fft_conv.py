@@ -8,7 +8,9 @@ the FFT conv's relative distance from the fp32 conv's (cuDNN, no TF32); and wher
 scatter).
 ``--longest 40``: also the tile of FFTs up to 40 (``Paths.fft_long_tiles`` off), its time (row "fft40") and error.
 At batch 1, where the decoder's tile is batch 1's own (``Paths.fft_batch1_tiles``), also the shared tile of batches 8
-and 1 (row "fft_shared").
+and 1 (row "fft_shared"); where a tile over a whole axis takes the shorter FFT (``Paths.fft_whole_axis_tiles``), the
+tile without (row "fft_unwrapped_axis"); and the decoder's tile with the GEMM's planes interleaved by a transpose pass
+(``Paths.fft_gemm_pairs`` off, row "fft_planar").
 Run: python benchmarks/gpu_fft_conv.py [--batches 8,1] [--only L0.1w,L7.ch] [--longest 40] [--csv ...]
 """
 import argparse
@@ -91,17 +93,19 @@ def main():
             torch.backends.cudnn.allow_tf32 = False
             exact = torch.nn.functional.conv2d(plane.interior.permute(0, 3, 1, 2).float(), w, padding="same")
             errors = [rel_err(out_direct, exact), rel_err(out_fft, exact)]
-            others = [(f"fft{v}", fft_conv.tile_shape(cin, cout, p, q, KS, longest=int(v)))
+            others = [(f"fft{v}", fft_conv.tile_shape(cin, cout, p, q, KS, longest=int(v)), True)
                       for v in args.longest.split(",") if v]
-            with paths.use(fft_batch1_tiles=False):  # the decoder's tile shared by every batch (its FFT cap too)
-                shared = fft_tile((cin, cout, p, q, KS), batch)
-            others += [("fft_shared", shared)] if shared != shape else []
-            for label, other_shape in others:  # other tiles: time and error
+            for label, switch in (("fft_shared", "fft_batch1_tiles"), ("fft_unwrapped_axis", "fft_whole_axis_tiles")):
+                with paths.use(**{switch: False}):  # the decoder's tile with that switch off (its FFT cap too)
+                    off = fft_tile((cin, cout, p, q, KS), batch)
+                others += [(label, off, True)] if off != shape else []
+            others.append(("fft_planar", shape, False))
+            for label, other_shape, pairs in others:  # other tiles or GEMM stores: time and error
                 other_spectra = fft_conv.weight_spectra(w, other_shape[1], other_shape[3])
                 other_out = torch.empty_like(out_fft)
 
                 def other():
-                    fft_conv.conv2d_plane_fft(plane, other_spectra, KS, other_shape, other_out)
+                    fft_conv.conv2d_plane_fft(plane, other_spectra, KS, other_shape, other_out, gemm_pairs=pairs)
                 times[label] = median_ms(other)
                 print(f"{name} b{batch}: {label}: tile {other_shape}, {times[label]:.3f} ms, "
                       f"{100 * rel_err(other_out, exact):.3f}% from fp32 (the decoder's {shape}: "

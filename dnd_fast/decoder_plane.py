@@ -48,14 +48,17 @@ def fft_chosen(plane_dtype: torch.dtype, conv_shape, over_e4m3: bool = False) ->
     if not (chosen.fft_over_e4m3 if over_e4m3 else chosen.fft_convs) or plane_dtype != torch.bfloat16:
         return False
     rate = fft_conv.E4M3_FLOPS if over_e4m3 else fft_conv.DIRECT_FLOPS
-    return chosen.fft_everywhere or fft_conv.faster(*conv_shape, direct_flops=rate, longest=fft_longest())
+    return chosen.fft_everywhere or fft_conv.faster(*conv_shape, direct_flops=rate, **fft_model_options())
 
 
-def fft_longest() -> int:
-    """The longest FFT the tile model weighs on the current paths (``Paths.fft_long_tiles``)."""
+def fft_model_options() -> dict:
+    """The tile model's options on the current paths: the longest FFT it weighs (``Paths.fft_long_tiles``) and
+    whether a tile over a whole axis takes its shorter FFT (``Paths.fft_whole_axis_tiles``)."""
     from dnd_fast.kernels import fft_conv
 
-    return fft_conv.LONG_FFT if paths.current().fft_long_tiles else fft_conv.SHORT_FFT
+    chosen = paths.current()
+    return {"longest": fft_conv.LONG_FFT if chosen.fft_long_tiles else fft_conv.SHORT_FFT,
+            "whole_axis": chosen.fft_whole_axis_tiles}
 
 
 def fft_tile(conv_shape, batch: int) -> tuple:
@@ -64,7 +67,7 @@ def fft_tile(conv_shape, batch: int) -> tuple:
     from dnd_fast.kernels import fft_conv
 
     alone = batch == 1 and paths.current().fft_batch1_tiles
-    return fft_conv.tile_shape(*conv_shape, longest=fft_longest(), batches=(1,) if alone else (8, 1))
+    return fft_conv.tile_shape(*conv_shape, batches=(1,) if alone else (8, 1), **fft_model_options())
 
 
 def e4m3_convs_by_fft(layer: "HyperConvLayer", size: dict, cdtype: torch.dtype) -> tuple[str, ...]:
@@ -121,11 +124,20 @@ def _layer_plane(layer: HyperConvLayer, x: torch.Tensor, residual: bool, saved: 
     # the fp8 path's convs taken by FFT: their planes stay bf16 (Paths.fft_over_e4m3)
     by_fft = {conv_module(layer, reader) for reader in e4m3_convs_by_fft(layer, size, cdtype)} if fp8 else set()
 
+    def goes_by_fft(module, dtype, p_len, q_len) -> bool:
+        """Whether ``module``'s conv, reading a ``dtype`` plane of p_len x q_len, runs by FFT."""
+        return not train and dtype != hyperconv.FP8 and (
+            module in by_fft or fft_chosen(dtype, (module.in_channels, module.out_channels, p_len, q_len, k)))
+
     def plane(reader):
         """The input plane of conv ``reader`` (an attribute of ``hc``, or "conv"): e4m3 on the fp8 path unless kept
-        or taken by FFT."""
-        dtype = hyperconv.FP8 if fp8 and reader not in kept and conv_module(layer, reader) not in by_fft else cdtype
-        return _plane(B, size, k, dtype, x.device, *CONV_INPUTS[reader], store_axes.get(reader))
+        or taken by FFT; a conv by FFT reads only its interior, so its spare cells are left unzeroed."""
+        module = conv_module(layer, reader)
+        dtype = hyperconv.FP8 if fp8 and reader not in kept and module not in by_fft else cdtype
+        spatial, channel = CONV_INPUTS[reader]
+        p, q = plane_axes(size, spatial, k, store_axes.get(reader))
+        return _plane(B, size, k, dtype, x.device, spatial, channel, store_axes.get(reader),
+                      spare_read=not goes_by_fft(module, dtype, size[p], size[q]))
 
     def conv(module, src, out_channel, dest, dest_axes, bias=None, mode=0, other=None, extra=None, names=(None, None)):
         """``names``: the (input, output) planes' names among the fp8 scales (None: an output that is no plane)."""
@@ -140,11 +152,12 @@ def _layer_plane(layer: HyperConvLayer, x: torch.Tensor, residual: bool, saved: 
             w, col_scale = decoder_fp8.packed_weight(module, transposed, fp8, names[0])
             hyperconv.conv2d_plane(buf, w, k, dest_view, bias, mode, *others, w_layout=1, col_scale=col_scale,
                                    out_scale=out_scale, acc_terms=paths.current().fp8_acc_terms)
-        elif not train and (module in by_fft or fft_chosen(buf.buf.dtype, conv_shape)):
+        elif goes_by_fft(module, buf.buf.dtype, *conv_shape[2:4]):
             shape = fft_tile(conv_shape, B)
             spectra = cached(module, ("fft", transposed, shape), module.weight, cdtype,
                              lambda: fft_conv.weight_spectra(module.weight, shape[1], shape[3], transposed))
-            fft_conv.conv2d_plane_fft(buf, spectra, k, shape, dest_view, bias, mode, *others, out_scale=out_scale)
+            fft_conv.conv2d_plane_fft(buf, spectra, k, shape, dest_view, bias, mode, *others, out_scale=out_scale,
+                                      gemm_pairs=paths.current().fft_gemm_pairs)
         elif not train and mode == 0 and bias is None and out_scale is None and \
                 thin_conv.usable(module.in_channels, module.out_channels, cdtype, x.device):
             w = cached(module, ("thin", transposed), module.weight, cdtype,
@@ -240,13 +253,15 @@ def plane_axes(size: dict, spatial, k: int, store_axis: Optional[str] = None) ->
     return p, q
 
 
-def _plane(B, size, k, dtype, device, spatial, channel, store_axis=None):
+def _plane(B, size, k, dtype, device, spatial, channel, store_axis=None, spare_read=True):
     """The input plane of a conv over logical (spatial[0], spatial[1]) with ``channel`` as channels:
-    (PaddedPlane, its axis names (p, q, channel), whether (p, q) is ``spatial`` transposed); (p, q): ``plane_axes``."""
+    (PaddedPlane, its axis names (p, q, channel), whether (p, q) is ``spatial`` transposed); (p, q): ``plane_axes``.
+    ``spare_read``: as ``PaddedPlane``'s."""
     from dnd_fast.kernels import hyperconv
 
     p, q = plane_axes(size, spatial, k, store_axis)
-    buf = hyperconv.PaddedPlane(B, size[p], size[q], size[channel], k, dtype, device, zero_interior=False)
+    buf = hyperconv.PaddedPlane(B, size[p], size[q], size[channel], k, dtype, device, zero_interior=False,
+                                spare_read=spare_read)
     return buf, (p, q, channel), (p, q) != tuple(spatial)
 
 

@@ -66,6 +66,13 @@ class Paths:
     # both (the paper decoder's L7.ch: 5.07 GB beside 8.87, fewer frequencies for the GEMM to stream). Precision fp8
     # at batch 1 on an H100: 13.70-13.90 against 14.80-14.92 ms (session 31, both orders)
     fft_batch1_tiles: bool = True
+    # FFT convs: along an axis one tile covers, FFTs of n + k // 2 (the wrap reads only zeros past the plane's edges;
+    # fft_conv.long_enough) in place of n + k - 1: the paper decoder's L7.ch (10 rows) 15 long, not 18, a sixth fewer
+    # frequencies to multiply and spectra to stream
+    fft_whole_axis_tiles: bool = True
+    # FFT convs: the complex GEMM stores its products as complex numbers in the inverse FFT's layout, in place of
+    # planes a transpose pass then interleaves (a read and a write of every output spectrum saved)
+    fft_gemm_pairs: bool = True
     # set by decoder.layer_precision for the layer it wraps: that layer's convs named in fp8_bf16_convs
     fp8_layer_bf16_convs: tuple = ()
 

@@ -1,17 +1,18 @@
 """The 'same' k x k conv by overlap-save FFTs over output tiles (bf16 products, fp32 sums): the route to fewer FLOPs.
 
 A direct conv spends k^2 multiply-adds per input channel, output channel and output pixel. Here each input tile of
-nh x nw = (th + k - 1) x (tw + k - 1) positions is transformed once (cuFFT, fp32), the weights' spectra are
-precomputed, and every frequency is one complex GEMM [C_out, C_in] x [C_in, tiles] (``_complex_bmm_kernel``: bf16
-operands, fp32 sums): nh x (nw / 2 + 1) / (th x tw) complex multiply-adds per output pixel instead of k^2 real ones
-(9 x 9, 16 x 16 tiles: 16x fewer FLOPs). The inverse transform's first th x tw positions of each tile are the
-conv's outputs (the rest wrap around); they go through the shared fused epilogue (bias, path merge, residual, an
+nh x nw = (th + k - 1) x (tw + k - 1) positions (along an axis one tile covers: n + k // 2, its wrap reading only
+the zeros past the plane's edges) is transformed once (cuFFT, fp32), the weights' spectra are precomputed, and
+every frequency is one complex GEMM [C_out, C_in] x [C_in, tiles] (``_complex_bmm_kernel``: bf16 operands, fp32
+sums): nh x (nw / 2 + 1) / (th x tw) complex multiply-adds per output pixel instead of k^2 real ones (9 x 9, 16 x 16
+tiles: 16x fewer FLOPs). The inverse transform's first th x tw positions of each tile are the conv's outputs (the
+rest wrap around); they go through the shared fused epilogue (bias, path merge, residual, an
 e4m3 store) into any strided ``out``, as ``conv2d_plane``'s do. Its rounding is bf16's: both spectra in bf16.
 
 Pieces: ``tile_shape`` (the tile a conv's shape gets, by a cost model), ``weight_spectra`` (once per weight),
 ``conv2d_plane_fft`` (the conv on a ``PaddedPlane``), four kernels: gather the tiles ([C, tiles, nh, nw]: cuFFT
 transforms the last two axes), transpose the spectra to [re/im, frequency, C, tiles] bf16 (a GEMM operand per
-frequency) and back, the complex GEMM, scatter through the epilogue. The reference is ``F.conv2d(...,
+frequency) and back (or the GEMM stores cuFFT's layout itself), the complex GEMM, scatter through the epilogue. The reference is ``F.conv2d(...,
 padding="same")``; ``complex_bmm_reference`` that of the GEMM.
 """
 from __future__ import annotations
@@ -40,16 +41,28 @@ E4M3_FLOPS = 8.5e14
 SHORT_FFT, LONG_FFT = 40, 64
 
 
-def _side(n, ks, longest):
-    """Tile sides for a plane axis of ``n``: each FFT length up to ``longest`` whose tile (length - k + 1) is useful."""
+def _side(n, ks, longest, whole_axis=True):
+    """Tile sides for a plane axis of ``n``: each FFT length up to ``longest`` whose tile (length - k + 1) is useful.
+    ``whole_axis``: a tile over the whole axis needs only n + k // 2 (``long_enough``), the shortest such length."""
     sides = []
     for size in FFT_SIZES:
+        if size > longest:
+            break
+        if whole_axis and size >= n + ks // 2:
+            sides.append((n, size))
+            break
         t = size - ks + 1
-        if t >= 4 and size <= longest:
+        if t >= 4:
             sides.append((min(t, n), size))
             if t >= n:
                 break
     return sides or [(n, n + ks - 1)]
+
+
+def long_enough(size, t, n, ks) -> bool:
+    """Whether FFTs of ``size`` give tiles of ``t`` of an axis of ``n`` a ``ks``-tap 'same' conv unwrapped: each tile
+    needs its k - 1 neighbours, except one over the whole axis, whose wrap reads only the zeros past its edges."""
+    return size >= t + ks - 1 or (t >= n and size >= n + ks // 2)
 
 
 def cost(cin, cout, p, q, ks, th, nh, tw, nw, batch=8):
@@ -63,19 +76,20 @@ def cost(cin, cout, p, q, ks, th, nh, tw, nw, batch=8):
 
 
 @functools.lru_cache(maxsize=None)  # asked for every conv of every decoder call: the model's search runs once a shape
-def tile_shape(cin, cout, p, q, ks, longest=LONG_FFT, batches=(8, 1)):
+def tile_shape(cin, cout, p, q, ks, longest=LONG_FFT, batches=(8, 1), whole_axis=True):
     """(th, nh, tw, nw): the output tile and FFT lengths the model finds fastest over ``batches`` together (the
     spectra are kept per weight and tile, so one tile serves every batch in ``batches``; at batch 1 their read can
-    dominate, and ``batches=(1,)`` gives that batch its own)."""
-    return min(((th, nh, tw, nw) for th, nh in _side(p, ks, longest) for tw, nw in _side(q, ks, longest)),
+    dominate, and ``batches=(1,)`` gives that batch its own). ``whole_axis``: as ``_side``."""
+    return min(((th, nh, tw, nw) for th, nh in _side(p, ks, longest, whole_axis)
+                for tw, nw in _side(q, ks, longest, whole_axis)),
                key=lambda s: sum(cost(cin, cout, p, q, ks, *s, batch=b) for b in batches))
 
 
-def faster(cin, cout, p, q, ks, direct_flops=DIRECT_FLOPS, longest=LONG_FFT) -> bool:
+def faster(cin, cout, p, q, ks, direct_flops=DIRECT_FLOPS, longest=LONG_FFT, whole_axis=True) -> bool:
     """Whether the model puts the FFT conv (its tile of FFT lengths up to ``longest``) ahead of the direct one at
     ``direct_flops`` (at batch 8)."""
     direct = 2 * 8 * p * q * cin * cout * ks * ks / direct_flops
-    return cost(cin, cout, p, q, ks, *tile_shape(cin, cout, p, q, ks, longest=longest)) < direct
+    return cost(cin, cout, p, q, ks, *tile_shape(cin, cout, p, q, ks, longest=longest, whole_axis=whole_axis)) < direct
 
 
 def weight_spectra(weight: torch.Tensor, nh: int, nw: int, transpose: bool = False) -> torch.Tensor:
@@ -94,16 +108,17 @@ def weight_spectra(weight: torch.Tensor, nh: int, nw: int, transpose: bool = Fal
 
 
 def conv2d_plane_fft(x: PaddedPlane, spectra: torch.Tensor, ks, shape, out, bias=None, mode=0, other=None, extra=None,
-                     out_scale=None):
+                     out_scale=None, gemm_pairs=True):
     """``conv2d_plane``'s conv by FFT: ``x``'s interior [B, P, Q, C] convolved ('same', ``ks`` x ``ks``) into ``out``
     [B, C_out, P, Q] (any strides) with ``spectra`` = ``weight_spectra`` of the tile ``shape`` = (th, nh, tw, nw)
     (``tile_shape``). Epilogue MODE, ``bias``, ``other``, ``extra``, ``out_scale`` (an e4m3 ``out``): as
-    ``conv2d_plane``."""
+    ``conv2d_plane``. ``gemm_pairs``: the complex GEMM stores the inverse transform's input layout itself (else a
+    transpose pass does; ``Paths.fft_gemm_pairs``)."""
     B, P, Q, C = x.shape
     th, nh, tw, nw = shape
-    if nh < th + ks - 1 or nw < tw + ks - 1:
-        raise ValueError(f"conv2d_plane_fft: FFT lengths {nh}x{nw} are too short for {th}x{tw} tiles of a {ks}x{ks} "
-                         "conv")
+    if not (long_enough(nh, th, P, ks) and long_enough(nw, tw, Q, ks)):
+        raise ValueError(f"conv2d_plane_fft: FFT lengths {nh}x{nw} are too short for {th}x{tw} tiles of a {P}x{Q} "
+                         f"plane and a {ks}x{ks} conv")
     freqs, cout = nh * (nw // 2 + 1), out.shape[1]
     if tuple(spectra.shape) != (2, freqs, cout, C) or spectra.dtype != torch.bfloat16:
         raise ValueError(f"conv2d_plane_fft: tiles {th}x{tw} (FFT {nh}x{nw}) from {C} to {cout} channels need "
@@ -126,11 +141,14 @@ def conv2d_plane_fft(x: PaddedPlane, spectra: torch.Tensor, ks, shape, out, bias
     spec_x = torch.empty(2, freqs, C, n, device=dev, dtype=torch.bfloat16)
     _transpose(torch.view_as_real(spec).view(C * n, freqs, 2), spec_x.view(2, freqs, C * n), to_planes=True)
     del spec
-    spec_y = complex_bmm(spectra, spec_x)  # [2, F, C_out, n] fp32
-    del spec_x
     spec = torch.empty(cout, n, nh, nw // 2 + 1, device=dev, dtype=torch.complex64)
-    _transpose(torch.view_as_real(spec).view(cout * n, freqs, 2), spec_y.view(2, freqs, cout * n), to_planes=False)
-    del spec_y
+    if gemm_pairs:  # the GEMM stores cuFFT's layout itself
+        complex_bmm(spectra, spec_x, pairs=torch.view_as_real(spec).view(cout, n, freqs, 2))
+    else:
+        spec_y = complex_bmm(spectra, spec_x)  # [2, F, C_out, n] fp32
+        _transpose(torch.view_as_real(spec).view(cout * n, freqs, 2), spec_y.view(2, freqs, cout * n), to_planes=False)
+        del spec_y
+    del spec_x
     y = torch.fft.irfft2(spec, s=(nh, nw))  # [C_out, n, nh, nw] fp32
     del spec
     other = out if other is None else other
@@ -150,20 +168,26 @@ def _transpose(pairs: torch.Tensor, planes: torch.Tensor, to_planes: bool):
     _transpose_kernel[grid](pairs, planes, R, F, TO_PLANES=to_planes, BLOCK_R=64, BLOCK_F=32)
 
 
-def complex_bmm(spectra: torch.Tensor, spec_x: torch.Tensor, meta: dict | None = None) -> torch.Tensor:
+def complex_bmm(spectra: torch.Tensor, spec_x: torch.Tensor, meta: dict | None = None,
+                pairs: torch.Tensor | None = None) -> torch.Tensor:
     """Per frequency f: Y[f] = W[f] @ X[f] for ``spectra`` [2, F, M, K] and ``spec_x`` [2, F, K, N], both bf16 (real
-    and imaginary parts, contiguous), products summed in fp32. Returns Y [2, F, M, N] fp32. ``meta``: a tiling
-    (``complex_bmm_meta``'s keys) in place of that heuristic (benchmarks/gpu_complex_bmm.py times others)."""
+    and imaginary parts, contiguous), products summed in fp32. Returns Y [2, F, M, N] fp32, or with ``pairs`` (fp32
+    [M, N, F, 2], contiguous: complex numbers, frequencies innermost, as cuFFT reads them) stores Y there and returns
+    it. ``meta``: a tiling (``complex_bmm_meta``'s keys) in place of that heuristic (benchmarks/gpu_complex_bmm.py)."""
     _, F, M, K = spectra.shape
     N = spec_x.shape[-1]
     if spectra.dtype != torch.bfloat16 or spec_x.dtype != torch.bfloat16 or tuple(spec_x.shape) != (2, F, K, N):
         raise ValueError(f"complex_bmm: want bf16 [2, F, M, K] and [2, F, K, N], got {spectra.dtype} "
                          f"{list(spectra.shape)} and {spec_x.dtype} {list(spec_x.shape)}")
+    if pairs is not None and (tuple(pairs.shape) != (M, N, F, 2) or pairs.dtype != torch.float32
+                              or not pairs.is_contiguous()):
+        raise ValueError(f"complex_bmm: pairs must be contiguous fp32 [{M}, {N}, {F}, 2], got {pairs.dtype} "
+                         f"{list(pairs.shape)}")
     spectra, spec_x = spectra.contiguous(), spec_x.contiguous()
-    y = torch.empty(2, F, M, N, device=spec_x.device, dtype=torch.float32)
+    y = torch.empty(2, F, M, N, device=spec_x.device, dtype=torch.float32) if pairs is None else pairs
     meta = meta or complex_bmm_meta(N)
     grid = (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]), F)
-    _complex_bmm_kernel[grid](spectra, spec_x, y, M, N, K, F, IEEE=interpreted(), **meta)
+    _complex_bmm_kernel[grid](spectra, spec_x, y, M, N, K, F, PAIRS=pairs is not None, IEEE=interpreted(), **meta)
     return y
 
 
@@ -228,10 +252,12 @@ def _transpose_kernel(pairs_ptr, planes_ptr, R, F, TO_PLANES: tl.constexpr, BLOC
 
 
 @triton.jit
-def _complex_bmm_kernel(w_ptr, x_ptr, y_ptr, M, N, K, F,
+def _complex_bmm_kernel(w_ptr, x_ptr, y_ptr, M, N, K, F, PAIRS: tl.constexpr,
                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, IEEE: tl.constexpr):
     """One [BLOCK_M, BLOCK_N] tile of Y[f] = W[f] X[f], each operand's real and imaginary parts apart ([2, F, ...]):
-    real part Wr Xr - Wi Xi, imaginary Wr Xi + Wi Xr, each product a bf16 MMA summed in fp32."""
+    real part Wr Xr - Wi Xi, imaginary Wr Xi + Wi Xr, each product a bf16 MMA summed in fp32. Stored as Y [2, F, M,
+    N], or (PAIRS) as [M, N, F] complex: each (re, im) one 8-byte store, F apart (the programs of neighbouring
+    frequencies, running together, fill each sector in L2)."""
     f = tl.program_id(1)
     tiles_n = tl.cdiv(N, BLOCK_N)
     m = tl.program_id(0) // tiles_n * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -254,10 +280,15 @@ def _complex_bmm_kernel(w_ptr, x_ptr, y_ptr, M, N, K, F,
         acc_ii = mma(acc_ii, wi, xi, IEEE)
         acc_i = mma(acc_i, wr, xi, IEEE)
         acc_i = mma(acc_i, wi, xr, IEEE)
-    y_at = y_ptr + (f.to(tl.int64) * M + m[:, None]) * N + n[None, :]
     ok = (m < M)[:, None] & (n < N)[None, :]
-    tl.store(y_at, acc_r - acc_ii, mask=ok)
-    tl.store(y_at + F.to(tl.int64) * M * N, acc_i, mask=ok)
+    if PAIRS:
+        part = tl.arange(0, 2)
+        y_at = y_ptr + ((m.to(tl.int64)[:, None] * N + n[None, :]) * F + f)[:, :, None] * 2 + part[None, None, :]
+        tl.store(y_at, tl.join(acc_r - acc_ii, acc_i), mask=ok[:, :, None] & (part < 2)[None, None, :])
+    else:
+        y_at = y_ptr + (f.to(tl.int64) * M + m[:, None]) * N + n[None, :]
+        tl.store(y_at, acc_r - acc_ii, mask=ok)
+        tl.store(y_at + F.to(tl.int64) * M * N, acc_i, mask=ok)
 
 
 @triton.jit

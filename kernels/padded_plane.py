@@ -15,9 +15,10 @@ class PaddedPlane:
     position r is then position r + (i - pad) * (Q + pad) + (j - pad): a plain shifted tile, its
     'same' padding supplied by the spare cells. Producers write ``interior``; the rest is zero.
     ``zero_interior`` False (the caller writes all of the interior): on a GPU only the spare cells
-    and the channel padding are zeroed, by ``zero_spare`` (the decoder's planes: 3-30% of the bytes)."""
+    and the channel padding are zeroed, by ``zero_spare`` (the decoder's planes: 3-30% of the bytes), and with
+    ``spare_read`` False (a reader that masks to the interior: the FFT conv's gather) nothing is."""
 
-    def __init__(self, B, P, Q, C, ks, dtype, device, zero_interior=True):
+    def __init__(self, B, P, Q, C, ks, dtype, device, zero_interior=True, spare_read=True):
         pad = (ks - 1) // 2
         self.pad, self.ks, self.shape = pad, ks, (B, P, Q, C)
         self.lead = pad * (Q + pad) + pad
@@ -26,7 +27,8 @@ class PaddedPlane:
             self.buf = torch.zeros(rows, round_up(C, channel_pad(dtype)), dtype=dtype, device=device)
         else:
             self.buf = torch.empty(rows, round_up(C, channel_pad(dtype)), dtype=dtype, device=device)
-            zero_spare(self)
+            if spare_read:
+                zero_spare(self)
 
     @property
     def interior(self) -> torch.Tensor:

@@ -20,10 +20,13 @@ def rel(a, b):
 
 
 def plane_of(x, ks, dtype=torch.bfloat16):
+    """``x`` [B, C, P, Q] as a plane's interior, every other cell NaN: the FFT conv reads only the interior (so the
+    decoder leaves its planes' spare cells unzeroed)."""
     from dnd_fast.kernels import hyperconv
 
     B, C, P, Q = x.shape
     plane = hyperconv.PaddedPlane(B, P, Q, C, ks, dtype, x.device)
+    plane.buf.fill_(float("nan"))
     plane.interior.copy_(x.permute(0, 2, 3, 1))
     return plane
 
@@ -49,6 +52,9 @@ def test_fft_conv_is_the_same_conv(B, C, COUT, P, Q, ks, transpose, longest):
     taps = w.transpose(2, 3) if transpose else w
     exact = F.conv2d(x.bfloat16().double(), taps.double(), bias.double(), padding="same")
     assert rel(out, exact) < BF16_CONV
+    planar = torch.empty_like(out)  # the GEMM's planes interleaved by the transpose pass: the same sums, moved
+    fft_conv.conv2d_plane_fft(plane_of(x, ks), spectra, ks, shape, planar, bias, gemm_pairs=False)
+    assert torch.equal(planar, out)
     other_way = w if transpose else w.transpose(2, 3)  # the taps the other way round: another conv, which fails
     assert rel(out, F.conv2d(x.bfloat16().double(), other_way.double(), bias.double(), padding="same")) > 10 * BF16_CONV
 
@@ -103,6 +109,11 @@ def test_complex_bmm_matches_torch():
     assert rel(got, want) < 1e-5
     with pytest.raises(ValueError, match="complex_bmm"):
         fft_conv.complex_bmm(spectra, x.float())
+    pairs = torch.full((M, N, F_, 2), float("nan"), device=DEVICE)  # cuFFT's layout: [M, N, F] complex
+    assert fft_conv.complex_bmm(spectra, x, pairs=pairs) is pairs
+    assert torch.equal(pairs, got.permute(2, 3, 1, 0))
+    with pytest.raises(ValueError, match="pairs must be"):
+        fft_conv.complex_bmm(spectra, x, pairs=pairs.transpose(0, 1))
 
 
 @pytest.mark.parametrize("meta", [{"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 16, "num_warps": 4, "num_stages": 1},
@@ -138,13 +149,59 @@ def test_tiles_cover_the_plane_and_the_model_picks_the_wide_convs():
 
     for _, cin, cout, p, q in conv_planes(DecoderConfig.paper_qwen05()):
         th, nh, tw, nw = fft_conv.tile_shape(cin, cout, p, q, 9)
-        assert nh >= th + 8 and nw >= tw + 8 and nh in fft_conv.FFT_SIZES + (p + 8,)
+        assert fft_conv.long_enough(nh, th, p, 9) and fft_conv.long_enough(nw, tw, q, 9)
+        assert nh in fft_conv.FFT_SIZES + (p + 8,)
         assert th <= p and tw <= q
     # as timed on an H100 (RESULTS.md): L0.1w and L7.ch faster by FFT; L0.ch (128 channels: the transforms' passes
     # over its large plane cost more than its GEMM saves), L7.1w and the thin L7.1h not
     assert fft_conv.faster(384, 300, 128, 384, 9) and fft_conv.faster(2048, 4296, 10, 130, 9)
     assert not any(fft_conv.faster(*shape, 9) for shape in ((128, 128, 200, 300), (200, 130, 10, 2048),
                                                              (10, 10, 130, 2048)))
+
+
+@pytest.mark.parametrize("B,C,COUT,P,Q,ks,shape", [
+    (2, 7, 19, 13, 6, 5, (13, 15, 6, 12)),  # both axes one tile each: 13 + 2 and 6 + 2 (18 and 12 unwrapped)
+    (1, 12, 9, 10, 37, 9, (10, 15, 7, 15)),  # the paper decoder's L7.ch tile at batch 1: 10 rows in FFTs of 15
+])
+def test_a_tile_over_a_whole_axis_takes_the_shorter_fft(B, C, COUT, P, Q, ks, shape):
+    """``Paths.fft_whole_axis_tiles``: along an axis one tile covers, FFTs of n + k // 2 are the same conv (the wrap
+    reads the zeros past the far edge); one shorter wraps real rows in, and is refused by name."""
+    from dnd_fast.kernels import fft_conv
+
+    reseed()
+    x = torch.randn(B, C, P, Q, device=DEVICE)
+    w = torch.randn(COUT, C, ks, ks, device=DEVICE) / (C * ks)
+    out = torch.empty(B, COUT, P, Q, device=DEVICE)
+    fft_conv.conv2d_plane_fft(plane_of(x, ks), fft_conv.weight_spectra(w, shape[1], shape[3]), ks, shape, out)
+    # as the unwrapped tile's (n + k - 1) on the same inputs, 0.33-0.35% under the interpreter (its bf16 casts
+    # truncate); a wrapped-in row would be tens of percent
+    assert rel(out, F.conv2d(x.bfloat16().double(), w.double(), padding="same")) < 1.5 * BF16_CONV
+    short = (shape[0], P + ks // 2 - 1, *shape[2:])
+    with pytest.raises(ValueError, match="too short"):
+        fft_conv.conv2d_plane_fft(plane_of(x, ks), fft_conv.weight_spectra(w, short[1], short[3]), ks, short, out)
+    # the wrap such a length would bring in: one row of the far edge's zeros missing
+    assert not fft_conv.long_enough(P + ks // 2 - 1, P, P, ks) and fft_conv.long_enough(P + ks // 2, P, P, ks)
+    assert not fft_conv.long_enough(P + ks // 2, P - 1, P, ks)  # two tiles: each needs its k - 1 neighbours
+
+
+def test_whole_axis_switch_reaches_the_model(monkeypatch):
+    """The decoder asks the model with ``whole_axis`` as ``Paths.fft_whole_axis_tiles`` says; with it, the paper
+    decoder's L7.ch takes FFTs of 15 along its 10 rows (18 without)."""
+    from dnd_fast.kernels import fft_conv
+
+    asked, real = [], fft_conv.tile_shape
+    monkeypatch.setattr(fft_conv, "tile_shape", lambda *a, **k: asked.append(k.get("whole_axis")) or real(*a, **k))
+    dec = HyperConvDecoder(SMALL_DECODER).to(DEVICE)
+    x = torch.randn(1, *SMALL_DECODER.condition_shape, device=DEVICE)
+    with torch.no_grad(), torch.autocast(DEVICE, dtype=torch.bfloat16):
+        for switch in (True, False):
+            with paths.use(fft_convs=True, fft_everywhere=True, fft_whole_axis_tiles=switch):
+                dec(x, backend="triton")
+            assert asked and set(asked) == {switch}
+            asked.clear()
+    for batches in ((1,), (8, 1)):
+        assert real(2048, 4296, 10, 130, 9, batches=batches)[:2] == (10, 15)
+        assert real(2048, 4296, 10, 130, 9, batches=batches, whole_axis=False)[:2] == (10, 18)
 
 
 def test_bad_spectra_and_out_are_named():
@@ -158,7 +215,7 @@ def test_bad_spectra_and_out_are_named():
     with pytest.raises(ValueError, match="out must be"):
         fft_conv.conv2d_plane_fft(plane_of(x, 3), good, 3, shape, torch.empty(1, 5, 7, 6, device=DEVICE))
     with pytest.raises(ValueError, match="too short"):
-        fft_conv.conv2d_plane_fft(plane_of(x, 9), good, 9, shape, torch.empty(1, 5, 6, 7, device=DEVICE))
+        fft_conv.conv2d_plane_fft(plane_of(x, 9), good, 9, (6, 9, 7, 12), torch.empty(1, 5, 6, 7, device=DEVICE))
 
 
 # two layers of 9 x 9 convs, every one small enough that the model keeps it direct
@@ -200,6 +257,34 @@ def test_decoder_with_fft_convs_matches_the_reference(fft_calls):
     assert len(fft_calls) == 10 and rel(out, direct) < 2e-2
 
 
+def test_planes_read_by_fft_are_left_unzeroed(fft_calls, monkeypatch):
+    """The decoder asks for unzeroed spare cells (``spare_read`` False) on exactly the planes a conv by FFT reads;
+    with those cells NaN (what a GPU's unzeroed memory may hold) the output is the same, bit for bit."""
+    from dnd_fast.kernels import hyperconv
+
+    reseed()
+    dec = HyperConvDecoder(SMALL_DECODER).to(DEVICE)
+    x = torch.randn(2, *SMALL_DECODER.condition_shape, device=DEVICE)
+    asked, real = [], hyperconv.PaddedPlane
+
+    class Garbage(real):
+        def __init__(self, *a, spare_read=True, **k):
+            super().__init__(*a, **k)
+            asked.append(spare_read)
+            if not spare_read:
+                self.buf.fill_(float("nan"))
+
+    with torch.no_grad(), torch.autocast(DEVICE, dtype=torch.bfloat16):
+        with paths.use(fft_convs=True, fft_everywhere=True):
+            want = dec(x, backend="triton")
+            monkeypatch.setattr(hyperconv, "PaddedPlane", Garbage)
+            got = dec(x, backend="triton")
+        assert asked.count(False) == len(fft_calls) // 2 == 10 and torch.equal(got, want)
+        asked.clear()
+        dec(x, backend="triton")  # every conv direct: every plane zeroed
+        assert asked and all(asked)
+
+
 def test_fp8_convs_go_by_fft_over_e4m3(fft_calls):
     """``Paths.fft_over_e4m3``: on the fp8 path, a conv the model (or ``fft_everywhere``) takes by FFT reads a bf16
     plane: with every conv so, the fp8 decoder is the bf16 decoder by FFT bit for bit (no plane left in e4m3); with
@@ -231,7 +316,7 @@ def test_fp8_layers_with_some_convs_by_fft_match_their_reference(fft_calls, monk
     from dnd_fast.decoder_plane import layer_plane
     from dnd_fast.kernels import fft_conv
 
-    monkeypatch.setattr(fft_conv, "faster", lambda cin, cout, p, q, ks, direct_flops, longest: cin < 6)
+    monkeypatch.setattr(fft_conv, "faster", lambda cin, cout, p, q, ks, direct_flops, **_: cin < 6)
     reseed()
     cfg = DecoderConfig(((4, 10, 12), (5, 10, 11), (6, 7, 9)), 9)  # no residual: its bf16 rounding would swamp it
     dec = HyperConvDecoder(cfg, backend="triton").to(DEVICE, torch.bfloat16).eval()  # the reference: in fp32
