@@ -157,7 +157,7 @@ def _layer_plane(layer: HyperConvLayer, x: torch.Tensor, residual: bool, saved: 
             spectra = cached(module, ("fft", transposed, shape), module.weight, cdtype,
                              lambda: fft_conv.weight_spectra(module.weight, shape[1], shape[3], transposed))
             fft_conv.conv2d_plane_fft(buf, spectra, k, shape, dest_view, bias, mode, *others, out_scale=out_scale,
-                                      gemm_pairs=paths.current().fft_gemm_pairs)
+                                      gemm_pairs=B == 1 and paths.current().fft_gemm_pairs)
         elif not train and mode == 0 and bias is None and out_scale is None and \
                 thin_conv.usable(module.in_channels, module.out_channels, cdtype, x.device):
             w = cached(module, ("thin", transposed), module.weight, cdtype,

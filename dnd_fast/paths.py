@@ -63,15 +63,19 @@ class Paths:
     fft_long_tiles: bool = True
     # FFT convs at batch 1: the tile the model finds fastest at batch 1 alone, not the one it weighs at batches 8 and
     # 1 together; the weights' spectra are kept per tile, so a generator run at batch 1 and at larger batches keeps
-    # both (the paper decoder's L7.ch: 5.07 GB beside 8.87, fewer frequencies for the GEMM to stream). Precision fp8
-    # at batch 1 on an H100: 13.70-13.90 against 14.80-14.92 ms (session 31, both orders)
+    # both (the paper decoder's L7.ch: 4.22 GB beside 7.39 with fft_whole_axis_tiles, fewer frequencies for the GEMM
+    # to stream). Precision fp8 at batch 1 on an H100: 13.70-13.90 against 14.80-14.92 ms (session 31, both orders)
     fft_batch1_tiles: bool = True
     # FFT convs: along an axis one tile covers, FFTs of n + k // 2 (the wrap reads only zeros past the plane's edges;
     # fft_conv.long_enough) in place of n + k - 1: the paper decoder's L7.ch (10 rows) 15 long, not 18, a sixth fewer
-    # frequencies to multiply and spectra to stream
+    # frequencies to multiply and spectra to stream. Precision fp8 on an H200 (session 32): batch 8 streamed 70.0-70.3
+    # against 71.1 ms, L7.ch alone 6.86 against 8.26 ms (batch 1: 2.01 against 2.34); held-out NLL as before
     fft_whole_axis_tiles: bool = True
-    # FFT convs: the complex GEMM stores its products as complex numbers in the inverse FFT's layout, in place of
-    # planes a transpose pass then interleaves (a read and a write of every output spectrum saved)
+    # FFT convs at batch 1: the complex GEMM stores its products as complex numbers in the inverse FFT's layout, in
+    # place of planes a transpose pass then interleaves (a read and a write of each output spectrum saved). At batch 1
+    # the GEMM streams the weights' spectra and stores little: precision fp8 12.38-12.40 against 12.78-13.03 ms (H200,
+    # both orders); at batch 8 its strided stores slow it (L0.1w alone 6.85 against 5.36 ms; streamed 74.9 against
+    # 70.0), so larger batches keep the transpose
     fft_gemm_pairs: bool = True
     # set by decoder.layer_precision for the layer it wraps: that layer's convs named in fp8_bf16_convs
     fp8_layer_bf16_convs: tuple = ()

@@ -412,3 +412,23 @@ def test_batch_one_takes_its_own_tile(monkeypatch):
     assert rel(outs[1, True], outs[2, True][:1]) < 2e-2 and rel(outs[1, True], outs[1, False]) < 2e-2
     alone, shared = real(2048, 4296, 10, 130, 9, batches=(1,)), real(2048, 4296, 10, 130, 9)
     assert alone[1] * (alone[3] // 2 + 1) < shared[1] * (shared[3] // 2 + 1)
+
+
+def test_the_gemm_stores_pairs_at_batch_one_only(monkeypatch):
+    """``Paths.fft_gemm_pairs``: the decoder has the complex GEMM store cuFFT's layout itself at batch 1 only (at
+    batch 8 its strided stores cost more than the transpose they save); the output is the same either way."""
+    from dnd_fast.kernels import fft_conv
+
+    asked, real = [], fft_conv.conv2d_plane_fft
+    monkeypatch.setattr(fft_conv, "conv2d_plane_fft", lambda *a, **k: asked.append(k["gemm_pairs"]) or real(*a, **k))
+    reseed()
+    dec = HyperConvDecoder(SMALL_DECODER).to(DEVICE)
+    x = torch.randn(2, *SMALL_DECODER.condition_shape, device=DEVICE)
+    outs = {}
+    with torch.no_grad(), torch.autocast(DEVICE, dtype=torch.bfloat16):
+        for batch, switch, want in ((1, True, True), (2, True, False), (1, False, False)):
+            with paths.use(fft_convs=True, fft_everywhere=True, fft_gemm_pairs=switch):
+                outs[batch, switch] = dec(x[:batch], backend="triton")
+            assert asked and set(asked) == {want}, (batch, switch)
+            asked.clear()
+    assert torch.equal(outs[1, True], outs[1, False])
