@@ -10,7 +10,8 @@ scatter).
 At batch 1, where the decoder's tile is batch 1's own (``Paths.fft_batch1_tiles``), also the shared tile of batches 8
 and 1 (row "fft_shared"); where a tile over a whole axis takes the shorter FFT (``Paths.fft_whole_axis_tiles``), the
 tile without (row "fft_unwrapped_axis"); and the decoder's tile with the GEMM's planes interleaved by a transpose pass
-(``Paths.fft_gemm_pairs`` off, row "fft_planar").
+(row "fft_planar") where the decoder's GEMM stores the inverse FFT's layout itself (``Paths.fft_gemm_pairs``: batch 1),
+else the other way round (row "fft_pairs").
 Run: python benchmarks/gpu_fft_conv.py [--batches 8,1] [--only L0.1w,L7.ch] [--longest 40] [--csv ...]
 """
 import argparse
@@ -28,7 +29,7 @@ from gpu_fp8_convs import conv_call  # noqa: E402
 
 from dnd_fast import paths  # noqa: E402
 from dnd_fast.decoder_config import DecoderConfig  # noqa: E402
-from dnd_fast.decoder_plane import conv_planes, fft_tile  # noqa: E402
+from dnd_fast.decoder_plane import conv_planes, fft_gemm_pairs, fft_tile  # noqa: E402
 from dnd_fast.kernels import fft_conv, hyperconv  # noqa: E402
 
 KS = 9
@@ -86,20 +87,22 @@ def main():
             def direct():
                 hyperconv.conv2d_plane(plane, packed, KS, out_direct, w_layout=layout)
 
+            pairs = fft_gemm_pairs(batch)
+
             def fft():
-                fft_conv.conv2d_plane_fft(plane, spectra, KS, shape, out_fft)
+                fft_conv.conv2d_plane_fft(plane, spectra, KS, shape, out_fft, gemm_pairs=pairs)
             e4m3 = conv_call((name, cin, cout, p, q, False), batch)
             times = {"bf16": median_ms(direct), "e4m3": median_ms(lambda: e4m3(None)), "fft": median_ms(fft)}
             torch.backends.cudnn.allow_tf32 = False
             exact = torch.nn.functional.conv2d(plane.interior.permute(0, 3, 1, 2).float(), w, padding="same")
             errors = [rel_err(out_direct, exact), rel_err(out_fft, exact)]
-            others = [(f"fft{v}", fft_conv.tile_shape(cin, cout, p, q, KS, longest=int(v)), True)
+            others = [(f"fft{v}", fft_conv.tile_shape(cin, cout, p, q, KS, longest=int(v)), pairs)
                       for v in args.longest.split(",") if v]
             for label, switch in (("fft_shared", "fft_batch1_tiles"), ("fft_unwrapped_axis", "fft_whole_axis_tiles")):
                 with paths.use(**{switch: False}):  # the decoder's tile with that switch off (its FFT cap too)
                     off = fft_tile((cin, cout, p, q, KS), batch)
-                others += [(label, off, True)] if off != shape else []
-            others.append(("fft_planar", shape, False))
+                others += [(label, off, pairs)] if off != shape else []
+            others.append(("fft_planar" if pairs else "fft_pairs", shape, not pairs))
             for label, other_shape, pairs in others:  # other tiles or GEMM stores: time and error
                 other_spectra = fft_conv.weight_spectra(w, other_shape[1], other_shape[3])
                 other_out = torch.empty_like(out_fft)

@@ -70,6 +70,12 @@ def fft_tile(conv_shape, batch: int) -> tuple:
     return fft_conv.tile_shape(*conv_shape, batches=(1,) if alone else (8, 1), **fft_model_options())
 
 
+def fft_gemm_pairs(batch: int) -> bool:
+    """Whether an FFT conv's complex GEMM stores the inverse FFT's layout itself at ``batch`` on the current paths
+    (``Paths.fft_gemm_pairs``: at batch 1 only)."""
+    return batch == 1 and paths.current().fft_gemm_pairs
+
+
 def e4m3_convs_by_fft(layer: "HyperConvLayer", size: dict, cdtype: torch.dtype) -> tuple[str, ...]:
     """The convs of ``layer`` (names in ``CONV_INPUTS``) that the fp8 path runs by FFT on a bf16 plane in place of
     e4m3 (``Paths.fft_over_e4m3``), its axes' lengths ``size`` (C, H, W, C2, H2, W2) and compute dtype ``cdtype``."""
@@ -157,7 +163,7 @@ def _layer_plane(layer: HyperConvLayer, x: torch.Tensor, residual: bool, saved: 
             spectra = cached(module, ("fft", transposed, shape), module.weight, cdtype,
                              lambda: fft_conv.weight_spectra(module.weight, shape[1], shape[3], transposed))
             fft_conv.conv2d_plane_fft(buf, spectra, k, shape, dest_view, bias, mode, *others, out_scale=out_scale,
-                                      gemm_pairs=B == 1 and paths.current().fft_gemm_pairs)
+                                      gemm_pairs=fft_gemm_pairs(B))
         elif not train and mode == 0 and bias is None and out_scale is None and \
                 thin_conv.usable(module.in_channels, module.out_channels, cdtype, x.device):
             w = cached(module, ("thin", transposed), module.weight, cdtype,

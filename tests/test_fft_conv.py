@@ -165,7 +165,7 @@ def test_tiles_cover_the_plane_and_the_model_picks_the_wide_convs():
 ])
 def test_a_tile_over_a_whole_axis_takes_the_shorter_fft(B, C, COUT, P, Q, ks, shape):
     """``Paths.fft_whole_axis_tiles``: along an axis one tile covers, FFTs of n + k // 2 are the same conv (the wrap
-    reads the zeros past the far edge); one shorter wraps real rows in, and is refused by name."""
+    lands on the zeros before the near edge); one shorter wraps real rows in, and is refused by name."""
     from dnd_fast.kernels import fft_conv
 
     reseed()
@@ -179,7 +179,7 @@ def test_a_tile_over_a_whole_axis_takes_the_shorter_fft(B, C, COUT, P, Q, ks, sh
     short = (shape[0], P + ks // 2 - 1, *shape[2:])
     with pytest.raises(ValueError, match="too short"):
         fft_conv.conv2d_plane_fft(plane_of(x, ks), fft_conv.weight_spectra(w, short[1], short[3]), ks, short, out)
-    # the wrap such a length would bring in: one row of the far edge's zeros missing
+    # one shorter: the last real row falls off the tile (reads of it wrap onto a zero)
     assert not fft_conv.long_enough(P + ks // 2 - 1, P, P, ks) and fft_conv.long_enough(P + ks // 2, P, P, ks)
     assert not fft_conv.long_enough(P + ks // 2, P - 1, P, ks)  # two tiles: each needs its k - 1 neighbours
 
