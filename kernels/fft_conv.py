@@ -12,8 +12,8 @@ e4m3 store) into any strided ``out``, as ``conv2d_plane``'s do. Its rounding is 
 Pieces: ``tile_shape`` (the tile a conv's shape gets, by a cost model), ``weight_spectra`` (once per weight),
 ``conv2d_plane_fft`` (the conv on a ``PaddedPlane``), four kernels: gather the tiles ([C, tiles, nh, nw]: cuFFT
 transforms the last two axes), transpose the spectra to [re/im, frequency, C, tiles] bf16 (a GEMM operand per
-frequency) and back (or the GEMM stores cuFFT's layout itself), the complex GEMM, scatter through the epilogue. The reference is ``F.conv2d(...,
-padding="same")``; ``complex_bmm_reference`` that of the GEMM.
+frequency) and back (or the GEMM stores cuFFT's layout itself), the complex GEMM, scatter through the epilogue.
+The reference is ``F.conv2d(..., padding="same")``; ``complex_bmm_reference`` that of the GEMM.
 """
 from __future__ import annotations
 

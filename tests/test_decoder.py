@@ -45,9 +45,9 @@ def test_conv_planes_lists_the_planes_the_layer_builds(monkeypatch, fp8):
     config = DecoderConfig(((8, 12, 10), (12, 9, 14), (10, 8, 9)), 3)
     built = []
     plane = decoder_plane._plane
-    monkeypatch.setattr(decoder_plane, "_plane", lambda B, size, k, dtype, device, spatial, channel, store=None:
+    monkeypatch.setattr(decoder_plane, "_plane", lambda B, size, k, dtype, device, spatial, channel, store=None, **kw:
                         built.append((size, plane(B, size, k, dtype, device, spatial, channel, store)[1])) or
-                        plane(B, size, k, dtype, device, spatial, channel, store))
+                        plane(B, size, k, dtype, device, spatial, channel, store, **kw))
     layers = HyperConvDecoder(config).layers
     x = torch.randn(1, *config.condition_shape)
     for layer, fin, fout in zip(layers, config.features[:-1], config.features[1:]):
