@@ -130,10 +130,10 @@ def _layer_plane(layer: HyperConvLayer, x: torch.Tensor, residual: bool, saved: 
     # the fp8 path's convs taken by FFT: their planes stay bf16 (Paths.fft_over_e4m3)
     by_fft = {conv_module(layer, reader) for reader in e4m3_convs_by_fft(layer, size, cdtype)} if fp8 else set()
 
-    def goes_by_fft(module, dtype, p_len, q_len) -> bool:
-        """Whether ``module``'s conv, reading a ``dtype`` plane of p_len x q_len, runs by FFT."""
-        return not train and dtype != hyperconv.FP8 and (
-            module in by_fft or fft_chosen(dtype, (module.in_channels, module.out_channels, p_len, q_len, k)))
+    def goes_by_fft(module, dtype, conv_shape) -> bool:
+        """Whether ``module``'s conv of ``conv_shape`` (C_in, C_out, P, Q, k), reading a ``dtype`` plane, runs by
+        FFT."""
+        return not train and dtype != hyperconv.FP8 and (module in by_fft or fft_chosen(dtype, conv_shape))
 
     def plane(reader):
         """The input plane of conv ``reader`` (an attribute of ``hc``, or "conv"): e4m3 on the fp8 path unless kept
@@ -143,7 +143,8 @@ def _layer_plane(layer: HyperConvLayer, x: torch.Tensor, residual: bool, saved: 
         spatial, channel = CONV_INPUTS[reader]
         p, q = plane_axes(size, spatial, k, store_axes.get(reader))
         return _plane(B, size, k, dtype, x.device, spatial, channel, store_axes.get(reader),
-                      spare_read=not goes_by_fft(module, dtype, size[p], size[q]))
+                      spare_read=not goes_by_fft(module, dtype, (module.in_channels, module.out_channels, size[p],
+                                                                 size[q], k)))
 
     def conv(module, src, out_channel, dest, dest_axes, bias=None, mode=0, other=None, extra=None, names=(None, None)):
         """``names``: the (input, output) planes' names among the fp8 scales (None: an output that is no plane)."""
@@ -158,7 +159,7 @@ def _layer_plane(layer: HyperConvLayer, x: torch.Tensor, residual: bool, saved: 
             w, col_scale = decoder_fp8.packed_weight(module, transposed, fp8, names[0])
             hyperconv.conv2d_plane(buf, w, k, dest_view, bias, mode, *others, w_layout=1, col_scale=col_scale,
                                    out_scale=out_scale, acc_terms=paths.current().fp8_acc_terms)
-        elif goes_by_fft(module, buf.buf.dtype, *conv_shape[2:4]):
+        elif goes_by_fft(module, buf.buf.dtype, conv_shape):
             shape = fft_tile(conv_shape, B)
             spectra = cached(module, ("fft", transposed, shape), module.weight, cdtype,
                              lambda: fft_conv.weight_spectra(module.weight, shape[1], shape[3], transposed))

@@ -6,8 +6,8 @@ the zeros past the plane's edges) is transformed once (cuFFT, fp32), the weights
 every frequency is one complex GEMM [C_out, C_in] x [C_in, tiles] (``_complex_bmm_kernel``: bf16 operands, fp32
 sums): nh x (nw / 2 + 1) / (th x tw) complex multiply-adds per output pixel instead of k^2 real ones (9 x 9, 16 x 16
 tiles: 16x fewer FLOPs). The inverse transform's first th x tw positions of each tile are the conv's outputs (the
-rest wrap around); they go through the shared fused epilogue (bias, path merge, residual, an
-e4m3 store) into any strided ``out``, as ``conv2d_plane``'s do. Its rounding is bf16's: both spectra in bf16.
+rest wrap around); they go through the shared fused epilogue (bias, path merge, residual, an e4m3 store) into any
+strided ``out``, as ``conv2d_plane``'s do. Its rounding is bf16's: both spectra in bf16.
 
 Pieces: ``tile_shape`` (the tile a conv's shape gets, by a cost model), ``weight_spectra`` (once per weight),
 ``conv2d_plane_fft`` (the conv on a ``PaddedPlane``), four kernels: gather the tiles ([C, tiles, nh, nw]: cuFFT
@@ -48,7 +48,7 @@ def _side(n, ks, longest, whole_axis=True):
     for size in FFT_SIZES:
         if size > longest:
             break
-        if whole_axis and size >= n + ks // 2:
+        if whole_axis and long_enough(size, n, n, ks):
             sides.append((n, size))
             break
         t = size - ks + 1
