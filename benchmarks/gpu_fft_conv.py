@@ -11,7 +11,8 @@ At batch 1, where the decoder's tile is batch 1's own (``Paths.fft_batch1_tiles`
 and 1 (row "fft_shared"); where a tile over a whole axis takes the shorter FFT (``Paths.fft_whole_axis_tiles``), the
 tile without (row "fft_unwrapped_axis"); and the decoder's tile with the GEMM's planes interleaved by a transpose pass
 (row "fft_planar") where the decoder's GEMM stores the inverse FFT's layout itself (``Paths.fft_gemm_pairs``: batch 1),
-else the other way round (row "fft_pairs").
+else the other way round (row "fft_pairs"); and gather and scatter programs of a whole tile each, not
+``fft_conv.ROWS`` rows (row "fft_tile_programs").
 Run: python benchmarks/gpu_fft_conv.py [--batches 8,1] [--only L0.1w,L7.ch] [--longest 40] [--csv ...]
 """
 import argparse
@@ -96,19 +97,20 @@ def main():
             torch.backends.cudnn.allow_tf32 = False
             exact = torch.nn.functional.conv2d(plane.interior.permute(0, 3, 1, 2).float(), w, padding="same")
             errors = [rel_err(out_direct, exact), rel_err(out_fft, exact)]
-            others = [(f"fft{v}", fft_conv.tile_shape(cin, cout, p, q, KS, longest=int(v)), pairs)
+            others = [(f"fft{v}", fft_conv.tile_shape(cin, cout, p, q, KS, longest=int(v)), {"gemm_pairs": pairs})
                       for v in args.longest.split(",") if v]
             for label, switch in (("fft_shared", "fft_batch1_tiles"), ("fft_unwrapped_axis", "fft_whole_axis_tiles")):
                 with paths.use(**{switch: False}):  # the decoder's tile with that switch off (its FFT cap too)
                     off = fft_tile((cin, cout, p, q, KS), batch)
-                others += [(label, off, pairs)] if off != shape else []
-            others.append(("fft_planar" if pairs else "fft_pairs", shape, not pairs))
-            for label, other_shape, pairs in others:  # other tiles or GEMM stores: time and error
+                others += [(label, off, {"gemm_pairs": pairs})] if off != shape else []
+            others.append(("fft_planar" if pairs else "fft_pairs", shape, {"gemm_pairs": not pairs}))
+            others.append(("fft_tile_programs", shape, {"gemm_pairs": pairs, "rows": 10 ** 6}))
+            for label, other_shape, options in others:  # other tiles, GEMM stores or programs: time and error
                 other_spectra = fft_conv.weight_spectra(w, other_shape[1], other_shape[3])
                 other_out = torch.empty_like(out_fft)
 
                 def other():
-                    fft_conv.conv2d_plane_fft(plane, other_spectra, KS, other_shape, other_out, gemm_pairs=pairs)
+                    fft_conv.conv2d_plane_fft(plane, other_spectra, KS, other_shape, other_out, **options)
                 times[label] = median_ms(other)
                 print(f"{name} b{batch}: {label}: tile {other_shape}, {times[label]:.3f} ms, "
                       f"{100 * rel_err(other_out, exact):.3f}% from fp32 (the decoder's {shape}: "

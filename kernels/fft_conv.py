@@ -39,6 +39,9 @@ GEMM_FLOPS, DIRECT_FLOPS, ACTIVATION_BYTES_PER_S, SPECTRA_BYTES_PER_S = 3e14, 5e
 E4M3_FLOPS = 8.5e14
 # the longest FFT the model weighs: LONG_FFT, or SHORT_FFT with Paths.fft_long_tiles off (session 29's tiles)
 SHORT_FFT, LONG_FFT = 40, 64
+# tile rows a program of the gather and the scatter moves: at batch 1 a program a tile (28 tiles x 12 channel blocks
+# for L0.1w) leaves each SM two or three programs stepping through 40 dependent rows
+ROWS = 4
 
 
 def _side(n, ks, longest, whole_axis=True):
@@ -108,12 +111,13 @@ def weight_spectra(weight: torch.Tensor, nh: int, nw: int, transpose: bool = Fal
 
 
 def conv2d_plane_fft(x: PaddedPlane, spectra: torch.Tensor, ks, shape, out, bias=None, mode=0, other=None, extra=None,
-                     out_scale=None, gemm_pairs=True):
+                     out_scale=None, gemm_pairs=True, rows=ROWS):
     """``conv2d_plane``'s conv by FFT: ``x``'s interior [B, P, Q, C] convolved ('same', ``ks`` x ``ks``) into ``out``
     [B, C_out, P, Q] (any strides) with ``spectra`` = ``weight_spectra`` of the tile ``shape`` = (th, nh, tw, nw)
     (``tile_shape``). Epilogue MODE, ``bias``, ``other``, ``extra``, ``out_scale`` (an e4m3 ``out``): as
     ``conv2d_plane``. ``gemm_pairs``: the complex GEMM stores the inverse transform's input layout itself (else a
-    transpose pass does; ``Paths.fft_gemm_pairs``)."""
+    transpose pass does; ``Paths.fft_gemm_pairs``). ``rows``: tile rows a program of the gather and the scatter
+    moves (benchmarks/gpu_fft_conv.py times a program a tile)."""
     B, P, Q, C = x.shape
     th, nh, tw, nw = shape
     if not (long_enough(nh, th, P, ks) and long_enough(nw, tw, Q, ks)):
@@ -134,8 +138,9 @@ def conv2d_plane_fft(x: PaddedPlane, spectra: torch.Tensor, ks, shape, out, bias
     # every intermediate keeps what the next step reads innermost: each tile's positions for cuFFT (transforms over
     # the last two axes), the tiles for the GEMM (one [C, tiles] matrix per frequency), then back
     tiles = torch.empty(C, n, nh, nw, device=dev, dtype=torch.float32)
-    _gather_tiles_kernel[(n, triton.cdiv(C, 32))](interior, tiles, C, n, P, Q, tp, tq, th, tw, nh, nw, ks // 2,
-                                                  *interior.stride(), BLOCK_C=32, BLOCK_W=triton.next_power_of_2(nw))
+    _gather_tiles_kernel[(n, triton.cdiv(C, 32), triton.cdiv(nh, rows))](
+        interior, tiles, C, n, P, Q, tp, tq, th, tw, nh, nw, ks // 2, *interior.stride(), rows, BLOCK_C=32,
+        BLOCK_W=triton.next_power_of_2(nw))
     spec = torch.fft.rfft2(tiles)  # [C, n, nh, nw / 2 + 1] complex64
     del tiles
     spec_x = torch.empty(2, freqs, C, n, device=dev, dtype=torch.bfloat16)
@@ -153,9 +158,9 @@ def conv2d_plane_fft(x: PaddedPlane, spectra: torch.Tensor, ks, shape, out, bias
     del spec
     other = out if other is None else other
     extra = out if extra is None else extra
-    _scatter_kernel[(n, triton.cdiv(cout, 32))](
+    _scatter_kernel[(n, triton.cdiv(cout, 32), triton.cdiv(th, rows))](
         y, bias if bias is not None else out, other, extra, out, out if out_scale is None else out_scale,
-        cout, n, P, Q, tp, tq, th, tw, nh, nw, *out.stride(), *other.stride(), *extra.stride(), MODE=mode,
+        cout, n, P, Q, tp, tq, th, tw, nh, nw, *out.stride(), *other.stride(), *extra.stride(), rows, MODE=mode,
         HAS_BIAS=bias is not None, QUANT=out_scale is not None, BLOCK_O=32, BLOCK_W=triton.next_power_of_2(tw))
     return out
 
@@ -209,10 +214,10 @@ def complex_bmm_reference(spectra: torch.Tensor, spec_x: torch.Tensor) -> torch.
 
 
 @triton.jit
-def _gather_tiles_kernel(x_ptr, t_ptr, C, N, P, Q, TP, TQ, TH, TW, NH, NW, R, sxb, sxp, sxq, sxc,
+def _gather_tiles_kernel(x_ptr, t_ptr, C, N, P, Q, TP, TQ, TH, TW, NH, NW, R, sxb, sxp, sxq, sxc, ROWS,
                          BLOCK_C: tl.constexpr, BLOCK_W: tl.constexpr):
     """tiles[c, t, i, j] (fp32) = x[b, a * TH + i - R, s * TW + j - R, c] for tile t = (b, a, s), zero off the plane:
-    one program per tile and block of channels, a row i at a time."""
+    one program per tile, block of channels and ROWS rows, a row i at a time."""
     t = tl.program_id(0)
     ch = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     j = tl.arange(0, BLOCK_W)
@@ -221,7 +226,8 @@ def _gather_tiles_kernel(x_ptr, t_ptr, C, N, P, Q, TP, TQ, TH, TW, NH, NW, R, sx
     col_ok = (j < NW) & (q >= 0) & (q < Q)
     src = x_ptr + b.to(tl.int64) * sxb + q[:, None] * sxq + ch[None, :] * sxc
     dst = t_ptr + (ch.to(tl.int64)[None, :] * N + t) * NH * NW + j[:, None]
-    for i in range(NH):
+    first = tl.program_id(2) * ROWS
+    for i in range(first, tl.minimum(first + ROWS, NH)):
         p = a * TH + i - R + 0 * j  # a vector: the interpreter takes no scalar in a mask
         row_ok = col_ok & (p >= 0) & (p < P)
         v = tl.load(src + p[:, None] * sxp, mask=row_ok[:, None] & (ch < C)[None, :], other=0.0)
@@ -293,11 +299,11 @@ def _complex_bmm_kernel(w_ptr, x_ptr, y_ptr, M, N, K, F, PAIRS: tl.constexpr,
 
 @triton.jit
 def _scatter_kernel(y_ptr, bias_ptr, other_ptr, extra_ptr, out_ptr, out_scale_ptr, COUT, N, P, Q, TP, TQ, TH, TW,
-                    NH, NW, sob, soc, sop, soq, srb, src, srp, srq, seb, sec, sep, seq,
+                    NH, NW, sob, soc, sop, soq, srb, src, srp, srq, seb, sec, sep, seq, ROWS,
                     MODE: tl.constexpr, HAS_BIAS: tl.constexpr, QUANT: tl.constexpr,
                     BLOCK_O: tl.constexpr, BLOCK_W: tl.constexpr):
     """out[b, o, a * TH + i, s * TW + j] = epilogue(y[o, t, i, j]) for tile t = (b, a, s) and i < TH, j < TW (the
-    positions no tile wraps): one program per tile and block of output channels, a row i at a time."""
+    positions no tile wraps): one program per tile, block of output channels and ROWS rows, a row i at a time."""
     t = tl.program_id(0)
     o = tl.program_id(1) * BLOCK_O + tl.arange(0, BLOCK_O)
     j = tl.arange(0, BLOCK_W)
@@ -305,7 +311,8 @@ def _scatter_kernel(y_ptr, bias_ptr, other_ptr, extra_ptr, out_ptr, out_scale_pt
     q = s * TW + j
     y_at = y_ptr + (o.to(tl.int64)[None, :] * N + t) * NH * NW + j[:, None]
     bs = tl.zeros((BLOCK_W,), dtype=tl.int32) + b
-    for i in range(TH):
+    first = tl.program_id(2) * ROWS
+    for i in range(first, tl.minimum(first + ROWS, TH)):
         p = a * TH + i + 0 * j  # a vector: the interpreter takes no scalar in a mask
         on = (j < TW) & (q < Q) & (p < P)
         acc = tl.load(y_at + i * NW, mask=on[:, None] & (o < COUT)[None, :], other=0.0)

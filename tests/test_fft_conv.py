@@ -52,9 +52,12 @@ def test_fft_conv_is_the_same_conv(B, C, COUT, P, Q, ks, transpose, longest):
     taps = w.transpose(2, 3) if transpose else w
     exact = F.conv2d(x.bfloat16().double(), taps.double(), bias.double(), padding="same")
     assert rel(out, exact) < BF16_CONV
-    planar = torch.empty_like(out)  # the GEMM's planes interleaved by the transpose pass: the same sums, moved
-    fft_conv.conv2d_plane_fft(plane_of(x, ks), spectra, ks, shape, planar, bias, gemm_pairs=False)
-    assert torch.equal(planar, out)
+    # the GEMM's planes interleaved by the transpose pass, gather and scatter programs of 3 rows or of whole tiles:
+    # the same sums, moved
+    for changed in ({"gemm_pairs": False, "rows": 3}, {"rows": 1000}):
+        again = torch.empty_like(out)
+        fft_conv.conv2d_plane_fft(plane_of(x, ks), spectra, ks, shape, again, bias, **changed)
+        assert torch.equal(again, out), changed
     other_way = w if transpose else w.transpose(2, 3)  # the taps the other way round: another conv, which fails
     assert rel(out, F.conv2d(x.bfloat16().double(), other_way.double(), bias.double(), padding="same")) > 10 * BF16_CONV
 
