@@ -24,6 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
+from . import tuning
 from .common import interpreted, mma
 from .epilogue import epilogue
 from .padded_plane import PaddedPlane
@@ -39,6 +40,14 @@ GEMM_FLOPS, DIRECT_FLOPS, ACTIVATION_BYTES_PER_S, SPECTRA_BYTES_PER_S = 3e14, 5e
 E4M3_FLOPS = 8.5e14
 # the longest FFT the model weighs: LONG_FFT, or SHORT_FFT with Paths.fft_long_tiles off (session 29's tiles)
 SHORT_FFT, LONG_FFT = 40, 64
+# complex_bmm's tilings (BLOCK_M, BLOCK_K, warps, stages, the weights' spectra loaded by TMA) timed beside the
+# heuristic (tuning.pick). At batch 1 the GEMM streams the spectra against 19-28 tile columns: deeper pipelines and TMA
+# keep more bytes in flight, which an H200's HBM needs (the heuristic read L7.ch's at 59% of it, an H100's at 84%)
+GEMM_VARIANTS = [(128, 64, 8, 4, False), (128, 64, 8, 5, False), (128, 64, 4, 4, False), (128, 128, 8, 3, False),
+                 (128, 128, 8, 2, False), (64, 128, 4, 4, False), (64, 128, 4, 3, False), (64, 64, 4, 6, False),
+                 (256, 64, 8, 3, False), (256, 64, 8, 2, False), (64, 256, 4, 2, False), (128, 64, 8, 3, True),
+                 (128, 64, 8, 5, True), (128, 128, 8, 2, True), (64, 128, 4, 4, True), (256, 64, 8, 3, True)]
+GEMM_SMEM = 227 * 1024  # a Hopper SM's shared memory per block
 # tile rows a program of the gather and the scatter moves: at batch 1 a program a tile (28 tiles x 12 channel blocks
 # for L0.1w) leaves each SM two or three programs stepping through 40 dependent rows
 ROWS = 4
@@ -178,7 +187,7 @@ def complex_bmm(spectra: torch.Tensor, spec_x: torch.Tensor, meta: dict | None =
     """Per frequency f: Y[f] = W[f] @ X[f] for ``spectra`` [2, F, M, K] and ``spec_x`` [2, F, K, N], both bf16 (real
     and imaginary parts, contiguous), products summed in fp32. Returns Y [2, F, M, N] fp32, or with ``pairs`` (fp32
     [M, N, F, 2], contiguous: complex numbers, frequencies innermost, as cuFFT reads them) stores Y there and returns
-    it. ``meta``: a tiling (``complex_bmm_meta``'s keys) in place of that heuristic (benchmarks/gpu_complex_bmm.py)."""
+    it. ``meta``: a tiling (one of ``complex_bmm_candidates``) in place of ``tuning.pick``'s."""
     _, F, M, K = spectra.shape
     N = spec_x.shape[-1]
     if spectra.dtype != torch.bfloat16 or spec_x.dtype != torch.bfloat16 or tuple(spec_x.shape) != (2, F, K, N):
@@ -190,20 +199,58 @@ def complex_bmm(spectra: torch.Tensor, spec_x: torch.Tensor, meta: dict | None =
                          f"{list(pairs.shape)}")
     spectra, spec_x = spectra.contiguous(), spec_x.contiguous()
     y = torch.empty(2, F, M, N, device=spec_x.device, dtype=torch.float32) if pairs is None else pairs
-    meta = meta or complex_bmm_meta(N)
-    grid = (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]), F)
-    _complex_bmm_kernel[grid](spectra, spec_x, y, M, N, K, F, PAIRS=pairs is not None, IEEE=interpreted(), **meta)
+
+    def launch(tiling):
+        tiling = dict(tiling)
+        w = spectra
+        if tiling.pop("W_TMA", False):
+            if K % 8:
+                raise ValueError(f"complex_bmm: TMA loads need K a multiple of 8 (rows 16-byte aligned), got {K}")
+            from triton.tools.tensor_descriptor import TensorDescriptor
+            w = TensorDescriptor(spectra, [2 * F * M, K], [K, 1], [tiling["BLOCK_M"], tiling["BLOCK_K"]])
+        grid = (triton.cdiv(M, tiling["BLOCK_M"]) * triton.cdiv(N, tiling["BLOCK_N"]), F)
+        _complex_bmm_kernel[grid](w, spec_x, y, M, N, K, F, PAIRS=pairs is not None, W_TMA=w is not spectra,
+                                  IEEE=interpreted(), **tiling)
+
+    if meta is None:
+        key = complex_bmm_key(F, M, K, N, pairs is not None, spec_x.device)
+        meta = tuning.pick(key, complex_bmm_candidates(N, K), lambda c: tuning.fastest(c, launch), spec_x.device)
+    launch(meta)
     return y
 
 
+def complex_bmm_key(F, M, K, N, pairs: bool, device: torch.device) -> tuple:
+    """The shape key of ``complex_bmm``'s tiling pick (``tuning.pick``, ``tuning.remember``)."""
+    return ("complex_bmm", F, M, K, N, pairs, device)
+
+
 def complex_bmm_meta(N: int) -> dict:
-    """``complex_bmm``'s tiling for N columns (tiles of the FFT conv's plane)."""
+    """``complex_bmm``'s heuristic tiling for N columns (tiles of the FFT conv's plane)."""
     if interpreted():
         return {"BLOCK_M": 32, "BLOCK_N": 16, "BLOCK_K": 32, "num_warps": 4, "num_stages": 1}
     # timed alone on an H100 (docs/journal.md, session 25): L7.ch's 104 tiles at batch 8 in 128 x 64 tiles at 217
     # TFLOP/s (64 x 128: 116), layer 0's 384 in 128 x 128 at 364 (128 x 64: 311)
     bn = 128 if N > 256 else 64 if N > 32 else max(16, triton.next_power_of_2(N))
     return {"BLOCK_M": 128, "BLOCK_N": bn, "BLOCK_K": 64, "num_warps": 8, "num_stages": 3}
+
+
+def complex_bmm_candidates(N: int, K: int) -> list[dict]:
+    """The heuristic tiling first, then ``GEMM_VARIANTS`` (TMA ones where K allows: rows 16-byte aligned) at its N
+    tile and at one N tile over all columns, those whose stages fit shared memory (``GEMM_SMEM``) and whose three
+    fp32 accumulators take no more of a thread's registers than the heuristic's 128 x 128 tile on 8 warps (192)."""
+    first = complex_bmm_meta(N)
+    if interpreted():
+        return [first]
+    widths = sorted({first["BLOCK_N"], max(16, min(128, triton.next_power_of_2(N)))})
+    out = [first]
+    for bm, bk, warps, stages, tma in GEMM_VARIANTS:
+        for bn in widths:
+            meta = {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "num_warps": warps, "num_stages": stages,
+                    **({"W_TMA": True} if tma else {})}
+            smem = stages * 2 * 2 * (bm * bk + bk * bn)  # two parts of each operand, bf16
+            if smem <= GEMM_SMEM and 3 * bm * bn // (32 * warps) <= 192 and meta not in out and not (tma and K % 8):
+                out.append(meta)
+    return out
 
 
 def complex_bmm_reference(spectra: torch.Tensor, spec_x: torch.Tensor) -> torch.Tensor:
@@ -258,17 +305,21 @@ def _transpose_kernel(pairs_ptr, planes_ptr, R, F, TO_PLANES: tl.constexpr, BLOC
 
 
 @triton.jit
-def _complex_bmm_kernel(w_ptr, x_ptr, y_ptr, M, N, K, F, PAIRS: tl.constexpr,
+def _complex_bmm_kernel(w_ptr, x_ptr, y_ptr, M, N, K, F, PAIRS: tl.constexpr, W_TMA: tl.constexpr,
                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, IEEE: tl.constexpr):
     """One [BLOCK_M, BLOCK_N] tile of Y[f] = W[f] X[f], each operand's real and imaginary parts apart ([2, F, ...]):
     real part Wr Xr - Wi Xi, imaginary Wr Xi + Wi Xr, each product a bf16 MMA summed in fp32. Stored as Y [2, F, M,
     N], or (PAIRS) as [M, N, F] complex: each (re, im) one 8-byte store, F apart (the programs of neighbouring
-    frequencies, running together, fill each sector in L2)."""
+    frequencies, running together, fill each sector in L2). W_TMA: ``w_ptr`` is a TMA descriptor of W as [2 F M, K]
+    (a tile's rows past M read the next frequency's, never stored; past the end, and columns past K, zeros)."""
     f = tl.program_id(1)
     tiles_n = tl.cdiv(N, BLOCK_N)
     m = tl.program_id(0) // tiles_n * BLOCK_M + tl.arange(0, BLOCK_M)
     n = tl.program_id(0) % tiles_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    w_row = w_ptr + (f.to(tl.int64) * M + m[:, None]) * K
+    if W_TMA:
+        row = f * M + tl.program_id(0) // tiles_n * BLOCK_M
+    else:
+        w_row = w_ptr + (f.to(tl.int64) * M + m[:, None]) * K
     x_col = x_ptr + f.to(tl.int64) * K * N + n[None, :]
     w_part, x_part = F.to(tl.int64) * M * K, F.to(tl.int64) * K * N
     acc_r = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
@@ -276,10 +327,14 @@ def _complex_bmm_kernel(w_ptr, x_ptr, y_ptr, M, N, K, F, PAIRS: tl.constexpr,
     acc_i = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         k = k0 + tl.arange(0, BLOCK_K)
-        w_ok = (m < M)[:, None] & (k < K)[None, :]
         x_ok = (k < K)[:, None] & (n < N)[None, :]
-        wr = tl.load(w_row + k[None, :], mask=w_ok, other=0.0)
-        wi = tl.load(w_row + w_part + k[None, :], mask=w_ok, other=0.0)
+        if W_TMA:
+            wr = w_ptr.load([row, k0])
+            wi = w_ptr.load([row + F * M, k0])
+        else:
+            w_ok = (m < M)[:, None] & (k < K)[None, :]
+            wr = tl.load(w_row + k[None, :], mask=w_ok, other=0.0)
+            wi = tl.load(w_row + w_part + k[None, :], mask=w_ok, other=0.0)
         xr = tl.load(x_col + k[:, None] * N, mask=x_ok, other=0.0)
         xi = tl.load(x_col + x_part + k[:, None] * N, mask=x_ok, other=0.0)
         acc_r = mma(acc_r, wr, xr, IEEE)

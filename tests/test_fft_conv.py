@@ -120,16 +120,26 @@ def test_complex_bmm_matches_torch():
 
 
 @pytest.mark.parametrize("meta", [{"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 16, "num_warps": 4, "num_stages": 1},
-                                  {"BLOCK_M": 64, "BLOCK_N": 16, "BLOCK_K": 64, "num_warps": 4, "num_stages": 1}])
+                                  {"BLOCK_M": 64, "BLOCK_N": 16, "BLOCK_K": 64, "num_warps": 4, "num_stages": 1},
+                                  {"BLOCK_M": 32, "BLOCK_N": 16, "BLOCK_K": 32, "num_warps": 4, "num_stages": 1,
+                                   "W_TMA": True}])
 def test_complex_bmm_matches_torch_on_other_tilings(meta):
-    """The tilings benchmarks/gpu_complex_bmm.py times: tiles wider or deeper than the matrices, and ragged edges."""
+    """The tilings ``tuning.pick`` and benchmarks/gpu_complex_bmm.py time: tiles wider or deeper than the matrices,
+    ragged edges, and the weights' spectra by TMA (a tile's rows past M read the next frequency's or, past the last,
+    zeros: none of it stored), into either layout."""
     from dnd_fast.kernels import fft_conv
 
     reseed()
-    F_, M, K, N = 3, 41, 50, 23
+    F_, M, K, N = 3, 41, 48 if meta.get("W_TMA") else 50, 23
     spectra = torch.randn(2, F_, M, K, device=DEVICE).bfloat16()
     x = torch.randn(2, F_, K, N, device=DEVICE).bfloat16()
-    assert rel(fft_conv.complex_bmm(spectra, x, meta), fft_conv.complex_bmm_reference(spectra, x)) < 1e-5
+    got = fft_conv.complex_bmm(spectra, x, meta)
+    assert rel(got, fft_conv.complex_bmm_reference(spectra, x)) < 1e-5
+    pairs = torch.full((M, N, F_, 2), float("nan"), device=DEVICE)
+    assert torch.equal(fft_conv.complex_bmm(spectra, x, meta, pairs=pairs).permute(3, 2, 0, 1), got)
+    if meta.get("W_TMA"):
+        with pytest.raises(ValueError, match="multiple of 8"):
+            fft_conv.complex_bmm(spectra[..., :47].contiguous(), x[:, :, :47].contiguous(), meta)
 
 
 def test_transposes_between_pairs_and_planes_both_ways():
@@ -352,11 +362,13 @@ def test_the_complex_gemm_benchmark_tries_tilings_that_fit_and_finds_the_fp8_pat
     from dnd_fast.kernels import fft_conv
 
     for n in (7, 56, 104, 384):
-        found = gpu_complex_bmm.candidates(n)
+        found = fft_conv.complex_bmm_candidates(n, 2048)
         assert found[0] == fft_conv.complex_bmm_meta(n) and (len(found) > 3 or n > 256)  # L0's: 128 x 128 tiles fill
         assert len({tuple(sorted(m.items())) for m in found}) == len(found)
+        assert any(m.get("W_TMA") for m in found) and not any(m.get("W_TMA") for m in
+                                                              fft_conv.complex_bmm_candidates(n, 2047))
         for m in found:
-            assert m["num_stages"] * 4 * (m["BLOCK_M"] + m["BLOCK_N"]) * m["BLOCK_K"] <= gpu_complex_bmm.SMEM, m
+            assert m["num_stages"] * 4 * (m["BLOCK_M"] + m["BLOCK_N"]) * m["BLOCK_K"] <= fft_conv.GEMM_SMEM, m
             assert 3 * m["BLOCK_M"] * m["BLOCK_N"] // (32 * m["num_warps"]) <= 192, m
     names = [c[0] for c in gpu_complex_bmm.fft_convs(DecoderConfig.paper_qwen05(), [])]
     assert names == ["L0.1w", "L0.1h", "L0.2h", "L0.2w", "L7.ch"]
