@@ -77,6 +77,9 @@ class Paths:
     # both orders); at batch 8 its strided stores slow it (L0.1w alone 6.85 against 5.36 ms; streamed 74.9 against
     # 70.0), so larger batches keep the transpose
     fft_gemm_pairs: bool = True
+    # FFT convs: the gather and the scatter run programs of fft_conv.ROWS tile rows each, not a whole tile each (at
+    # batch 1 a whole tile each left L0.1w's 336 programs stepping through 40 dependent rows, two or three an SM)
+    fft_row_programs: bool = True
     # set by decoder.layer_precision for the layer it wraps: that layer's convs named in fp8_bf16_convs
     fp8_layer_bf16_convs: tuple = ()
 

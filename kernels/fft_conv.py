@@ -183,14 +183,17 @@ def _transpose(pairs: torch.Tensor, planes: torch.Tensor, to_planes: bool):
 
 
 def complex_bmm(spectra: torch.Tensor, spec_x: torch.Tensor, meta: dict | None = None,
-                pairs: torch.Tensor | None = None) -> torch.Tensor:
+                pairs: torch.Tensor | None = None, columns: int | None = None) -> torch.Tensor:
     """Per frequency f: Y[f] = W[f] @ X[f] for ``spectra`` [2, F, M, K] and ``spec_x`` [2, F, K, N], both bf16 (real
     and imaginary parts, contiguous), products summed in fp32. Returns Y [2, F, M, N] fp32, or with ``pairs`` (fp32
     [M, N, F, 2], contiguous: complex numbers, frequencies innermost, as cuFFT reads them) stores Y there and returns
-    it. ``meta``: a tiling (one of ``complex_bmm_candidates``) in place of ``tuning.pick``'s."""
+    it. ``meta``: a tiling (one of ``complex_bmm_candidates``) in place of ``tuning.pick``'s. ``columns``: N, the first
+    columns of a wider ``spec_x`` (the rest zeros: rows of a multiple of 16 load as whole vectors)."""
     _, F, M, K = spectra.shape
-    N = spec_x.shape[-1]
-    if spectra.dtype != torch.bfloat16 or spec_x.dtype != torch.bfloat16 or tuple(spec_x.shape) != (2, F, K, N):
+    ldx = spec_x.shape[-1]
+    N = ldx if columns is None else columns
+    if spectra.dtype != torch.bfloat16 or spec_x.dtype != torch.bfloat16 or tuple(spec_x.shape) != (2, F, K, ldx) \
+            or not 0 < N <= ldx:
         raise ValueError(f"complex_bmm: want bf16 [2, F, M, K] and [2, F, K, N], got {spectra.dtype} "
                          f"{list(spectra.shape)} and {spec_x.dtype} {list(spec_x.shape)}")
     if pairs is not None and (tuple(pairs.shape) != (M, N, F, 2) or pairs.dtype != torch.float32
@@ -209,19 +212,21 @@ def complex_bmm(spectra: torch.Tensor, spec_x: torch.Tensor, meta: dict | None =
             from triton.tools.tensor_descriptor import TensorDescriptor
             w = TensorDescriptor(spectra, [2 * F * M, K], [K, 1], [tiling["BLOCK_M"], tiling["BLOCK_K"]])
         grid = (triton.cdiv(M, tiling["BLOCK_M"]) * triton.cdiv(N, tiling["BLOCK_N"]), F)
-        _complex_bmm_kernel[grid](w, spec_x, y, M, N, K, F, PAIRS=pairs is not None, W_TMA=w is not spectra,
+        _complex_bmm_kernel[grid](w, spec_x, y, M, N, K, F, ldx, PAIRS=pairs is not None, W_TMA=w is not spectra,
                                   IEEE=interpreted(), **tiling)
 
     if meta is None:
-        key = complex_bmm_key(F, M, K, N, pairs is not None, spec_x.device)
-        meta = tuning.pick(key, complex_bmm_candidates(N, K), lambda c: tuning.fastest(c, launch), spec_x.device)
+        key = complex_bmm_key(F, M, K, N, ldx, pairs is not None, spec_x.device)
+        meta = tuning.CHOSEN.get(key) or tuning.pick(key, complex_bmm_candidates(N, K),
+                                                     lambda c: tuning.fastest(c, launch), spec_x.device)
     launch(meta)
     return y
 
 
-def complex_bmm_key(F, M, K, N, pairs: bool, device: torch.device) -> tuple:
-    """The shape key of ``complex_bmm``'s tiling pick (``tuning.pick``, ``tuning.remember``)."""
-    return ("complex_bmm", F, M, K, N, pairs, device)
+def complex_bmm_key(F, M, K, N, ldx, pairs: bool, device: torch.device) -> tuple:
+    """The shape key of ``complex_bmm``'s tiling pick (``tuning.pick``, ``tuning.remember``): ``ldx`` the row length of
+    X (N, or N padded)."""
+    return ("complex_bmm", F, M, K, N, ldx, pairs, device)
 
 
 def complex_bmm_meta(N: int) -> dict:
@@ -305,7 +310,7 @@ def _transpose_kernel(pairs_ptr, planes_ptr, R, F, TO_PLANES: tl.constexpr, BLOC
 
 
 @triton.jit
-def _complex_bmm_kernel(w_ptr, x_ptr, y_ptr, M, N, K, F, PAIRS: tl.constexpr, W_TMA: tl.constexpr,
+def _complex_bmm_kernel(w_ptr, x_ptr, y_ptr, M, N, K, F, LDX, PAIRS: tl.constexpr, W_TMA: tl.constexpr,
                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, IEEE: tl.constexpr):
     """One [BLOCK_M, BLOCK_N] tile of Y[f] = W[f] X[f], each operand's real and imaginary parts apart ([2, F, ...]):
     real part Wr Xr - Wi Xi, imaginary Wr Xi + Wi Xr, each product a bf16 MMA summed in fp32. Stored as Y [2, F, M,
@@ -320,14 +325,14 @@ def _complex_bmm_kernel(w_ptr, x_ptr, y_ptr, M, N, K, F, PAIRS: tl.constexpr, W_
         row = f * M + tl.program_id(0) // tiles_n * BLOCK_M
     else:
         w_row = w_ptr + (f.to(tl.int64) * M + m[:, None]) * K
-    x_col = x_ptr + f.to(tl.int64) * K * N + n[None, :]
-    w_part, x_part = F.to(tl.int64) * M * K, F.to(tl.int64) * K * N
+    x_col = x_ptr + f.to(tl.int64) * K * LDX + n[None, :]
+    w_part, x_part = F.to(tl.int64) * M * K, F.to(tl.int64) * K * LDX
     acc_r = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     acc_ii = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)  # Wi Xi, subtracted at the end
     acc_i = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         k = k0 + tl.arange(0, BLOCK_K)
-        x_ok = (k < K)[:, None] & (n < N)[None, :]
+        x_ok = (k < K)[:, None] & (n < LDX)[None, :]
         if W_TMA:
             wr = w_ptr.load([row, k0])
             wi = w_ptr.load([row + F * M, k0])
@@ -335,8 +340,8 @@ def _complex_bmm_kernel(w_ptr, x_ptr, y_ptr, M, N, K, F, PAIRS: tl.constexpr, W_
             w_ok = (m < M)[:, None] & (k < K)[None, :]
             wr = tl.load(w_row + k[None, :], mask=w_ok, other=0.0)
             wi = tl.load(w_row + w_part + k[None, :], mask=w_ok, other=0.0)
-        xr = tl.load(x_col + k[:, None] * N, mask=x_ok, other=0.0)
-        xi = tl.load(x_col + x_part + k[:, None] * N, mask=x_ok, other=0.0)
+        xr = tl.load(x_col + k[:, None] * LDX, mask=x_ok, other=0.0)
+        xi = tl.load(x_col + x_part + k[:, None] * LDX, mask=x_ok, other=0.0)
         acc_r = mma(acc_r, wr, xr, IEEE)
         acc_ii = mma(acc_ii, wi, xi, IEEE)
         acc_i = mma(acc_i, wr, xi, IEEE)

@@ -117,6 +117,10 @@ def test_complex_bmm_matches_torch():
     assert torch.equal(pairs, got.permute(2, 3, 1, 0))
     with pytest.raises(ValueError, match="pairs must be"):
         fft_conv.complex_bmm(spectra, x, pairs=pairs.transpose(0, 1))
+    wide = torch.cat([x, torch.zeros(2, F_, K, 13, device=DEVICE, dtype=x.dtype)], -1)  # X's rows padded: 32 long
+    assert torch.equal(fft_conv.complex_bmm(spectra, wide, columns=N), got)
+    with pytest.raises(ValueError, match="complex_bmm"):
+        fft_conv.complex_bmm(spectra, x, columns=N + 1)
 
 
 @pytest.mark.parametrize("meta", [{"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 16, "num_warps": 4, "num_stages": 1},
