@@ -76,10 +76,13 @@ def fft_gemm_pairs(batch: int) -> bool:
     return batch == 1 and paths.current().fft_gemm_pairs
 
 
-def fft_gather_rows() -> dict:
-    """An FFT conv's gather and scatter programs on the current paths: ``fft_conv.ROWS`` tile rows each
-    (``Paths.fft_row_programs``), else a whole tile each."""
-    return {} if paths.current().fft_row_programs else {"rows": 1 << 30}
+def fft_conv_options(batch: int) -> dict:
+    """``fft_conv.conv2d_plane_fft``'s options at ``batch`` on the current paths: the GEMM's store
+    (``fft_gemm_pairs``), the gather and scatter programs (``Paths.fft_row_programs``: ``fft_conv.ROWS`` tile rows each,
+    else a whole tile each) and the GEMM's X rows (``Paths.fft_gemm_padded_x``)."""
+    chosen = paths.current()
+    return {"gemm_pairs": fft_gemm_pairs(batch), "pad_x": chosen.fft_gemm_padded_x,
+            **({} if chosen.fft_row_programs else {"rows": 1 << 30})}
 
 
 def e4m3_convs_by_fft(layer: "HyperConvLayer", size: dict, cdtype: torch.dtype) -> tuple[str, ...]:
@@ -170,7 +173,7 @@ def _layer_plane(layer: HyperConvLayer, x: torch.Tensor, residual: bool, saved: 
             spectra = cached(module, ("fft", transposed, shape), module.weight, cdtype,
                              lambda: fft_conv.weight_spectra(module.weight, shape[1], shape[3], transposed))
             fft_conv.conv2d_plane_fft(buf, spectra, k, shape, dest_view, bias, mode, *others, out_scale=out_scale,
-                                      gemm_pairs=fft_gemm_pairs(B), **fft_gather_rows())
+                                      **fft_conv_options(B))
         elif not train and mode == 0 and bias is None and out_scale is None and \
                 thin_conv.usable(module.in_channels, module.out_channels, cdtype, x.device):
             w = cached(module, ("thin", transposed), module.weight, cdtype,

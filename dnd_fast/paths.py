@@ -80,6 +80,9 @@ class Paths:
     # FFT convs: the gather and the scatter run programs of fft_conv.ROWS tile rows each, not a whole tile each (at
     # batch 1 a whole tile each left L0.1w's 336 programs stepping through 40 dependent rows, two or three an SM)
     fft_row_programs: bool = True
+    # FFT convs: the complex GEMM's X (each channel's tiles at each frequency) in rows padded with zeros to a multiple
+    # of 16 tiles, which load as whole 16-byte vectors (batch 1: L7.ch's 19 tiles are 38-byte rows)
+    fft_gemm_padded_x: bool = False
     # set by decoder.layer_precision for the layer it wraps: that layer's convs named in fp8_bf16_convs
     fp8_layer_bf16_convs: tuple = ()
 

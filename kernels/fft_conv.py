@@ -120,13 +120,14 @@ def weight_spectra(weight: torch.Tensor, nh: int, nw: int, transpose: bool = Fal
 
 
 def conv2d_plane_fft(x: PaddedPlane, spectra: torch.Tensor, ks, shape, out, bias=None, mode=0, other=None, extra=None,
-                     out_scale=None, gemm_pairs=True, rows=ROWS):
+                     out_scale=None, gemm_pairs=True, rows=ROWS, pad_x=False):
     """``conv2d_plane``'s conv by FFT: ``x``'s interior [B, P, Q, C] convolved ('same', ``ks`` x ``ks``) into ``out``
     [B, C_out, P, Q] (any strides) with ``spectra`` = ``weight_spectra`` of the tile ``shape`` = (th, nh, tw, nw)
     (``tile_shape``). Epilogue MODE, ``bias``, ``other``, ``extra``, ``out_scale`` (an e4m3 ``out``): as
     ``conv2d_plane``. ``gemm_pairs``: the complex GEMM stores the inverse transform's input layout itself (else a
     transpose pass does; ``Paths.fft_gemm_pairs``). ``rows``: tile rows a program of the gather and the scatter
-    moves (benchmarks/gpu_fft_conv.py times a program a tile)."""
+    moves (benchmarks/gpu_fft_conv.py times a program a tile). ``pad_x``: the GEMM's X rows (the tiles of each channel
+    and frequency) padded with zeros to a multiple of 16, which load as whole vectors (``Paths.fft_gemm_padded_x``)."""
     B, P, Q, C = x.shape
     th, nh, tw, nw = shape
     if not (long_enough(nh, th, P, ks) and long_enough(nw, tw, Q, ks)):
@@ -152,14 +153,15 @@ def conv2d_plane_fft(x: PaddedPlane, spectra: torch.Tensor, ks, shape, out, bias
         BLOCK_W=triton.next_power_of_2(nw))
     spec = torch.fft.rfft2(tiles)  # [C, n, nh, nw / 2 + 1] complex64
     del tiles
-    spec_x = torch.empty(2, freqs, C, n, device=dev, dtype=torch.bfloat16)
-    _transpose(torch.view_as_real(spec).view(C * n, freqs, 2), spec_x.view(2, freqs, C * n), to_planes=True)
+    ldx = triton.cdiv(n, 16) * 16 if pad_x else n
+    spec_x = (torch.zeros if ldx > n else torch.empty)(2, freqs, C, ldx, device=dev, dtype=torch.bfloat16)
+    _transpose(torch.view_as_real(spec).view(C * n, freqs, 2), spec_x, to_planes=True)
     del spec
     spec = torch.empty(cout, n, nh, nw // 2 + 1, device=dev, dtype=torch.complex64)
     if gemm_pairs:  # the GEMM stores cuFFT's layout itself
-        complex_bmm(spectra, spec_x, pairs=torch.view_as_real(spec).view(cout, n, freqs, 2))
+        complex_bmm(spectra, spec_x, pairs=torch.view_as_real(spec).view(cout, n, freqs, 2), columns=n)
     else:
-        spec_y = complex_bmm(spectra, spec_x)  # [2, F, C_out, n] fp32
+        spec_y = complex_bmm(spectra, spec_x, columns=n)  # [2, F, C_out, n] fp32
         _transpose(torch.view_as_real(spec).view(cout * n, freqs, 2), spec_y.view(2, freqs, cout * n), to_planes=False)
         del spec_y
     del spec_x
@@ -176,10 +178,14 @@ def conv2d_plane_fft(x: PaddedPlane, spectra: torch.Tensor, ks, shape, out, bias
 
 def _transpose(pairs: torch.Tensor, planes: torch.Tensor, to_planes: bool):
     """Between ``pairs`` [R, F, 2] fp32 (complex numbers, frequencies innermost) and ``planes`` [2, F, R] (real and
-    imaginary parts, rows innermost), either way (``to_planes``: pairs -> planes, cast to the planes' dtype)."""
+    imaginary parts, rows innermost), either way (``to_planes``: pairs -> planes, cast to the planes' dtype). Planes
+    [2, F, G, L]: row r = g * (R / G) + t is planes[:, :, g, t] (R / G <= L: columns past R / G are left as they are)."""
     R, F = pairs.shape[:2]
+    G, L = planes.shape[2:] if planes.dim() == 4 else (1, R)
+    if planes.shape[:2] != (2, F) or R % G or R // G > L or not planes.is_contiguous():
+        raise ValueError(f"_transpose: {R} rows of {F} frequencies do not fit planes {list(planes.shape)}")
     grid = (triton.cdiv(R, 64), triton.cdiv(F, 32))
-    _transpose_kernel[grid](pairs, planes, R, F, TO_PLANES=to_planes, BLOCK_R=64, BLOCK_F=32)
+    _transpose_kernel[grid](pairs, planes, R, F, R // G, L, G * L, TO_PLANES=to_planes, BLOCK_R=64, BLOCK_F=32)
 
 
 def complex_bmm(spectra: torch.Tensor, spec_x: torch.Tensor, meta: dict | None = None,
@@ -287,9 +293,9 @@ def _gather_tiles_kernel(x_ptr, t_ptr, C, N, P, Q, TP, TQ, TH, TW, NH, NW, R, sx
 
 
 @triton.jit
-def _transpose_kernel(pairs_ptr, planes_ptr, R, F, TO_PLANES: tl.constexpr, BLOCK_R: tl.constexpr,
+def _transpose_kernel(pairs_ptr, planes_ptr, R, F, T, L, GL, TO_PLANES: tl.constexpr, BLOCK_R: tl.constexpr,
                       BLOCK_F: tl.constexpr):
-    """pairs [R, F, 2] <-> planes [2, F, R]: one [BLOCK_R, BLOCK_F] block of both parts. The pairs move as one
+    """pairs [R, F, 2] <-> planes [2, F, G, L] (row r = g T + t at [g, t]; GL = G L): one [BLOCK_R, BLOCK_F] block of both parts. The pairs move as one
     contiguous [BLOCK_R, 2 BLOCK_F] block, split into parts (joined) in registers: a load of every other float
     took the transposes to a fifth of HBM's rate (session 25)."""
     r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
@@ -298,8 +304,8 @@ def _transpose_kernel(pairs_ptr, planes_ptr, R, F, TO_PLANES: tl.constexpr, BLOC
     ok = (r < R)[:, None] & (f < F)[None, :]
     pair_ok = (r < R)[:, None] & (e < 2 * F)[None, :]
     at_pairs = pairs_ptr + r.to(tl.int64)[:, None] * F * 2 + e[None, :]
-    at_planes = planes_ptr + f.to(tl.int64)[None, :] * R + r[:, None]
-    plane = F.to(tl.int64) * R
+    at_planes = planes_ptr + f.to(tl.int64)[None, :] * GL + (r // T * L + r % T)[:, None]
+    plane = F.to(tl.int64) * GL
     if TO_PLANES:
         re, im = tl.split(tl.reshape(tl.load(at_pairs, mask=pair_ok), (BLOCK_R, BLOCK_F, 2)))
         tl.store(at_planes, re.to(planes_ptr.dtype.element_ty), mask=ok)

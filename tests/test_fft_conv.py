@@ -54,7 +54,8 @@ def test_fft_conv_is_the_same_conv(B, C, COUT, P, Q, ks, transpose, longest):
     assert rel(out, exact) < BF16_CONV
     # the GEMM's planes interleaved by the transpose pass, gather and scatter programs of 3 rows or of whole tiles:
     # the same sums, moved
-    for changed in ({"gemm_pairs": False, "rows": 3}, {"rows": 1000}):
+    for changed in ({"gemm_pairs": False, "rows": 3}, {"rows": 1000}, {"pad_x": True},
+                    {"pad_x": True, "gemm_pairs": False}):
         again = torch.empty_like(out)
         fft_conv.conv2d_plane_fft(plane_of(x, ks), spectra, ks, shape, again, bias, **changed)
         assert torch.equal(again, out), changed
@@ -159,6 +160,15 @@ def test_transposes_between_pairs_and_planes_both_ways():
     back = torch.full_like(pairs, float("nan"))
     fft_conv._transpose(back, planes.float(), to_planes=False)
     assert torch.equal(back, planes.float().permute(2, 1, 0))
+    grouped = torch.full((2, F_, 1, 140), 7.0, device=DEVICE, dtype=torch.bfloat16)  # rows in groups, padded
+    fft_conv._transpose(pairs, grouped, to_planes=True)
+    assert torch.equal(grouped[:, :, 0, :R], planes) and bool((grouped[..., R:] == 7).all())
+    grouped = torch.zeros(2, F_, 3, 48, device=DEVICE, dtype=torch.bfloat16)  # 131 rows are not 3 groups
+    with pytest.raises(ValueError, match="do not fit"):
+        fft_conv._transpose(pairs, grouped, to_planes=True)
+    grouped = torch.zeros(2, F_, 5, 32, device=DEVICE, dtype=torch.bfloat16)
+    fft_conv._transpose(pairs[:130], grouped, to_planes=True)  # 5 groups of 26 rows, each padded to 32
+    assert torch.equal(grouped[..., :26].reshape(2, F_, 130), planes[:, :, :130])
 
 
 def test_tiles_cover_the_plane_and_the_model_picks_the_wide_convs():
@@ -435,11 +445,19 @@ def test_batch_one_takes_its_own_tile(monkeypatch):
 
 def test_the_gemm_stores_pairs_at_batch_one_only(monkeypatch):
     """``Paths.fft_gemm_pairs``: the decoder has the complex GEMM store cuFFT's layout itself at batch 1 only (at
-    batch 8 its strided stores cost more than the transpose they save); the output is the same either way."""
+    batch 8 its strided stores cost more than the transpose they save); the output is the same either way. The
+    gather's programs (``Paths.fft_row_programs``) and the GEMM's X rows (``Paths.fft_gemm_padded_x``) reach the conv
+    from the paths as well."""
     from dnd_fast.kernels import fft_conv
 
-    asked, real = [], fft_conv.conv2d_plane_fft
-    monkeypatch.setattr(fft_conv, "conv2d_plane_fft", lambda *a, **k: asked.append(k["gemm_pairs"]) or real(*a, **k))
+    asked, options, real = [], [], fft_conv.conv2d_plane_fft
+
+    def spy(*a, **k):
+        asked.append(k["gemm_pairs"])
+        options.append((k.get("rows", fft_conv.ROWS), k["pad_x"]))
+        return real(*a, **k)
+
+    monkeypatch.setattr(fft_conv, "conv2d_plane_fft", spy)
     reseed()
     dec = HyperConvDecoder(SMALL_DECODER).to(DEVICE)
     x = torch.randn(2, *SMALL_DECODER.condition_shape, device=DEVICE)
@@ -451,3 +469,9 @@ def test_the_gemm_stores_pairs_at_batch_one_only(monkeypatch):
             assert asked and set(asked) == {want}, (batch, switch)
             asked.clear()
     assert torch.equal(outs[1, True], outs[1, False])
+    assert set(options) == {(fft_conv.ROWS, False)}
+    options.clear()
+    with torch.no_grad(), torch.autocast(DEVICE, dtype=torch.bfloat16):
+        with paths.use(fft_convs=True, fft_everywhere=True, fft_row_programs=False, fft_gemm_padded_x=True):
+            assert torch.equal(dec(x[:1], backend="triton"), outs[1, True])
+    assert options and set(options) == {(1 << 30, True)}

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device call: the FFT convs' complex GEMM at batch 1 with X's rows as they are and padded to 16 columns
 # (gpu_complex_bmm.py, then ncu on L7.ch's shape: speed of light, memory, warp stalls), then generate() at batch 1 in
-# precision fp8 with Paths.fft_row_programs off and on (both orders), and its GPU-time profile:
+# precision fp8 with Paths.fft_row_programs and fft_gemm_padded_x off and on (both orders), and its GPU-time profile:
 #   bash scripts/gpu/gemm_probe.sh ENCODER_DIR
 # Set DND_FAST_COMMIT=$(git rev-parse --short HEAD) in the command sent; rows go to $OUT/*.csv.
 set -uo pipefail
@@ -32,7 +32,7 @@ timeout 150 ncu -k regex:_complex_bmm --launch-count 2 --section SpeedOfLight --
 grep -E "Duration|Throughput|Stall|Warp Cycles|Achieved Occupancy|Block Limit" "$OUT/ncu.txt" | head -50
 for order in "" --vary-on-first; do
   timeout 150 python3 benchmarks/gpu_generate.py --encoder "$ENCODER" --batches 1 --precisions fp8 \
-    --fp8-paths ends_fft --vary fft_row_programs $order --stream 0 --reps 20 --csv "$OUT/generate.csv" 2>&1 \
+    --fp8-paths ends_fft --vary fft_row_programs,fft_gemm_padded_x $order --stream 0 --reps 20 --csv "$OUT/generate.csv" 2>&1 \
     | grep -v "Loading weights" | tee -a "$OUT/gpu_generate.log" | tail -5
 done
 timeout 90 python3 benchmarks/gpu_generate_profile.py --encoder "$ENCODER" --batch 1 --precision fp8 2>&1 \
