@@ -31,9 +31,9 @@ timeout 150 ncu -k regex:_complex_bmm --launch-count 2 --section SpeedOfLight --
   --section WarpStateStats --section Occupancy python3 "$probe" > "$OUT/ncu.txt" 2>&1
 grep -E "Duration|Throughput|Stall|Warp Cycles|Achieved Occupancy|Block Limit" "$OUT/ncu.txt" | head -50
 for order in "" --vary-on-first; do
-  timeout 150 python3 benchmarks/gpu_generate.py --encoder "$ENCODER" --batches 1 --precisions fp8 \
-    --fp8-paths ends_fft --vary fft_row_programs,fft_gemm_padded_x $order --stream 0 --reps 20 --csv "$OUT/generate.csv" 2>&1 \
-    | grep -v "Loading weights" | tee -a "$OUT/gpu_generate.log" | tail -5
+  timeout 200 python3 benchmarks/gpu_generate.py --encoder "$ENCODER" --batches 1 --precisions fp8 \
+    --fp8-paths ends_fft --vary fft_row_programs,fft_gemm_padded_x $order --stream 0 --reps 20 \
+    --csv "$OUT/generate.csv" 2>&1 | grep -v "Loading weights" | tee -a "$OUT/gpu_generate.log" | tail -8
 done
 timeout 90 python3 benchmarks/gpu_generate_profile.py --encoder "$ENCODER" --batch 1 --precision fp8 2>&1 \
   | tee "$OUT/profile.log" | tail -30
