@@ -37,26 +37,46 @@ class PaddedPlane:
 
 
 def zero_spare(plane: PaddedPlane) -> None:
-    """Zero every cell of ``plane.buf`` outside its interior: the spare positions and rows, and the
-    channel padding columns C..C8 of the interior rows."""
+    """Zero every cell of ``plane.buf`` outside its interior: the spare positions and rows (a program's rows are
+    spare rows only: the interior is never visited), then, where C < C8, the channel padding columns of every row."""
     B, P, Q, C = plane.shape
     rows, c8 = plane.buf.shape
+    pad = plane.pad
+    per_image = P * pad + pad * (Q + pad)  # spare positions of an image: each row's last pad, then pad rows
+    spare = plane.lead + B * per_image
     block_c = min(128, triton.next_power_of_2(c8))
     block_r = max(16, 4096 // block_c)
-    _zero_spare_kernel[(triton.cdiv(rows, block_r),)](plane.buf, rows, c8, C, plane.lead, P, Q, plane.pad,
-                                                      BLOCK_R=block_r, BLOCK_C=block_c)
+    if spare:
+        _zero_spare_rows_kernel[(triton.cdiv(spare, block_r),)](plane.buf, spare, c8, plane.lead, P, Q, pad,
+                                                                max(per_image, 1), BLOCK_R=block_r, BLOCK_C=block_c)
+    if C < c8:
+        block_c = triton.next_power_of_2(c8 - C)
+        _zero_columns_kernel[(triton.cdiv(rows, 4096 // block_c),)](plane.buf, rows, c8, C, BLOCK_R=4096 // block_c,
+                                                                    BLOCK_C=block_c)
 
 
 @triton.jit
-def _zero_spare_kernel(buf_ptr, ROWS, C8, C, LEAD, P, Q, PAD, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
-    r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+def _zero_spare_rows_kernel(buf_ptr, SPARE, C8, LEAD, P, Q, PAD, PER_IMAGE, BLOCK_R: tl.constexpr,
+                            BLOCK_C: tl.constexpr):
+    """Spare row s (of SPARE) is buffer row r: the LEAD first, then per image each interior row's last PAD positions
+    and the PAD rows after it."""
+    s = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     QP = Q + PAD
-    rel = tl.maximum(r - LEAD, 0)
-    at = rel % ((P + PAD) * QP)  # position within its image
-    spare = (r < LEAD) | (at // QP >= P) | (at % QP >= Q)
-    if (tl.max(spare.to(tl.int32), 0) > 0) | (C < C8):  # else the block's rows are all interior
-        zeros = tl.zeros((BLOCK_R, BLOCK_C), dtype=buf_ptr.dtype.element_ty)
-        for c0 in range(0, C8, BLOCK_C):
-            c = c0 + tl.arange(0, BLOCK_C)
-            keep = (r < ROWS)[:, None] & (c < C8)[None, :] & (spare[:, None] | (c >= C)[None, :])
-            tl.store(buf_ptr + r[:, None].to(tl.int64) * C8 + c[None, :], zeros, mask=keep)
+    rel = tl.maximum(s - LEAD, 0)
+    image, w = rel // PER_IMAGE, rel % PER_IMAGE
+    at = tl.where(w < P * PAD, (w // tl.maximum(PAD, 1)) * QP + Q + w % tl.maximum(PAD, 1), P * QP + w - P * PAD)
+    r = tl.where(s < LEAD, s, LEAD + image * (P + PAD) * QP + at)
+    zeros = tl.zeros((BLOCK_R, BLOCK_C), dtype=buf_ptr.dtype.element_ty)
+    for c0 in range(0, C8, BLOCK_C):
+        c = c0 + tl.arange(0, BLOCK_C)
+        keep = (s < SPARE)[:, None] & (c < C8)[None, :]
+        tl.store(buf_ptr + r[:, None].to(tl.int64) * C8 + c[None, :], zeros, mask=keep)
+
+
+@triton.jit
+def _zero_columns_kernel(buf_ptr, ROWS, C8, C, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Columns C..C8 of every row."""
+    r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    c = C + tl.arange(0, BLOCK_C)
+    zeros = tl.zeros((BLOCK_R, BLOCK_C), dtype=buf_ptr.dtype.element_ty)
+    tl.store(buf_ptr + r[:, None].to(tl.int64) * C8 + c[None, :], zeros, mask=(r < ROWS)[:, None] & (c < C8)[None, :])
