@@ -179,7 +179,7 @@ def conv2d_plane_fft(x: PaddedPlane, spectra: torch.Tensor, ks, shape, out, bias
 def _transpose(pairs: torch.Tensor, planes: torch.Tensor, to_planes: bool):
     """Between ``pairs`` [R, F, 2] fp32 (complex numbers, frequencies innermost) and ``planes`` [2, F, R] (real and
     imaginary parts, rows innermost), either way (``to_planes``: pairs -> planes, cast to the planes' dtype). Planes
-    [2, F, G, L]: row r = g * (R / G) + t is planes[:, :, g, t] (R / G <= L: columns past R / G are left as they are)."""
+    [2, F, G, L]: row r = g * (R / G) + t is planes[:, :, g, t] (R / G <= L: columns past R / G are left alone)."""
     R, F = pairs.shape[:2]
     G, L = planes.shape[2:] if planes.dim() == 4 else (1, R)
     if planes.shape[:2] != (2, F) or R % G or R // G > L or not planes.is_contiguous():
@@ -295,8 +295,8 @@ def _gather_tiles_kernel(x_ptr, t_ptr, C, N, P, Q, TP, TQ, TH, TW, NH, NW, R, sx
 @triton.jit
 def _transpose_kernel(pairs_ptr, planes_ptr, R, F, T, L, GL, TO_PLANES: tl.constexpr, BLOCK_R: tl.constexpr,
                       BLOCK_F: tl.constexpr):
-    """pairs [R, F, 2] <-> planes [2, F, G, L] (row r = g T + t at [g, t]; GL = G L): one [BLOCK_R, BLOCK_F] block of both parts. The pairs move as one
-    contiguous [BLOCK_R, 2 BLOCK_F] block, split into parts (joined) in registers: a load of every other float
+    """pairs [R, F, 2] <-> planes [2, F, G, L] (row r = g T + t at [g, t]; GL = G L): one [BLOCK_R, BLOCK_F] block
+    of both parts. The pairs move as one contiguous [BLOCK_R, 2 BLOCK_F] block, split into parts (joined) in registers: a load of every other float
     took the transposes to a fifth of HBM's rate (session 25)."""
     r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     f = tl.program_id(1) * BLOCK_F + tl.arange(0, BLOCK_F)
