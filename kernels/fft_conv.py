@@ -296,8 +296,8 @@ def _gather_tiles_kernel(x_ptr, t_ptr, C, N, P, Q, TP, TQ, TH, TW, NH, NW, R, sx
 def _transpose_kernel(pairs_ptr, planes_ptr, R, F, T, L, GL, TO_PLANES: tl.constexpr, BLOCK_R: tl.constexpr,
                       BLOCK_F: tl.constexpr):
     """pairs [R, F, 2] <-> planes [2, F, G, L] (row r = g T + t at [g, t]; GL = G L): one [BLOCK_R, BLOCK_F] block
-    of both parts. The pairs move as one contiguous [BLOCK_R, 2 BLOCK_F] block, split into parts (joined) in registers: a load of every other float
-    took the transposes to a fifth of HBM's rate (session 25)."""
+    of both parts. The pairs move as one contiguous [BLOCK_R, 2 BLOCK_F] block, split into parts (joined) in
+    registers: a load of every other float took the transposes to a fifth of HBM's rate (session 25)."""
     r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     f = tl.program_id(1) * BLOCK_F + tl.arange(0, BLOCK_F)
     e = tl.program_id(1) * 2 * BLOCK_F + tl.arange(0, 2 * BLOCK_F)  # a pair's floats
