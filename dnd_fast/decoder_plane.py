@@ -78,11 +78,9 @@ def fft_gemm_pairs(batch: int) -> bool:
 
 def fft_conv_options(batch: int) -> dict:
     """``fft_conv.conv2d_plane_fft``'s options at ``batch`` on the current paths: the GEMM's store
-    (``fft_gemm_pairs``), the gather and scatter programs (``Paths.fft_row_programs``: ``fft_conv.ROWS`` tile rows each,
-    else a whole tile each) and the GEMM's X rows (``Paths.fft_gemm_padded_x``)."""
-    chosen = paths.current()
-    return {"gemm_pairs": fft_gemm_pairs(batch), "pad_x": chosen.fft_gemm_padded_x,
-            **({} if chosen.fft_row_programs else {"rows": 1 << 30})}
+    (``fft_gemm_pairs``) and the gather and scatter programs (``Paths.fft_row_programs``: ``fft_conv.ROWS`` tile rows
+    each, else a whole tile each)."""
+    return {"gemm_pairs": fft_gemm_pairs(batch), **({} if paths.current().fft_row_programs else {"rows": 1 << 30})}
 
 
 def e4m3_convs_by_fft(layer: "HyperConvLayer", size: dict, cdtype: torch.dtype) -> tuple[str, ...]:

@@ -78,11 +78,10 @@ class Paths:
     # 70.0), so larger batches keep the transpose
     fft_gemm_pairs: bool = True
     # FFT convs: the gather and the scatter run programs of fft_conv.ROWS tile rows each, not a whole tile each (at
-    # batch 1 a whole tile each left L0.1w's 336 programs stepping through 40 dependent rows, two or three an SM)
+    # batch 1 a whole tile each leaves L0.1w's 336 programs stepping through 40 dependent rows, two or three an SM).
+    # Alone on an H100 (session 33): batch 1 L0.1w 1.095 against 1.123 ms, L7.ch 2.448 against 2.485; batch 8 L0.1w
+    # 6.40 against 6.63, L7.ch 6.63 against 6.37. End to end at batch 1 inside the noise (13.5-14.0 ms either way)
     fft_row_programs: bool = True
-    # FFT convs: the complex GEMM's X (each channel's tiles at each frequency) in rows padded with zeros to a multiple
-    # of 16 tiles, which load as whole 16-byte vectors (batch 1: L7.ch's 19 tiles are 38-byte rows)
-    fft_gemm_padded_x: bool = False
     # set by decoder.layer_precision for the layer it wraps: that layer's convs named in fp8_bf16_convs
     fp8_layer_bf16_convs: tuple = ()
 

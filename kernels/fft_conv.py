@@ -24,7 +24,6 @@ import torch
 import triton
 import triton.language as tl
 
-from . import tuning
 from .common import interpreted, mma
 from .epilogue import epilogue
 from .padded_plane import PaddedPlane
@@ -40,14 +39,6 @@ GEMM_FLOPS, DIRECT_FLOPS, ACTIVATION_BYTES_PER_S, SPECTRA_BYTES_PER_S = 3e14, 5e
 E4M3_FLOPS = 8.5e14
 # the longest FFT the model weighs: LONG_FFT, or SHORT_FFT with Paths.fft_long_tiles off (session 29's tiles)
 SHORT_FFT, LONG_FFT = 40, 64
-# complex_bmm's tilings (BLOCK_M, BLOCK_K, warps, stages, the weights' spectra loaded by TMA) timed beside the
-# heuristic (tuning.pick). At batch 1 the GEMM streams the spectra against 19-28 tile columns: deeper pipelines and TMA
-# keep more bytes in flight, which an H200's HBM needs (the heuristic read L7.ch's at 59% of it, an H100's at 84%)
-GEMM_VARIANTS = [(128, 64, 8, 4, False), (128, 64, 8, 5, False), (128, 64, 4, 4, False), (128, 128, 8, 3, False),
-                 (128, 128, 8, 2, False), (64, 128, 4, 4, False), (64, 128, 4, 3, False), (64, 64, 4, 6, False),
-                 (256, 64, 8, 3, False), (256, 64, 8, 2, False), (64, 256, 4, 2, False), (128, 64, 8, 3, True),
-                 (128, 64, 8, 5, True), (128, 128, 8, 2, True), (64, 128, 4, 4, True), (256, 64, 8, 3, True)]
-GEMM_SMEM = 227 * 1024  # a Hopper SM's shared memory per block
 # tile rows a program of the gather and the scatter moves: at batch 1 a program a tile (28 tiles x 12 channel blocks
 # for L0.1w) leaves each SM two or three programs stepping through 40 dependent rows
 ROWS = 4
@@ -120,14 +111,13 @@ def weight_spectra(weight: torch.Tensor, nh: int, nw: int, transpose: bool = Fal
 
 
 def conv2d_plane_fft(x: PaddedPlane, spectra: torch.Tensor, ks, shape, out, bias=None, mode=0, other=None, extra=None,
-                     out_scale=None, gemm_pairs=True, rows=ROWS, pad_x=False):
+                     out_scale=None, gemm_pairs=True, rows=ROWS):
     """``conv2d_plane``'s conv by FFT: ``x``'s interior [B, P, Q, C] convolved ('same', ``ks`` x ``ks``) into ``out``
     [B, C_out, P, Q] (any strides) with ``spectra`` = ``weight_spectra`` of the tile ``shape`` = (th, nh, tw, nw)
     (``tile_shape``). Epilogue MODE, ``bias``, ``other``, ``extra``, ``out_scale`` (an e4m3 ``out``): as
     ``conv2d_plane``. ``gemm_pairs``: the complex GEMM stores the inverse transform's input layout itself (else a
     transpose pass does; ``Paths.fft_gemm_pairs``). ``rows``: tile rows a program of the gather and the scatter
-    moves (benchmarks/gpu_fft_conv.py times a program a tile). ``pad_x``: the GEMM's X rows (the tiles of each channel
-    and frequency) padded with zeros to a multiple of 16, which load as whole vectors (``Paths.fft_gemm_padded_x``)."""
+    moves (benchmarks/gpu_fft_conv.py times a program a tile)."""
     B, P, Q, C = x.shape
     th, nh, tw, nw = shape
     if not (long_enough(nh, th, P, ks) and long_enough(nw, tw, Q, ks)):
@@ -153,15 +143,14 @@ def conv2d_plane_fft(x: PaddedPlane, spectra: torch.Tensor, ks, shape, out, bias
         BLOCK_W=triton.next_power_of_2(nw))
     spec = torch.fft.rfft2(tiles)  # [C, n, nh, nw / 2 + 1] complex64
     del tiles
-    ldx = triton.cdiv(n, 16) * 16 if pad_x else n
-    spec_x = (torch.zeros if ldx > n else torch.empty)(2, freqs, C, ldx, device=dev, dtype=torch.bfloat16)
-    _transpose(torch.view_as_real(spec).view(C * n, freqs, 2), spec_x, to_planes=True)
+    spec_x = torch.empty(2, freqs, C, n, device=dev, dtype=torch.bfloat16)
+    _transpose(torch.view_as_real(spec).view(C * n, freqs, 2), spec_x.view(2, freqs, C * n), to_planes=True)
     del spec
     spec = torch.empty(cout, n, nh, nw // 2 + 1, device=dev, dtype=torch.complex64)
     if gemm_pairs:  # the GEMM stores cuFFT's layout itself
-        complex_bmm(spectra, spec_x, pairs=torch.view_as_real(spec).view(cout, n, freqs, 2), columns=n)
+        complex_bmm(spectra, spec_x, pairs=torch.view_as_real(spec).view(cout, n, freqs, 2))
     else:
-        spec_y = complex_bmm(spectra, spec_x, columns=n)  # [2, F, C_out, n] fp32
+        spec_y = complex_bmm(spectra, spec_x)  # [2, F, C_out, n] fp32
         _transpose(torch.view_as_real(spec).view(cout * n, freqs, 2), spec_y.view(2, freqs, cout * n), to_planes=False)
         del spec_y
     del spec_x
@@ -178,28 +167,21 @@ def conv2d_plane_fft(x: PaddedPlane, spectra: torch.Tensor, ks, shape, out, bias
 
 def _transpose(pairs: torch.Tensor, planes: torch.Tensor, to_planes: bool):
     """Between ``pairs`` [R, F, 2] fp32 (complex numbers, frequencies innermost) and ``planes`` [2, F, R] (real and
-    imaginary parts, rows innermost), either way (``to_planes``: pairs -> planes, cast to the planes' dtype). Planes
-    [2, F, G, L]: row r = g * (R / G) + t is planes[:, :, g, t] (R / G <= L: columns past R / G are left alone)."""
+    imaginary parts, rows innermost), either way (``to_planes``: pairs -> planes, cast to the planes' dtype)."""
     R, F = pairs.shape[:2]
-    G, L = planes.shape[2:] if planes.dim() == 4 else (1, R)
-    if planes.shape[:2] != (2, F) or R % G or R // G > L or not planes.is_contiguous():
-        raise ValueError(f"_transpose: {R} rows of {F} frequencies do not fit planes {list(planes.shape)}")
     grid = (triton.cdiv(R, 64), triton.cdiv(F, 32))
-    _transpose_kernel[grid](pairs, planes, R, F, R // G, L, G * L, TO_PLANES=to_planes, BLOCK_R=64, BLOCK_F=32)
+    _transpose_kernel[grid](pairs, planes, R, F, TO_PLANES=to_planes, BLOCK_R=64, BLOCK_F=32)
 
 
 def complex_bmm(spectra: torch.Tensor, spec_x: torch.Tensor, meta: dict | None = None,
-                pairs: torch.Tensor | None = None, columns: int | None = None) -> torch.Tensor:
+                pairs: torch.Tensor | None = None) -> torch.Tensor:
     """Per frequency f: Y[f] = W[f] @ X[f] for ``spectra`` [2, F, M, K] and ``spec_x`` [2, F, K, N], both bf16 (real
     and imaginary parts, contiguous), products summed in fp32. Returns Y [2, F, M, N] fp32, or with ``pairs`` (fp32
     [M, N, F, 2], contiguous: complex numbers, frequencies innermost, as cuFFT reads them) stores Y there and returns
-    it. ``meta``: a tiling (one of ``complex_bmm_candidates``) in place of ``tuning.pick``'s. ``columns``: N, the first
-    columns of a wider ``spec_x`` (the rest zeros: rows of a multiple of 16 load as whole vectors)."""
+    it. ``meta``: a tiling (``complex_bmm_meta``'s keys) in place of that heuristic (benchmarks/gpu_complex_bmm.py)."""
     _, F, M, K = spectra.shape
-    ldx = spec_x.shape[-1]
-    N = ldx if columns is None else columns
-    if spectra.dtype != torch.bfloat16 or spec_x.dtype != torch.bfloat16 or tuple(spec_x.shape) != (2, F, K, ldx) \
-            or not 0 < N <= ldx:
+    N = spec_x.shape[-1]
+    if spectra.dtype != torch.bfloat16 or spec_x.dtype != torch.bfloat16 or tuple(spec_x.shape) != (2, F, K, N):
         raise ValueError(f"complex_bmm: want bf16 [2, F, M, K] and [2, F, K, N], got {spectra.dtype} "
                          f"{list(spectra.shape)} and {spec_x.dtype} {list(spec_x.shape)}")
     if pairs is not None and (tuple(pairs.shape) != (M, N, F, 2) or pairs.dtype != torch.float32
@@ -208,60 +190,20 @@ def complex_bmm(spectra: torch.Tensor, spec_x: torch.Tensor, meta: dict | None =
                          f"{list(pairs.shape)}")
     spectra, spec_x = spectra.contiguous(), spec_x.contiguous()
     y = torch.empty(2, F, M, N, device=spec_x.device, dtype=torch.float32) if pairs is None else pairs
-
-    def launch(tiling):
-        tiling = dict(tiling)
-        w = spectra
-        if tiling.pop("W_TMA", False):
-            if K % 8:
-                raise ValueError(f"complex_bmm: TMA loads need K a multiple of 8 (rows 16-byte aligned), got {K}")
-            from triton.tools.tensor_descriptor import TensorDescriptor
-            w = TensorDescriptor(spectra, [2 * F * M, K], [K, 1], [tiling["BLOCK_M"], tiling["BLOCK_K"]])
-        grid = (triton.cdiv(M, tiling["BLOCK_M"]) * triton.cdiv(N, tiling["BLOCK_N"]), F)
-        _complex_bmm_kernel[grid](w, spec_x, y, M, N, K, F, ldx, PAIRS=pairs is not None, W_TMA=w is not spectra,
-                                  IEEE=interpreted(), **tiling)
-
-    if meta is None:
-        key = complex_bmm_key(F, M, K, N, ldx, pairs is not None, spec_x.device)
-        meta = tuning.CHOSEN.get(key) or tuning.pick(key, complex_bmm_candidates(N, K),
-                                                     lambda c: tuning.fastest(c, launch), spec_x.device)
-    launch(meta)
+    meta = meta or complex_bmm_meta(N)
+    grid = (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]), F)
+    _complex_bmm_kernel[grid](spectra, spec_x, y, M, N, K, F, PAIRS=pairs is not None, IEEE=interpreted(), **meta)
     return y
 
 
-def complex_bmm_key(F, M, K, N, ldx, pairs: bool, device: torch.device) -> tuple:
-    """The shape key of ``complex_bmm``'s tiling pick (``tuning.pick``, ``tuning.remember``): ``ldx`` the row length of
-    X (N, or N padded)."""
-    return ("complex_bmm", F, M, K, N, ldx, pairs, device)
-
-
 def complex_bmm_meta(N: int) -> dict:
-    """``complex_bmm``'s heuristic tiling for N columns (tiles of the FFT conv's plane)."""
+    """``complex_bmm``'s tiling for N columns (tiles of the FFT conv's plane)."""
     if interpreted():
         return {"BLOCK_M": 32, "BLOCK_N": 16, "BLOCK_K": 32, "num_warps": 4, "num_stages": 1}
     # timed alone on an H100 (docs/journal.md, session 25): L7.ch's 104 tiles at batch 8 in 128 x 64 tiles at 217
     # TFLOP/s (64 x 128: 116), layer 0's 384 in 128 x 128 at 364 (128 x 64: 311)
     bn = 128 if N > 256 else 64 if N > 32 else max(16, triton.next_power_of_2(N))
     return {"BLOCK_M": 128, "BLOCK_N": bn, "BLOCK_K": 64, "num_warps": 8, "num_stages": 3}
-
-
-def complex_bmm_candidates(N: int, K: int) -> list[dict]:
-    """The heuristic tiling first, then ``GEMM_VARIANTS`` (TMA ones where K allows: rows 16-byte aligned) at its N
-    tile and at one N tile over all columns, those whose stages fit shared memory (``GEMM_SMEM``) and whose three
-    fp32 accumulators take no more of a thread's registers than the heuristic's 128 x 128 tile on 8 warps (192)."""
-    first = complex_bmm_meta(N)
-    if interpreted():
-        return [first]
-    widths = sorted({first["BLOCK_N"], max(16, min(128, triton.next_power_of_2(N)))})
-    out = [first]
-    for bm, bk, warps, stages, tma in GEMM_VARIANTS:
-        for bn in widths:
-            meta = {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "num_warps": warps, "num_stages": stages,
-                    **({"W_TMA": True} if tma else {})}
-            smem = stages * 2 * 2 * (bm * bk + bk * bn)  # two parts of each operand, bf16
-            if smem <= GEMM_SMEM and 3 * bm * bn // (32 * warps) <= 192 and meta not in out and not (tma and K % 8):
-                out.append(meta)
-    return out
 
 
 def complex_bmm_reference(spectra: torch.Tensor, spec_x: torch.Tensor) -> torch.Tensor:
@@ -293,19 +235,19 @@ def _gather_tiles_kernel(x_ptr, t_ptr, C, N, P, Q, TP, TQ, TH, TW, NH, NW, R, sx
 
 
 @triton.jit
-def _transpose_kernel(pairs_ptr, planes_ptr, R, F, T, L, GL, TO_PLANES: tl.constexpr, BLOCK_R: tl.constexpr,
+def _transpose_kernel(pairs_ptr, planes_ptr, R, F, TO_PLANES: tl.constexpr, BLOCK_R: tl.constexpr,
                       BLOCK_F: tl.constexpr):
-    """pairs [R, F, 2] <-> planes [2, F, G, L] (row r = g T + t at [g, t]; GL = G L): one [BLOCK_R, BLOCK_F] block
-    of both parts. The pairs move as one contiguous [BLOCK_R, 2 BLOCK_F] block, split into parts (joined) in
-    registers: a load of every other float took the transposes to a fifth of HBM's rate (session 25)."""
+    """pairs [R, F, 2] <-> planes [2, F, R]: one [BLOCK_R, BLOCK_F] block of both parts. The pairs move as one
+    contiguous [BLOCK_R, 2 BLOCK_F] block, split into parts (joined) in registers: a load of every other float
+    took the transposes to a fifth of HBM's rate (session 25)."""
     r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     f = tl.program_id(1) * BLOCK_F + tl.arange(0, BLOCK_F)
     e = tl.program_id(1) * 2 * BLOCK_F + tl.arange(0, 2 * BLOCK_F)  # a pair's floats
     ok = (r < R)[:, None] & (f < F)[None, :]
     pair_ok = (r < R)[:, None] & (e < 2 * F)[None, :]
     at_pairs = pairs_ptr + r.to(tl.int64)[:, None] * F * 2 + e[None, :]
-    at_planes = planes_ptr + f.to(tl.int64)[None, :] * GL + (r // T * L + r % T)[:, None]
-    plane = F.to(tl.int64) * GL
+    at_planes = planes_ptr + f.to(tl.int64)[None, :] * R + r[:, None]
+    plane = F.to(tl.int64) * R
     if TO_PLANES:
         re, im = tl.split(tl.reshape(tl.load(at_pairs, mask=pair_ok), (BLOCK_R, BLOCK_F, 2)))
         tl.store(at_planes, re.to(planes_ptr.dtype.element_ty), mask=ok)
@@ -316,38 +258,30 @@ def _transpose_kernel(pairs_ptr, planes_ptr, R, F, T, L, GL, TO_PLANES: tl.const
 
 
 @triton.jit
-def _complex_bmm_kernel(w_ptr, x_ptr, y_ptr, M, N, K, F, LDX, PAIRS: tl.constexpr, W_TMA: tl.constexpr,
+def _complex_bmm_kernel(w_ptr, x_ptr, y_ptr, M, N, K, F, PAIRS: tl.constexpr,
                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, IEEE: tl.constexpr):
     """One [BLOCK_M, BLOCK_N] tile of Y[f] = W[f] X[f], each operand's real and imaginary parts apart ([2, F, ...]):
     real part Wr Xr - Wi Xi, imaginary Wr Xi + Wi Xr, each product a bf16 MMA summed in fp32. Stored as Y [2, F, M,
     N], or (PAIRS) as [M, N, F] complex: each (re, im) one 8-byte store, F apart (the programs of neighbouring
-    frequencies, running together, fill each sector in L2). W_TMA: ``w_ptr`` is a TMA descriptor of W as [2 F M, K]
-    (a tile's rows past M read the next frequency's, never stored; past the end, and columns past K, zeros)."""
+    frequencies, running together, fill each sector in L2)."""
     f = tl.program_id(1)
     tiles_n = tl.cdiv(N, BLOCK_N)
     m = tl.program_id(0) // tiles_n * BLOCK_M + tl.arange(0, BLOCK_M)
     n = tl.program_id(0) % tiles_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    if W_TMA:
-        row = f * M + tl.program_id(0) // tiles_n * BLOCK_M
-    else:
-        w_row = w_ptr + (f.to(tl.int64) * M + m[:, None]) * K
-    x_col = x_ptr + f.to(tl.int64) * K * LDX + n[None, :]
-    w_part, x_part = F.to(tl.int64) * M * K, F.to(tl.int64) * K * LDX
+    w_row = w_ptr + (f.to(tl.int64) * M + m[:, None]) * K
+    x_col = x_ptr + f.to(tl.int64) * K * N + n[None, :]
+    w_part, x_part = F.to(tl.int64) * M * K, F.to(tl.int64) * K * N
     acc_r = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     acc_ii = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)  # Wi Xi, subtracted at the end
     acc_i = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         k = k0 + tl.arange(0, BLOCK_K)
-        x_ok = (k < K)[:, None] & (n < LDX)[None, :]
-        if W_TMA:
-            wr = w_ptr.load([row, k0])
-            wi = w_ptr.load([row + F * M, k0])
-        else:
-            w_ok = (m < M)[:, None] & (k < K)[None, :]
-            wr = tl.load(w_row + k[None, :], mask=w_ok, other=0.0)
-            wi = tl.load(w_row + w_part + k[None, :], mask=w_ok, other=0.0)
-        xr = tl.load(x_col + k[:, None] * LDX, mask=x_ok, other=0.0)
-        xi = tl.load(x_col + x_part + k[:, None] * LDX, mask=x_ok, other=0.0)
+        w_ok = (m < M)[:, None] & (k < K)[None, :]
+        x_ok = (k < K)[:, None] & (n < N)[None, :]
+        wr = tl.load(w_row + k[None, :], mask=w_ok, other=0.0)
+        wi = tl.load(w_row + w_part + k[None, :], mask=w_ok, other=0.0)
+        xr = tl.load(x_col + k[:, None] * N, mask=x_ok, other=0.0)
+        xi = tl.load(x_col + x_part + k[:, None] * N, mask=x_ok, other=0.0)
         acc_r = mma(acc_r, wr, xr, IEEE)
         acc_ii = mma(acc_ii, wi, xi, IEEE)
         acc_i = mma(acc_i, wr, xi, IEEE)

@@ -186,13 +186,6 @@ def choose(key: tuple, candidates: list[dict], search, device: torch.device) -> 
     return meta
 
 
-def remember(key: tuple, meta: dict, device: torch.device) -> None:
-    """Keep ``meta`` as ``key``'s pick on ``device``'s GPU model (in this process and in its file), as a search would:
-    for a benchmark that times the candidates itself (benchmarks/gpu_complex_bmm.py)."""
-    _write(tilings_file(device), _key_text(key), meta)
-    CHOSEN[key] = meta
-
-
 def known(key: tuple, candidates: list[dict], device: torch.device, same_chip: bool = False) -> dict | None:
     """The pick for ``key`` on ``device``'s GPU model that is one of ``candidates``: this machine's file's, else the
     shipped one's, else (``same_chip``) one shipped for another model of the same chip (``SHIPPED_CHIPS``); None."""

@@ -54,8 +54,7 @@ def test_fft_conv_is_the_same_conv(B, C, COUT, P, Q, ks, transpose, longest):
     assert rel(out, exact) < BF16_CONV
     # the GEMM's planes interleaved by the transpose pass, gather and scatter programs of 3 rows or of whole tiles:
     # the same sums, moved
-    for changed in ({"gemm_pairs": False, "rows": 3}, {"rows": 1000}, {"pad_x": True},
-                    {"pad_x": True, "gemm_pairs": False}):
+    for changed in ({"gemm_pairs": False, "rows": 3}, {"rows": 1000}):
         again = torch.empty_like(out)
         fft_conv.conv2d_plane_fft(plane_of(x, ks), spectra, ks, shape, again, bias, **changed)
         assert torch.equal(again, out), changed
@@ -118,33 +117,19 @@ def test_complex_bmm_matches_torch():
     assert torch.equal(pairs, got.permute(2, 3, 1, 0))
     with pytest.raises(ValueError, match="pairs must be"):
         fft_conv.complex_bmm(spectra, x, pairs=pairs.transpose(0, 1))
-    wide = torch.cat([x, torch.zeros(2, F_, K, 13, device=DEVICE, dtype=x.dtype)], -1)  # X's rows padded: 32 long
-    assert torch.equal(fft_conv.complex_bmm(spectra, wide, columns=N), got)
-    with pytest.raises(ValueError, match="complex_bmm"):
-        fft_conv.complex_bmm(spectra, x, columns=N + 1)
 
 
 @pytest.mark.parametrize("meta", [{"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 16, "num_warps": 4, "num_stages": 1},
-                                  {"BLOCK_M": 64, "BLOCK_N": 16, "BLOCK_K": 64, "num_warps": 4, "num_stages": 1},
-                                  {"BLOCK_M": 32, "BLOCK_N": 16, "BLOCK_K": 32, "num_warps": 4, "num_stages": 1,
-                                   "W_TMA": True}])
+                                  {"BLOCK_M": 64, "BLOCK_N": 16, "BLOCK_K": 64, "num_warps": 4, "num_stages": 1}])
 def test_complex_bmm_matches_torch_on_other_tilings(meta):
-    """The tilings ``tuning.pick`` and benchmarks/gpu_complex_bmm.py time: tiles wider or deeper than the matrices,
-    ragged edges, and the weights' spectra by TMA (a tile's rows past M read the next frequency's or, past the last,
-    zeros: none of it stored), into either layout."""
+    """The tilings benchmarks/gpu_complex_bmm.py times: tiles wider or deeper than the matrices, and ragged edges."""
     from dnd_fast.kernels import fft_conv
 
     reseed()
-    F_, M, K, N = 3, 41, 48 if meta.get("W_TMA") else 50, 23
+    F_, M, K, N = 3, 41, 50, 23
     spectra = torch.randn(2, F_, M, K, device=DEVICE).bfloat16()
     x = torch.randn(2, F_, K, N, device=DEVICE).bfloat16()
-    got = fft_conv.complex_bmm(spectra, x, meta)
-    assert rel(got, fft_conv.complex_bmm_reference(spectra, x)) < 1e-5
-    pairs = torch.full((M, N, F_, 2), float("nan"), device=DEVICE)
-    assert torch.equal(fft_conv.complex_bmm(spectra, x, meta, pairs=pairs).permute(3, 2, 0, 1), got)
-    if meta.get("W_TMA"):
-        with pytest.raises(ValueError, match="multiple of 8"):
-            fft_conv.complex_bmm(spectra[..., :47].contiguous(), x[:, :, :47].contiguous(), meta)
+    assert rel(fft_conv.complex_bmm(spectra, x, meta), fft_conv.complex_bmm_reference(spectra, x)) < 1e-5
 
 
 def test_transposes_between_pairs_and_planes_both_ways():
@@ -160,15 +145,6 @@ def test_transposes_between_pairs_and_planes_both_ways():
     back = torch.full_like(pairs, float("nan"))
     fft_conv._transpose(back, planes.float(), to_planes=False)
     assert torch.equal(back, planes.float().permute(2, 1, 0))
-    grouped = torch.full((2, F_, 1, 140), 7.0, device=DEVICE, dtype=torch.bfloat16)  # rows in groups, padded
-    fft_conv._transpose(pairs, grouped, to_planes=True)
-    assert torch.equal(grouped[:, :, 0, :R], planes) and bool((grouped[..., R:] == 7).all())
-    grouped = torch.zeros(2, F_, 3, 48, device=DEVICE, dtype=torch.bfloat16)  # 131 rows are not 3 groups
-    with pytest.raises(ValueError, match="do not fit"):
-        fft_conv._transpose(pairs, grouped, to_planes=True)
-    grouped = torch.zeros(2, F_, 5, 32, device=DEVICE, dtype=torch.bfloat16)
-    fft_conv._transpose(pairs[:130], grouped, to_planes=True)  # 5 groups of 26 rows, each padded to 32
-    assert torch.equal(grouped[..., :26].reshape(2, F_, 130), planes[:, :, :130])
 
 
 def test_tiles_cover_the_plane_and_the_model_picks_the_wide_convs():
@@ -376,13 +352,11 @@ def test_the_complex_gemm_benchmark_tries_tilings_that_fit_and_finds_the_fp8_pat
     from dnd_fast.kernels import fft_conv
 
     for n in (7, 56, 104, 384):
-        found = fft_conv.complex_bmm_candidates(n, 2048)
+        found = gpu_complex_bmm.candidates(n)
         assert found[0] == fft_conv.complex_bmm_meta(n) and (len(found) > 3 or n > 256)  # L0's: 128 x 128 tiles fill
         assert len({tuple(sorted(m.items())) for m in found}) == len(found)
-        assert any(m.get("W_TMA") for m in found) and not any(m.get("W_TMA") for m in
-                                                              fft_conv.complex_bmm_candidates(n, 2047))
         for m in found:
-            assert m["num_stages"] * 4 * (m["BLOCK_M"] + m["BLOCK_N"]) * m["BLOCK_K"] <= fft_conv.GEMM_SMEM, m
+            assert m["num_stages"] * 4 * (m["BLOCK_M"] + m["BLOCK_N"]) * m["BLOCK_K"] <= gpu_complex_bmm.SMEM, m
             assert 3 * m["BLOCK_M"] * m["BLOCK_N"] // (32 * m["num_warps"]) <= 192, m
     names = [c[0] for c in gpu_complex_bmm.fft_convs(DecoderConfig.paper_qwen05(), [])]
     assert names == ["L0.1w", "L0.1h", "L0.2h", "L0.2w", "L7.ch"]
@@ -446,15 +420,14 @@ def test_batch_one_takes_its_own_tile(monkeypatch):
 def test_the_gemm_stores_pairs_at_batch_one_only(monkeypatch):
     """``Paths.fft_gemm_pairs``: the decoder has the complex GEMM store cuFFT's layout itself at batch 1 only (at
     batch 8 its strided stores cost more than the transpose they save); the output is the same either way. The
-    gather's programs (``Paths.fft_row_programs``) and the GEMM's X rows (``Paths.fft_gemm_padded_x``) reach the conv
-    from the paths as well."""
+    gather's and scatter's programs (``Paths.fft_row_programs``) reach the conv from the paths as well."""
     from dnd_fast.kernels import fft_conv
 
-    asked, options, real = [], [], fft_conv.conv2d_plane_fft
+    asked, rows, real = [], [], fft_conv.conv2d_plane_fft
 
     def spy(*a, **k):
         asked.append(k["gemm_pairs"])
-        options.append((k.get("rows", fft_conv.ROWS), k["pad_x"]))
+        rows.append(k.get("rows", fft_conv.ROWS))
         return real(*a, **k)
 
     monkeypatch.setattr(fft_conv, "conv2d_plane_fft", spy)
@@ -469,9 +442,9 @@ def test_the_gemm_stores_pairs_at_batch_one_only(monkeypatch):
             assert asked and set(asked) == {want}, (batch, switch)
             asked.clear()
     assert torch.equal(outs[1, True], outs[1, False])
-    assert set(options) == {(fft_conv.ROWS, False)}
-    options.clear()
+    assert set(rows) == {fft_conv.ROWS}
+    rows.clear()
     with torch.no_grad(), torch.autocast(DEVICE, dtype=torch.bfloat16):
-        with paths.use(fft_convs=True, fft_everywhere=True, fft_row_programs=False, fft_gemm_padded_x=True):
+        with paths.use(fft_convs=True, fft_everywhere=True, fft_row_programs=False):
             assert torch.equal(dec(x[:1], backend="triton"), outs[1, True])
-    assert options and set(options) == {(1 << 30, True)}
+    assert rows and set(rows) == {1 << 30}

@@ -51,16 +51,6 @@ def test_a_choice_outlives_the_process(cache):
     assert list(json.loads(cache.read_text())) == ["2|10|40|64|130|9|0|False|torch.bfloat16|torch.bfloat16|1"]
 
 
-def test_a_benchmarks_own_timing_is_remembered_as_a_search_would_be(cache):
-    """``tuning.remember`` (benchmarks/gpu_complex_bmm.py times the candidates itself): the pick is kept for this
-    process and in this GPU model's file, where a later ``choose`` finds it without a search."""
-    tuning.remember(KEY, CANDIDATES[1], torch.device("cpu"))
-    assert tuning.CHOSEN[KEY] == CANDIDATES[1]
-    tuning.CHOSEN.clear()
-    later = Search(2)
-    assert tuning.choose(KEY, CANDIDATES, later, torch.device("cpu")) == CANDIDATES[1] and later.calls == 0
-
-
 def test_a_remembered_tiling_that_is_no_longer_a_candidate_is_searched_again(cache):
     tuning.choose(KEY, CANDIDATES, Search(2), torch.device("cpu"))
     tuning.CHOSEN.clear()
