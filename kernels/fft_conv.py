@@ -40,7 +40,8 @@ E4M3_FLOPS = 8.5e14
 # the longest FFT the model weighs: LONG_FFT, or SHORT_FFT with Paths.fft_long_tiles off (session 29's tiles)
 SHORT_FFT, LONG_FFT = 40, 64
 # tile rows a program of the gather and the scatter moves: at batch 1 a program a tile (28 tiles x 12 channel blocks
-# for L0.1w) leaves each SM two or three programs stepping through 40 dependent rows
+# for L0.1w) leaves each SM two or three programs stepping through 40 dependent rows. The interpreter's default is a
+# whole tile a program (each program costs it Python; the tests still compare programs of 3 rows)
 ROWS = 4
 
 
@@ -111,13 +112,13 @@ def weight_spectra(weight: torch.Tensor, nh: int, nw: int, transpose: bool = Fal
 
 
 def conv2d_plane_fft(x: PaddedPlane, spectra: torch.Tensor, ks, shape, out, bias=None, mode=0, other=None, extra=None,
-                     out_scale=None, gemm_pairs=True, rows=ROWS):
+                     out_scale=None, gemm_pairs=True, rows=None):
     """``conv2d_plane``'s conv by FFT: ``x``'s interior [B, P, Q, C] convolved ('same', ``ks`` x ``ks``) into ``out``
     [B, C_out, P, Q] (any strides) with ``spectra`` = ``weight_spectra`` of the tile ``shape`` = (th, nh, tw, nw)
     (``tile_shape``). Epilogue MODE, ``bias``, ``other``, ``extra``, ``out_scale`` (an e4m3 ``out``): as
     ``conv2d_plane``. ``gemm_pairs``: the complex GEMM stores the inverse transform's input layout itself (else a
     transpose pass does; ``Paths.fft_gemm_pairs``). ``rows``: tile rows a program of the gather and the scatter
-    moves (benchmarks/gpu_fft_conv.py times a program a tile)."""
+    moves (default ``ROWS``; benchmarks/gpu_fft_conv.py times a program a tile)."""
     B, P, Q, C = x.shape
     th, nh, tw, nw = shape
     if not (long_enough(nh, th, P, ks) and long_enough(nw, tw, Q, ks)):
@@ -132,6 +133,7 @@ def conv2d_plane_fft(x: PaddedPlane, spectra: torch.Tensor, ks, shape, out, bias
         raise ValueError(f"conv2d_plane_fft: out must be [{B}, {cout}, {P}, {Q}], got {list(out.shape)}")
     if (out.dtype == torch.float8_e4m3fn) != (out_scale is not None):
         raise ValueError("conv2d_plane_fft: an e4m3 out takes out_scale (1 / its scale), any other none")
+    rows = rows or (1 << 30 if interpreted() else ROWS)
     tp, tq = triton.cdiv(P, th), triton.cdiv(Q, tw)
     n = B * tp * tq
     interior, dev = x.interior, out.device
