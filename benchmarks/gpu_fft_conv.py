@@ -104,7 +104,7 @@ def main():
                     off = fft_tile((cin, cout, p, q, KS), batch)
                 others += [(label, off, {"gemm_pairs": pairs})] if off != shape else []
             others.append(("fft_planar" if pairs else "fft_pairs", shape, {"gemm_pairs": not pairs}))
-            others.append(("fft_tile_programs", shape, {"gemm_pairs": pairs, "rows": 10 ** 6}))
+            others.append(("fft_tile_programs", shape, {"gemm_pairs": pairs, "rows": fft_conv.WHOLE_TILE}))
             for label, other_shape, options in others:  # other tiles, GEMM stores or programs: time and error
                 other_spectra = fft_conv.weight_spectra(w, other_shape[1], other_shape[3])
                 other_out = torch.empty_like(out_fft)

@@ -80,7 +80,10 @@ def fft_conv_options(batch: int) -> dict:
     """``fft_conv.conv2d_plane_fft``'s options at ``batch`` on the current paths: the GEMM's store
     (``fft_gemm_pairs``) and the gather and scatter programs (``Paths.fft_row_programs``: ``fft_conv.ROWS`` tile rows
     each, else a whole tile each)."""
-    return {"gemm_pairs": fft_gemm_pairs(batch), **({} if paths.current().fft_row_programs else {"rows": 1 << 30})}
+    from dnd_fast.kernels import fft_conv
+
+    return {"gemm_pairs": fft_gemm_pairs(batch),
+            **({} if paths.current().fft_row_programs else {"rows": fft_conv.WHOLE_TILE})}
 
 
 def e4m3_convs_by_fft(layer: "HyperConvLayer", size: dict, cdtype: torch.dtype) -> tuple[str, ...]:

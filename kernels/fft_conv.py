@@ -41,8 +41,9 @@ E4M3_FLOPS = 8.5e14
 SHORT_FFT, LONG_FFT = 40, 64
 # tile rows a program of the gather and the scatter moves: at batch 1 a program a tile (28 tiles x 12 channel blocks
 # for L0.1w) leaves each SM two or three programs stepping through 40 dependent rows. The interpreter's default is a
-# whole tile a program (each program costs it Python; the tests still compare programs of 3 rows)
-ROWS = 4
+# whole tile a program (each program costs it Python; the tests still compare programs of 3 rows). WHOLE_TILE: rows
+# enough for any tile, one program a tile (Paths.fft_row_programs off)
+ROWS, WHOLE_TILE = 4, 1 << 30
 
 
 def _side(n, ks, longest, whole_axis=True):
@@ -133,7 +134,7 @@ def conv2d_plane_fft(x: PaddedPlane, spectra: torch.Tensor, ks, shape, out, bias
         raise ValueError(f"conv2d_plane_fft: out must be [{B}, {cout}, {P}, {Q}], got {list(out.shape)}")
     if (out.dtype == torch.float8_e4m3fn) != (out_scale is not None):
         raise ValueError("conv2d_plane_fft: an e4m3 out takes out_scale (1 / its scale), any other none")
-    rows = rows or (1 << 30 if interpreted() else ROWS)
+    rows = rows or (WHOLE_TILE if interpreted() else ROWS)
     tp, tq = triton.cdiv(P, th), triton.cdiv(Q, tw)
     n = B * tp * tq
     interior, dev = x.interior, out.device

@@ -46,9 +46,9 @@ def zero_spare(plane: PaddedPlane) -> None:
     spare = plane.lead + B * per_image
     block_c = min(128, triton.next_power_of_2(c8))
     block_r = max(16, 4096 // block_c)
-    if spare:
-        _zero_spare_rows_kernel[(triton.cdiv(spare, block_r),)](plane.buf, spare, c8, plane.lead, P, Q, pad,
-                                                                max(per_image, 1), BLOCK_R=block_r, BLOCK_C=block_c)
+    if spare:  # none without padding (a 1 x 1 conv's plane)
+        _zero_spare_rows_kernel[(triton.cdiv(spare, block_r),)](plane.buf, spare, c8, plane.lead, P, Q, pad, per_image,
+                                                                BLOCK_R=block_r, BLOCK_C=block_c)
     if C < c8:
         block_c = triton.next_power_of_2(c8 - C)
         _zero_columns_kernel[(triton.cdiv(rows, 4096 // block_c),)](plane.buf, rows, c8, C, BLOCK_R=4096 // block_c,
@@ -64,7 +64,7 @@ def _zero_spare_rows_kernel(buf_ptr, SPARE, C8, LEAD, P, Q, PAD, PER_IMAGE, BLOC
     QP = Q + PAD
     rel = tl.maximum(s - LEAD, 0)
     image, w = rel // PER_IMAGE, rel % PER_IMAGE
-    at = tl.where(w < P * PAD, (w // tl.maximum(PAD, 1)) * QP + Q + w % tl.maximum(PAD, 1), P * QP + w - P * PAD)
+    at = tl.where(w < P * PAD, (w // PAD) * QP + Q + w % PAD, P * QP + w - P * PAD)
     r = tl.where(s < LEAD, s, LEAD + image * (P + PAD) * QP + at)
     zeros = tl.zeros((BLOCK_R, BLOCK_C), dtype=buf_ptr.dtype.element_ty)
     for c0 in range(0, C8, BLOCK_C):

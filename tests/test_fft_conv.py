@@ -55,7 +55,7 @@ def test_fft_conv_is_the_same_conv(B, C, COUT, P, Q, ks, transpose, longest):
     assert rel(out, exact) < BF16_CONV
     # the GEMM's planes interleaved by the transpose pass, gather and scatter programs of 3 rows, and the grid the
     # default does not run (ROWS rows a program on the GPU, a whole tile under the interpreter): the same sums, moved
-    other_grid = fft_conv.ROWS if interpreted() else 1000
+    other_grid = fft_conv.ROWS if interpreted() else fft_conv.WHOLE_TILE
     for changed in ({"gemm_pairs": False, "rows": 3}, {"rows": other_grid}):
         again = torch.empty_like(out)
         fft_conv.conv2d_plane_fft(plane_of(x, ks), spectra, ks, shape, again, bias, **changed)
@@ -449,4 +449,4 @@ def test_the_gemm_stores_pairs_at_batch_one_only(monkeypatch):
     with torch.no_grad(), torch.autocast(DEVICE, dtype=torch.bfloat16):
         with paths.use(fft_convs=True, fft_everywhere=True, fft_row_programs=False):
             assert torch.equal(dec(x[:1], backend="triton"), outs[1, True])
-    assert rows and set(rows) == {1 << 30}
+    assert rows and set(rows) == {fft_conv.WHOLE_TILE}
