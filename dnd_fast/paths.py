@@ -82,6 +82,9 @@ class Paths:
     # Alone on an H100 (session 33): batch 1 L0.1w 1.095 against 1.123 ms, L7.ch 2.448 against 2.485; batch 8 L0.1w
     # 6.40 against 6.63, L7.ch 6.63 against 6.37. End to end at batch 1 inside the noise (13.5-14.0 ms either way)
     fft_row_programs: bool = True
+    # FFT convs: the inverse FFT by cuFFT on a plan of kernels/inverse_fft.py, which consumes the spectrum and leaves
+    # the 1 / N to the scatter; off: torch.fft.irfft2, which copies its input first and scales in a second pass
+    fft_own_c2r: bool = True
     # set by decoder.layer_precision for the layer it wraps: that layer's convs named in fp8_bf16_convs
     fp8_layer_bf16_convs: tuple = ()
 

@@ -12,7 +12,8 @@ strided ``out``, as ``conv2d_plane``'s do. Its rounding is bf16's: both spectra 
 Pieces: ``tile_shape`` (the tile a conv's shape gets, by a cost model), ``weight_spectra`` (once per weight),
 ``conv2d_plane_fft`` (the conv on a ``PaddedPlane``), four kernels: gather the tiles ([C, tiles, nh, nw]: cuFFT
 transforms the last two axes), transpose the spectra to [re/im, frequency, C, tiles] bf16 (a GEMM operand per
-frequency) and back (or the GEMM stores cuFFT's layout itself), the complex GEMM, scatter through the epilogue.
+frequency) and back (or the GEMM stores cuFFT's layout itself), the complex GEMM, scatter through the epilogue; the
+inverse transform is ``inverse_fft``'s (cuFFT on its own plan, unscaled: the scatter applies the 1 / N).
 The reference is ``F.conv2d(..., padding="same")``; ``complex_bmm_reference`` that of the GEMM.
 """
 from __future__ import annotations
@@ -24,6 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
+from . import inverse_fft
 from .common import interpreted, mma
 from .epilogue import epilogue
 from .padded_plane import PaddedPlane
@@ -113,13 +115,14 @@ def weight_spectra(weight: torch.Tensor, nh: int, nw: int, transpose: bool = Fal
 
 
 def conv2d_plane_fft(x: PaddedPlane, spectra: torch.Tensor, ks, shape, out, bias=None, mode=0, other=None, extra=None,
-                     out_scale=None, gemm_pairs=True, rows=None):
+                     out_scale=None, gemm_pairs=True, rows=None, own_plan=True):
     """``conv2d_plane``'s conv by FFT: ``x``'s interior [B, P, Q, C] convolved ('same', ``ks`` x ``ks``) into ``out``
     [B, C_out, P, Q] (any strides) with ``spectra`` = ``weight_spectra`` of the tile ``shape`` = (th, nh, tw, nw)
     (``tile_shape``). Epilogue MODE, ``bias``, ``other``, ``extra``, ``out_scale`` (an e4m3 ``out``): as
     ``conv2d_plane``. ``gemm_pairs``: the complex GEMM stores the inverse transform's input layout itself (else a
     transpose pass does; ``Paths.fft_gemm_pairs``). ``rows``: tile rows a program of the gather and the scatter
-    moves (default ``ROWS``; benchmarks/gpu_fft_conv.py times a program a tile)."""
+    moves (default ``ROWS``; benchmarks/gpu_fft_conv.py times a program a tile). ``own_plan``: the inverse FFT on
+    ``inverse_fft``'s own cuFFT plan (no copy of its input, no scaling pass), else torch's ``irfft2``."""
     B, P, Q, C = x.shape
     th, nh, tw, nw = shape
     if not (long_enough(nh, th, P, ks) and long_enough(nw, tw, Q, ks)):
@@ -157,13 +160,14 @@ def conv2d_plane_fft(x: PaddedPlane, spectra: torch.Tensor, ks, shape, out, bias
         _transpose(torch.view_as_real(spec).view(cout * n, freqs, 2), spec_y.view(2, freqs, cout * n), to_planes=False)
         del spec_y
     del spec_x
-    y = torch.fft.irfft2(spec, s=(nh, nw))  # [C_out, n, nh, nw] fp32
+    y = inverse_fft.irfft2_unscaled(spec, nh, nw, own_plan)  # [C_out, n, nh, nw] fp32, nh x nw times the conv
     del spec
     other = out if other is None else other
     extra = out if extra is None else extra
     _scatter_kernel[(n, triton.cdiv(cout, 32), triton.cdiv(th, rows))](
         y, bias if bias is not None else out, other, extra, out, out if out_scale is None else out_scale,
-        cout, n, P, Q, tp, tq, th, tw, nh, nw, *out.stride(), *other.stride(), *extra.stride(), rows, MODE=mode,
+        cout, n, P, Q, tp, tq, th, tw, nh, nw, 1.0 / (nh * nw), *out.stride(), *other.stride(), *extra.stride(), rows,
+        MODE=mode,
         HAS_BIAS=bias is not None, QUANT=out_scale is not None, BLOCK_O=32, BLOCK_W=triton.next_power_of_2(tw))
     return out
 
@@ -302,11 +306,12 @@ def _complex_bmm_kernel(w_ptr, x_ptr, y_ptr, M, N, K, F, PAIRS: tl.constexpr,
 
 @triton.jit
 def _scatter_kernel(y_ptr, bias_ptr, other_ptr, extra_ptr, out_ptr, out_scale_ptr, COUT, N, P, Q, TP, TQ, TH, TW,
-                    NH, NW, sob, soc, sop, soq, srb, src, srp, srq, seb, sec, sep, seq, ROWS,
+                    NH, NW, SCALE, sob, soc, sop, soq, srb, src, srp, srq, seb, sec, sep, seq, ROWS,
                     MODE: tl.constexpr, HAS_BIAS: tl.constexpr, QUANT: tl.constexpr,
                     BLOCK_O: tl.constexpr, BLOCK_W: tl.constexpr):
-    """out[b, o, a * TH + i, s * TW + j] = epilogue(y[o, t, i, j]) for tile t = (b, a, s) and i < TH, j < TW (the
-    positions no tile wraps): one program per tile, block of output channels and ROWS rows, a row i at a time."""
+    """out[b, o, a * TH + i, s * TW + j] = epilogue(SCALE y[o, t, i, j]) for tile t = (b, a, s) and i < TH, j < TW
+    (the positions no tile wraps; SCALE the inverse FFT's 1 / N): one program per tile, block of output channels and
+    ROWS rows, a row i at a time."""
     t = tl.program_id(0)
     o = tl.program_id(1) * BLOCK_O + tl.arange(0, BLOCK_O)
     j = tl.arange(0, BLOCK_W)
@@ -318,6 +323,6 @@ def _scatter_kernel(y_ptr, bias_ptr, other_ptr, extra_ptr, out_ptr, out_scale_pt
     for i in range(first, tl.minimum(first + ROWS, TH)):
         p = a * TH + i + 0 * j  # a vector: the interpreter takes no scalar in a mask
         on = (j < TW) & (q < Q) & (p < P)
-        acc = tl.load(y_at + i * NW, mask=on[:, None] & (o < COUT)[None, :], other=0.0)
+        acc = tl.load(y_at + i * NW, mask=on[:, None] & (o < COUT)[None, :], other=0.0) * SCALE
         epilogue(acc, bs, p, q, on, o, COUT, bias_ptr, other_ptr, extra_ptr, out_ptr, sob, soc, sop, soq,
                  srb, src, srp, srq, seb, sec, sep, seq, MODE, HAS_BIAS, out_scale_ptr, QUANT)
