@@ -1,11 +1,13 @@
-"""The FFT conv's complex GEMM (kernels/fft_conv.complex_bmm) alone, its heuristic tiling against others.
+"""The FFT conv's complex GEMM (kernels/complex_gemm.py) alone, its heuristic tiling against others.
 
 For each FFT conv of the fp8 path's bf16 end layers (``decoder_plane.fft_chosen``; ``--only`` to pick) of
 ``DecoderConfig.paper_qwen05()`` at each batch: the GEMM's shape (F frequencies of C_out x C_in weights times
 C_in x N tile columns), each candidate tiling's median time (CUDA events, 20 calls), its rate (TFLOP/s) and the rate
 at which it reads the weights' spectra (GB/s, and the fraction of ``--hbm``). At batch 8 L7.ch's GEMM meets 56
 columns per weight, 112 FLOP a byte: below an H100's ridge (989 TFLOP/s over 3.35 TB/s = 295), so bound by HBM.
-Every candidate's result is checked against the heuristic's (and that one against complex64 torch on a few
+The heuristic's tile is also timed on the persistent kernel (1, 2 and 3 programs an SM: "p1" ...), and both
+kernels storing cuFFT's layout (as the decoder's GEMM does at batch 1: "pairs"). Every candidate's result is checked
+against the heuristic's (and that one against complex64 torch on a few
 frequencies). Rows go to ``--csv``.
 Run: python benchmarks/gpu_complex_bmm.py [--batches 8,1] [--only L7.ch,L0.1w] [--hbm 3.35]
 """
@@ -25,7 +27,7 @@ from dnd_fast import paths  # noqa: E402
 from dnd_fast.decoder_config import DecoderConfig  # noqa: E402
 from dnd_fast.decoder_plane import conv_planes, fft_chosen, fft_tile  # noqa: E402
 from dnd_fast.generator import PRECISION_PATHS  # noqa: E402
-from dnd_fast.kernels import fft_conv  # noqa: E402
+from dnd_fast.kernels import complex_gemm  # noqa: E402
 
 KS = 9
 SMEM = 227 * 1024  # a Hopper SM's shared memory per block
@@ -35,11 +37,12 @@ VARIANTS = [(128, 64, 8, 4), (128, 64, 4, 4), (128, 128, 8, 3), (128, 128, 8, 2)
 
 
 def candidates(n: int) -> list[dict]:
-    """The heuristic tiling for ``n`` columns first, then ``VARIANTS`` whose stages fit shared memory and whose three
-    fp32 accumulators take no more of a thread's registers than the heuristic's 128 x 128 tile on 8 warps (192)."""
-    first = fft_conv.complex_bmm_meta(n)
+    """The heuristic tiling for ``n`` columns first, then on the persistent kernel, then ``VARIANTS`` whose stages fit
+    shared memory and whose three fp32 accumulators take no more of a thread's registers than the heuristic's 128 x
+    128 tile on 8 warps (192)."""
+    first = complex_gemm.complex_bmm_meta(n)
     widths = sorted({first["BLOCK_N"], max(16, min(128, triton.next_power_of_2(n)))})
-    out = [first]
+    out = [first, *({**first, "PER_SM": p} for p in (1, 2, 3))]
     for bm, bk, warps, stages in VARIANTS:
         for bn in widths:
             meta = {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "num_warps": warps, "num_stages": stages}
@@ -81,32 +84,36 @@ def main():
             spectra = torch.randn(2, f, cout, cin, device="cuda").bfloat16()
             x = torch.randn(2, f, cin, n, device="cuda").bfloat16()
             few = slice(0, min(f, 4))
-            want = fft_conv.complex_bmm_reference(spectra[:, few].contiguous(), x[:, few].contiguous())
-            first = fft_conv.complex_bmm(spectra, x)
+            want = complex_gemm.complex_bmm_reference(spectra[:, few].contiguous(), x[:, few].contiguous())
+            first = complex_gemm.complex_bmm(spectra, x)
             err = rel_err(first[:, few], want)
             if err > 1e-4:
                 sys.exit(f"gpu_complex_bmm.py: {name} batch {batch}: the heuristic is {err:.2e} from torch")
             del want
             flop, spectra_bytes = 8 * f * cout * n * cin, 4 * f * cout * cin
             base = None
-            for meta in candidates(n):
+            heuristic = complex_gemm.complex_bmm_meta(n)
+            pairs = torch.empty(cout, n, f, 2, device="cuda")
+            for meta, store in [(m, None) for m in candidates(n)] + [(heuristic, pairs),
+                                                                       ({**heuristic, "PER_SM": 2}, pairs)]:
                 try:
-                    got = fft_conv.complex_bmm(spectra, x, meta)
+                    got = complex_gemm.complex_bmm(spectra, x, meta, pairs=store)
                 except Exception as e:  # too many registers or too much shared memory on this GPU / Triton
                     print(f"{name} b{batch} {meta}: did not run ({type(e).__name__})", flush=True)
                     continue
-                diff = rel_err(got, first)
-                ms = median_ms(lambda: fft_conv.complex_bmm(spectra, x, meta))
+                diff = rel_err(got if store is None else got.permute(3, 2, 0, 1), first)
+                ms = median_ms(lambda: complex_gemm.complex_bmm(spectra, x, meta, pairs=store))
                 base = base or ms
                 tiling = f"{meta['BLOCK_M']}x{meta['BLOCK_N']}x{meta['BLOCK_K']} w{meta['num_warps']} " \
-                         f"s{meta['num_stages']}"
+                         f"s{meta['num_stages']}" + (f" p{meta['PER_SM']}" if "PER_SM" in meta else "") + \
+                         ("" if store is None else " pairs")
                 rows.append([batch, name, f"F {f}: {cout}x{cin} @ {cin}x{n}", tiling, f"{ms:.3f}",
                              f"{base / ms:.2f}x", f"{flop / ms / 1e9:.0f}", f"{spectra_bytes / ms / 1e6:.0f}",
                              f"{spectra_bytes / ms / 1e9 / hbm:.0%}", f"{diff:.1e}"])
                 print(rows[-1], flush=True)
                 csv_rows.append([stamp, gpu, commit, batch, name, tiling, round(ms, 4)])
                 del got
-            del spectra, x, first
+            del spectra, x, first, pairs
             torch.cuda.empty_cache()
     print_table(f"complex_bmm alone (the first row of each conv: the heuristic); HBM {hbm} TB/s",
                 ["batch", "conv", "GEMM", "tiling (M x N x K, warps, stages)", "ms", "vs heuristic", "TFLOP/s",

@@ -3,18 +3,18 @@
 A direct conv spends k^2 multiply-adds per input channel, output channel and output pixel. Here each input tile of
 nh x nw = (th + k - 1) x (tw + k - 1) positions (along an axis one tile covers: n + k // 2, its wrap reading only
 the zeros past the plane's edges) is transformed once (cuFFT, fp32), the weights' spectra are precomputed, and
-every frequency is one complex GEMM [C_out, C_in] x [C_in, tiles] (``_complex_bmm_kernel``: bf16 operands, fp32
-sums): nh x (nw / 2 + 1) / (th x tw) complex multiply-adds per output pixel instead of k^2 real ones (9 x 9, 16 x 16
-tiles: 16x fewer FLOPs). The inverse transform's first th x tw positions of each tile are the conv's outputs (the
-rest wrap around); they go through the shared fused epilogue (bias, path merge, residual, an e4m3 store) into any
-strided ``out``, as ``conv2d_plane``'s do. Its rounding is bf16's: both spectra in bf16.
+every frequency is one complex GEMM [C_out, C_in] x [C_in, tiles] (``complex_gemm.complex_bmm``: bf16 operands,
+fp32 sums): nh x (nw / 2 + 1) / (th x tw) complex multiply-adds per output pixel instead of k^2 real ones (9 x 9,
+16 x 16 tiles: 16x fewer FLOPs). The inverse transform's first th x tw positions of each tile are the conv's outputs
+(the rest wrap around); they go through the shared fused epilogue (bias, path merge, residual, an e4m3 store) into
+any strided ``out``, as ``conv2d_plane``'s do. Its rounding is bf16's: both spectra in bf16.
 
 Pieces: ``tile_shape`` (the tile a conv's shape gets, by a cost model), ``weight_spectra`` (once per weight),
 ``conv2d_plane_fft`` (the conv on a ``PaddedPlane``), four kernels: gather the tiles ([C, tiles, nh, nw]: cuFFT
 transforms the last two axes), transpose the spectra to [re/im, frequency, C, tiles] bf16 (a GEMM operand per
-frequency) and back (or the GEMM stores cuFFT's layout itself), the complex GEMM, scatter through the epilogue; the
-inverse transform is ``inverse_fft``'s (cuFFT on its own plan, unscaled: the scatter applies the 1 / N).
-The reference is ``F.conv2d(..., padding="same")``; ``complex_bmm_reference`` that of the GEMM.
+frequency) and back (or the GEMM stores cuFFT's layout itself), scatter through the epilogue; the complex GEMM is
+``complex_gemm``'s, the inverse transform ``inverse_fft``'s (cuFFT on its own plan, unscaled: the scatter applies the
+1 / N). The reference is ``F.conv2d(..., padding="same")``.
 """
 from __future__ import annotations
 
@@ -26,7 +26,8 @@ import triton
 import triton.language as tl
 
 from . import inverse_fft
-from .common import interpreted, mma
+from .common import interpreted
+from .complex_gemm import complex_bmm, complex_bmm_meta
 from .epilogue import epilogue
 from .padded_plane import PaddedPlane
 
@@ -115,14 +116,15 @@ def weight_spectra(weight: torch.Tensor, nh: int, nw: int, transpose: bool = Fal
 
 
 def conv2d_plane_fft(x: PaddedPlane, spectra: torch.Tensor, ks, shape, out, bias=None, mode=0, other=None, extra=None,
-                     out_scale=None, gemm_pairs=True, rows=None, own_plan=True):
+                     out_scale=None, gemm_pairs=True, rows=None, own_plan=True, persistent=False):
     """``conv2d_plane``'s conv by FFT: ``x``'s interior [B, P, Q, C] convolved ('same', ``ks`` x ``ks``) into ``out``
     [B, C_out, P, Q] (any strides) with ``spectra`` = ``weight_spectra`` of the tile ``shape`` = (th, nh, tw, nw)
     (``tile_shape``). Epilogue MODE, ``bias``, ``other``, ``extra``, ``out_scale`` (an e4m3 ``out``): as
     ``conv2d_plane``. ``gemm_pairs``: the complex GEMM stores the inverse transform's input layout itself (else a
     transpose pass does; ``Paths.fft_gemm_pairs``). ``rows``: tile rows a program of the gather and the scatter
     moves (default ``ROWS``; benchmarks/gpu_fft_conv.py times a program a tile). ``own_plan``: the inverse FFT on
-    ``inverse_fft``'s own cuFFT plan (no copy of its input, no scaling pass), else torch's ``irfft2``."""
+    ``inverse_fft``'s own cuFFT plan (no copy of its input, no scaling pass), else torch's ``irfft2``. ``persistent``:
+    the complex GEMM on its persistent kernel (``complex_gemm``)."""
     B, P, Q, C = x.shape
     th, nh, tw, nw = shape
     if not (long_enough(nh, th, P, ks) and long_enough(nw, tw, Q, ks)):
@@ -153,10 +155,11 @@ def conv2d_plane_fft(x: PaddedPlane, spectra: torch.Tensor, ks, shape, out, bias
     _transpose(torch.view_as_real(spec).view(C * n, freqs, 2), spec_x.view(2, freqs, C * n), to_planes=True)
     del spec
     spec = torch.empty(cout, n, nh, nw // 2 + 1, device=dev, dtype=torch.complex64)
+    meta = complex_bmm_meta(n, persistent)
     if gemm_pairs:  # the GEMM stores cuFFT's layout itself
-        complex_bmm(spectra, spec_x, pairs=torch.view_as_real(spec).view(cout, n, freqs, 2))
+        complex_bmm(spectra, spec_x, meta, pairs=torch.view_as_real(spec).view(cout, n, freqs, 2))
     else:
-        spec_y = complex_bmm(spectra, spec_x)  # [2, F, C_out, n] fp32
+        spec_y = complex_bmm(spectra, spec_x, meta)  # [2, F, C_out, n] fp32
         _transpose(torch.view_as_real(spec).view(cout * n, freqs, 2), spec_y.view(2, freqs, cout * n), to_planes=False)
         del spec_y
     del spec_x
@@ -178,46 +181,6 @@ def _transpose(pairs: torch.Tensor, planes: torch.Tensor, to_planes: bool):
     R, F = pairs.shape[:2]
     grid = (triton.cdiv(R, 64), triton.cdiv(F, 32))
     _transpose_kernel[grid](pairs, planes, R, F, TO_PLANES=to_planes, BLOCK_R=64, BLOCK_F=32)
-
-
-def complex_bmm(spectra: torch.Tensor, spec_x: torch.Tensor, meta: dict | None = None,
-                pairs: torch.Tensor | None = None) -> torch.Tensor:
-    """Per frequency f: Y[f] = W[f] @ X[f] for ``spectra`` [2, F, M, K] and ``spec_x`` [2, F, K, N], both bf16 (real
-    and imaginary parts, contiguous), products summed in fp32. Returns Y [2, F, M, N] fp32, or with ``pairs`` (fp32
-    [M, N, F, 2], contiguous: complex numbers, frequencies innermost, as cuFFT reads them) stores Y there and returns
-    it. ``meta``: a tiling (``complex_bmm_meta``'s keys) in place of that heuristic (benchmarks/gpu_complex_bmm.py)."""
-    _, F, M, K = spectra.shape
-    N = spec_x.shape[-1]
-    if spectra.dtype != torch.bfloat16 or spec_x.dtype != torch.bfloat16 or tuple(spec_x.shape) != (2, F, K, N):
-        raise ValueError(f"complex_bmm: want bf16 [2, F, M, K] and [2, F, K, N], got {spectra.dtype} "
-                         f"{list(spectra.shape)} and {spec_x.dtype} {list(spec_x.shape)}")
-    if pairs is not None and (tuple(pairs.shape) != (M, N, F, 2) or pairs.dtype != torch.float32
-                              or not pairs.is_contiguous()):
-        raise ValueError(f"complex_bmm: pairs must be contiguous fp32 [{M}, {N}, {F}, 2], got {pairs.dtype} "
-                         f"{list(pairs.shape)}")
-    spectra, spec_x = spectra.contiguous(), spec_x.contiguous()
-    y = torch.empty(2, F, M, N, device=spec_x.device, dtype=torch.float32) if pairs is None else pairs
-    meta = meta or complex_bmm_meta(N)
-    grid = (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]), F)
-    _complex_bmm_kernel[grid](spectra, spec_x, y, M, N, K, F, PAIRS=pairs is not None, IEEE=interpreted(), **meta)
-    return y
-
-
-def complex_bmm_meta(N: int) -> dict:
-    """``complex_bmm``'s tiling for N columns (tiles of the FFT conv's plane)."""
-    if interpreted():
-        return {"BLOCK_M": 32, "BLOCK_N": 16, "BLOCK_K": 32, "num_warps": 4, "num_stages": 1}
-    # timed alone on an H100 (docs/journal.md, session 25): L7.ch's 104 tiles at batch 8 in 128 x 64 tiles at 217
-    # TFLOP/s (64 x 128: 116), layer 0's 384 in 128 x 128 at 364 (128 x 64: 311)
-    bn = 128 if N > 256 else 64 if N > 32 else max(16, triton.next_power_of_2(N))
-    return {"BLOCK_M": 128, "BLOCK_N": bn, "BLOCK_K": 64, "num_warps": 8, "num_stages": 3}
-
-
-def complex_bmm_reference(spectra: torch.Tensor, spec_x: torch.Tensor) -> torch.Tensor:
-    """``complex_bmm`` in complex64 torch."""
-    w = torch.complex(spectra[0].float(), spectra[1].float())
-    y = w @ torch.complex(spec_x[0].float(), spec_x[1].float())
-    return torch.stack([y.real, y.imag])
 
 
 @triton.jit
@@ -262,46 +225,6 @@ def _transpose_kernel(pairs_ptr, planes_ptr, R, F, TO_PLANES: tl.constexpr, BLOC
     else:
         both = tl.join(tl.load(at_planes, mask=ok), tl.load(at_planes + plane, mask=ok))
         tl.store(at_pairs, tl.reshape(both, (BLOCK_R, 2 * BLOCK_F)), mask=pair_ok)
-
-
-@triton.jit
-def _complex_bmm_kernel(w_ptr, x_ptr, y_ptr, M, N, K, F, PAIRS: tl.constexpr,
-                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, IEEE: tl.constexpr):
-    """One [BLOCK_M, BLOCK_N] tile of Y[f] = W[f] X[f], each operand's real and imaginary parts apart ([2, F, ...]):
-    real part Wr Xr - Wi Xi, imaginary Wr Xi + Wi Xr, each product a bf16 MMA summed in fp32. Stored as Y [2, F, M,
-    N], or (PAIRS) as [M, N, F] complex: each (re, im) one 8-byte store, F apart (the programs of neighbouring
-    frequencies, running together, fill each sector in L2)."""
-    f = tl.program_id(1)
-    tiles_n = tl.cdiv(N, BLOCK_N)
-    m = tl.program_id(0) // tiles_n * BLOCK_M + tl.arange(0, BLOCK_M)
-    n = tl.program_id(0) % tiles_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    w_row = w_ptr + (f.to(tl.int64) * M + m[:, None]) * K
-    x_col = x_ptr + f.to(tl.int64) * K * N + n[None, :]
-    w_part, x_part = F.to(tl.int64) * M * K, F.to(tl.int64) * K * N
-    acc_r = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    acc_ii = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)  # Wi Xi, subtracted at the end
-    acc_i = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        k = k0 + tl.arange(0, BLOCK_K)
-        w_ok = (m < M)[:, None] & (k < K)[None, :]
-        x_ok = (k < K)[:, None] & (n < N)[None, :]
-        wr = tl.load(w_row + k[None, :], mask=w_ok, other=0.0)
-        wi = tl.load(w_row + w_part + k[None, :], mask=w_ok, other=0.0)
-        xr = tl.load(x_col + k[:, None] * N, mask=x_ok, other=0.0)
-        xi = tl.load(x_col + x_part + k[:, None] * N, mask=x_ok, other=0.0)
-        acc_r = mma(acc_r, wr, xr, IEEE)
-        acc_ii = mma(acc_ii, wi, xi, IEEE)
-        acc_i = mma(acc_i, wr, xi, IEEE)
-        acc_i = mma(acc_i, wi, xr, IEEE)
-    ok = (m < M)[:, None] & (n < N)[None, :]
-    if PAIRS:
-        part = tl.arange(0, 2)
-        y_at = y_ptr + ((m.to(tl.int64)[:, None] * N + n[None, :]) * F + f)[:, :, None] * 2 + part[None, None, :]
-        tl.store(y_at, tl.join(acc_r - acc_ii, acc_i), mask=ok[:, :, None] & (part < 2)[None, None, :])
-    else:
-        y_at = y_ptr + (f.to(tl.int64) * M + m[:, None]) * N + n[None, :]
-        tl.store(y_at, acc_r - acc_ii, mask=ok)
-        tl.store(y_at + F.to(tl.int64) * M * N, acc_i, mask=ok)
 
 
 @triton.jit

@@ -101,39 +101,6 @@ def test_fft_conv_stores_e4m3():
     assert rel(out.double(), want) < 0.04  # e4m3: 3 mantissa bits
 
 
-def test_complex_bmm_matches_torch():
-    from dnd_fast.kernels import fft_conv
-
-    reseed()
-    F_, M, K, N = 5, 37, 70, 19
-    spectra = torch.randn(2, F_, M, K, device=DEVICE).bfloat16()
-    x = torch.randn(2, F_, K, N, device=DEVICE).bfloat16()
-    got = fft_conv.complex_bmm(spectra, x)
-    want = fft_conv.complex_bmm_reference(spectra, x)
-    assert got.shape == want.shape == (2, F_, M, N)
-    assert rel(got, want) < 1e-5
-    with pytest.raises(ValueError, match="complex_bmm"):
-        fft_conv.complex_bmm(spectra, x.float())
-    pairs = torch.full((M, N, F_, 2), float("nan"), device=DEVICE)  # cuFFT's layout: [M, N, F] complex
-    assert fft_conv.complex_bmm(spectra, x, pairs=pairs) is pairs
-    assert torch.equal(pairs, got.permute(2, 3, 1, 0))
-    with pytest.raises(ValueError, match="pairs must be"):
-        fft_conv.complex_bmm(spectra, x, pairs=pairs.transpose(0, 1))
-
-
-@pytest.mark.parametrize("meta", [{"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 16, "num_warps": 4, "num_stages": 1},
-                                  {"BLOCK_M": 64, "BLOCK_N": 16, "BLOCK_K": 64, "num_warps": 4, "num_stages": 1}])
-def test_complex_bmm_matches_torch_on_other_tilings(meta):
-    """The tilings benchmarks/gpu_complex_bmm.py times: tiles wider or deeper than the matrices, and ragged edges."""
-    from dnd_fast.kernels import fft_conv
-
-    reseed()
-    F_, M, K, N = 3, 41, 50, 23
-    spectra = torch.randn(2, F_, M, K, device=DEVICE).bfloat16()
-    x = torch.randn(2, F_, K, N, device=DEVICE).bfloat16()
-    assert rel(fft_conv.complex_bmm(spectra, x, meta), fft_conv.complex_bmm_reference(spectra, x)) < 1e-5
-
-
 def test_transposes_between_pairs_and_planes_both_ways():
     from dnd_fast.kernels import fft_conv
 
@@ -338,31 +305,6 @@ def test_fp8_layers_with_some_convs_by_fft_match_their_reference(fft_calls, monk
             assert rel(fast, ref) < 1e-2 and rel(fast, all_rounded) > 2 * rel(fast, ref)
             h = fast
     assert len(fft_calls) == 2 * 2  # the channel conv of both layers, in the scales' call and here
-
-
-def test_the_complex_gemm_benchmark_tries_tilings_that_fit_and_finds_the_fp8_paths_fft_convs(monkeypatch):
-    """benchmarks/gpu_complex_bmm.py: the heuristic first, then distinct tilings within a Hopper SM's shared memory
-    and registers; its default convs are those the fp8 path takes by FFT in the paper decoder's end layers."""
-    import sys
-    from pathlib import Path
-
-    monkeypatch.setenv("TRITON_INTERPRET", "0")  # the GPU's tilings, not the interpreter's
-    monkeypatch.syspath_prepend(str(Path(__file__).parent.parent / "benchmarks"))
-    sys.modules.pop("gpu_complex_bmm", None)
-    import gpu_complex_bmm
-    from dnd_fast.decoder_config import DecoderConfig
-    from dnd_fast.kernels import fft_conv
-
-    for n in (7, 56, 104, 384):
-        found = gpu_complex_bmm.candidates(n)
-        assert found[0] == fft_conv.complex_bmm_meta(n) and (len(found) > 3 or n > 256)  # L0's: 128 x 128 tiles fill
-        assert len({tuple(sorted(m.items())) for m in found}) == len(found)
-        for m in found:
-            assert m["num_stages"] * 4 * (m["BLOCK_M"] + m["BLOCK_N"]) * m["BLOCK_K"] <= gpu_complex_bmm.SMEM, m
-            assert 3 * m["BLOCK_M"] * m["BLOCK_N"] // (32 * m["num_warps"]) <= 192, m
-    names = [c[0] for c in gpu_complex_bmm.fft_convs(DecoderConfig.paper_qwen05(), [])]
-    assert names == ["L0.1w", "L0.1h", "L0.2h", "L0.2w", "L7.ch"]
-    assert [c[0] for c in gpu_complex_bmm.fft_convs(DecoderConfig.paper_qwen05(), ["L1.1w"])] == ["L1.1w"]
 
 
 def test_long_tiles_switch_lets_the_model_choose_longer_ffts(monkeypatch):
