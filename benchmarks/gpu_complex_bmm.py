@@ -5,8 +5,7 @@ For each FFT conv of the fp8 path's bf16 end layers (``decoder_plane.fft_chosen`
 C_in x N tile columns), each candidate tiling's median time (CUDA events, 20 calls), its rate (TFLOP/s) and the rate
 at which it reads the weights' spectra (GB/s, and the fraction of ``--hbm``). At batch 8 L7.ch's GEMM meets 56
 columns per weight, 112 FLOP a byte: below an H100's ridge (989 TFLOP/s over 3.35 TB/s = 295), so bound by HBM.
-The heuristic's tile is also timed on the persistent kernel (1, 2 and 3 programs an SM: "p1" ...), and both
-kernels storing cuFFT's layout (as the decoder's GEMM does at batch 1: "pairs"). Every candidate's result is checked
+The heuristic's tile is also timed storing cuFFT's layout (as the decoder's GEMM does at batch 1: "pairs"). Every candidate's result is checked
 against the heuristic's (and that one against complex64 torch on a few
 frequencies). Rows go to ``--csv``.
 Run: python benchmarks/gpu_complex_bmm.py [--batches 8,1] [--only L7.ch,L0.1w] [--hbm 3.35]
@@ -37,12 +36,11 @@ VARIANTS = [(128, 64, 8, 4), (128, 64, 4, 4), (128, 128, 8, 3), (128, 128, 8, 2)
 
 
 def candidates(n: int) -> list[dict]:
-    """The heuristic tiling for ``n`` columns first, then on the persistent kernel, then ``VARIANTS`` whose stages fit
-    shared memory and whose three fp32 accumulators take no more of a thread's registers than the heuristic's 128 x
-    128 tile on 8 warps (192)."""
+    """The heuristic tiling for ``n`` columns first, then ``VARIANTS`` whose stages fit shared memory and whose three
+    fp32 accumulators take no more of a thread's registers than the heuristic's 128 x 128 tile on 8 warps (192)."""
     first = complex_gemm.complex_bmm_meta(n)
     widths = sorted({first["BLOCK_N"], max(16, min(128, triton.next_power_of_2(n)))})
-    out = [first, *({**first, "PER_SM": p} for p in (1, 2, 3))]
+    out = [first]
     for bm, bk, warps, stages in VARIANTS:
         for bn in widths:
             meta = {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "num_warps": warps, "num_stages": stages}
@@ -94,8 +92,7 @@ def main():
             base = None
             heuristic = complex_gemm.complex_bmm_meta(n)
             pairs = torch.empty(cout, n, f, 2, device="cuda")
-            for meta, store in [(m, None) for m in candidates(n)] + [(heuristic, pairs),
-                                                                       ({**heuristic, "PER_SM": 2}, pairs)]:
+            for meta, store in [(m, None) for m in candidates(n)] + [(heuristic, pairs)]:
                 try:
                     got = complex_gemm.complex_bmm(spectra, x, meta, pairs=store)
                 except Exception as e:  # too many registers or too much shared memory on this GPU / Triton
@@ -105,8 +102,7 @@ def main():
                 ms = median_ms(lambda: complex_gemm.complex_bmm(spectra, x, meta, pairs=store))
                 base = base or ms
                 tiling = f"{meta['BLOCK_M']}x{meta['BLOCK_N']}x{meta['BLOCK_K']} w{meta['num_warps']} " \
-                         f"s{meta['num_stages']}" + (f" p{meta['PER_SM']}" if "PER_SM" in meta else "") + \
-                         ("" if store is None else " pairs")
+                         f"s{meta['num_stages']}" + ("" if store is None else " pairs")
                 rows.append([batch, name, f"F {f}: {cout}x{cin} @ {cin}x{n}", tiling, f"{ms:.3f}",
                              f"{base / ms:.2f}x", f"{flop / ms / 1e9:.0f}", f"{spectra_bytes / ms / 1e6:.0f}",
                              f"{spectra_bytes / ms / 1e9 / hbm:.0%}", f"{diff:.1e}"])

@@ -13,8 +13,7 @@ tile without (row "fft_unwrapped_axis"); and the decoder's tile with the GEMM's 
 (row "fft_planar") where the decoder's GEMM stores the inverse FFT's layout itself (``Paths.fft_gemm_pairs``: batch 1),
 else the other way round (row "fft_pairs"); gather and scatter programs of a whole tile each, not ``fft_conv.ROWS``
 rows (row "fft_tile_programs"); and torch's irfft2 (its input copied, its output scaled in a second pass) in place of
-the inverse on ``inverse_fft``'s own plan (row "fft_torch_c2r"); and the complex GEMM on its persistent kernel (row
-"fft_persistent_gemm").
+the inverse on ``inverse_fft``'s own plan (row "fft_torch_c2r").
 Run: python benchmarks/gpu_fft_conv.py [--batches 8,1] [--only L0.1w,L7.ch] [--longest 40] [--csv ...]
 """
 import argparse
@@ -108,7 +107,6 @@ def main():
             others.append(("fft_planar" if pairs else "fft_pairs", shape, {"gemm_pairs": not pairs}))
             others.append(("fft_tile_programs", shape, {"gemm_pairs": pairs, "rows": fft_conv.WHOLE_TILE}))
             others.append(("fft_torch_c2r", shape, {"gemm_pairs": pairs, "own_plan": False}))
-            others.append(("fft_persistent_gemm", shape, {"gemm_pairs": pairs, "persistent": True}))
             for label, other_shape, options in others:  # other tiles, GEMM stores or programs: time and error
                 other_spectra = fft_conv.weight_spectra(w, other_shape[1], other_shape[3])
                 other_out = torch.empty_like(out_fft)

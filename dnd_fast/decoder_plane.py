@@ -79,12 +79,10 @@ def fft_gemm_pairs(batch: int) -> bool:
 def fft_conv_options(batch: int) -> dict:
     """``fft_conv.conv2d_plane_fft``'s options at ``batch`` on the current paths: the GEMM's store
     (``fft_gemm_pairs``) and the gather and scatter programs (``Paths.fft_row_programs``: ``fft_conv.ROWS`` tile rows
-    each, else a whole tile each), the inverse FFT's plan (``Paths.fft_own_c2r``), the GEMM's kernel
-    (``Paths.fft_persistent_gemm``)."""
+    each, else a whole tile each), the inverse FFT's plan (``Paths.fft_own_c2r``)."""
     from dnd_fast.kernels import fft_conv
 
     return {"gemm_pairs": fft_gemm_pairs(batch), "own_plan": paths.current().fft_own_c2r,
-            "persistent": paths.current().fft_persistent_gemm,
             **({} if paths.current().fft_row_programs else {"rows": fft_conv.WHOLE_TILE})}
 
 

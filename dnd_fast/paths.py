@@ -85,9 +85,6 @@ class Paths:
     # FFT convs: the inverse FFT by cuFFT on a plan of kernels/inverse_fft.py, which consumes the spectrum and leaves
     # the 1 / N to the scatter; off: torch.fft.irfft2, which copies its input first and scales in a second pass
     fft_own_c2r: bool = True
-    # FFT convs: the complex GEMM on its persistent kernel (kernels/complex_gemm.py: a few programs an SM take the
-    # (frequency, tile) items in turn, one software pipeline over all their K steps); off: a program an item
-    fft_persistent_gemm: bool = False
     # set by decoder.layer_precision for the layer it wraps: that layer's convs named in fp8_bf16_convs
     fp8_layer_bf16_convs: tuple = ()
 

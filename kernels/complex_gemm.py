@@ -1,15 +1,12 @@
 """The FFT conv's complex GEMM (kernels/fft_conv.py): per frequency, the weights' spectra times the tiles' spectra.
 
 Y[f] = W[f] X[f] for every frequency f, real and imaginary parts apart ([2, F, ...] bf16 operands, fp32 sums). At
-batch 1 it streams the weights' spectra (4.22 GB for the paper decoder's L7.ch) and little else: bound by HBM. Two
-kernels: a program per (tile, frequency), and a persistent one whose programs (a few an SM) take (tile, frequency)
-items in turn with all their K steps in one loop, so the next item's loads are in flight while this one's last steps
-multiply (layer 0's GEMMs have six K steps a tile: a program a tile spends much of its life filling its pipeline).
+batch 1 it streams the weights' spectra (4.22 GB for the paper decoder's L7.ch) and little else: bound by HBM. A
+program a (tile, frequency); a persistent kernel (a few programs an SM taking the items in turn, one pipeline over
+all their K steps) ran 4-26% slower on every batch-1 GEMM of the paper decoder (H100, session 34: docs/journal.md).
 The reference is ``complex_bmm_reference`` (complex64 torch).
 """
 from __future__ import annotations
-
-import functools
 
 import torch
 import triton
@@ -17,16 +14,13 @@ import triton.language as tl
 
 from .common import interpreted, mma
 
-INTERPRETER_SMS = 3  # the persistent grid's "SMs" under the interpreter: a few programs, several items each
-
 
 def complex_bmm(spectra: torch.Tensor, spec_x: torch.Tensor, meta: dict | None = None,
                 pairs: torch.Tensor | None = None) -> torch.Tensor:
     """Per frequency f: Y[f] = W[f] @ X[f] for ``spectra`` [2, F, M, K] and ``spec_x`` [2, F, K, N], both bf16 (real
     and imaginary parts, contiguous), products summed in fp32. Returns Y [2, F, M, N] fp32, or with ``pairs`` (fp32
     [M, N, F, 2], contiguous: complex numbers, frequencies innermost, as cuFFT reads them) stores Y there and returns
-    it. ``meta``: a tiling (``complex_bmm_meta``'s keys; with ``PER_SM``, the persistent kernel with that many
-    programs an SM) in place of the heuristic's (benchmarks/gpu_complex_bmm.py)."""
+    it. ``meta``: a tiling (``complex_bmm_meta``'s keys) in place of that heuristic (benchmarks/gpu_complex_bmm.py)."""
     _, F, M, K = spectra.shape
     N = spec_x.shape[-1]
     if spectra.dtype != torch.bfloat16 or spec_x.dtype != torch.bfloat16 or tuple(spec_x.shape) != (2, F, K, N):
@@ -38,30 +32,20 @@ def complex_bmm(spectra: torch.Tensor, spec_x: torch.Tensor, meta: dict | None =
                          f"{list(pairs.shape)}")
     spectra, spec_x = spectra.contiguous(), spec_x.contiguous()
     y = torch.empty(2, F, M, N, device=spec_x.device, dtype=torch.float32) if pairs is None else pairs
-    meta = dict(meta or complex_bmm_meta(N))
-    per_sm = meta.pop("PER_SM", 0)
-    items = triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"])
-    if per_sm:
-        programs = min(items * F, per_sm * _sms(spec_x.device))
-        _complex_bmm_persistent_kernel[(programs,)](spectra, spec_x, y, M, N, K, F, programs,
-                                                    PAIRS=pairs is not None, IEEE=interpreted(), **meta)
-    else:
-        _complex_bmm_kernel[(items, F)](spectra, spec_x, y, M, N, K, F, PAIRS=pairs is not None, IEEE=interpreted(),
-                                        **meta)
+    meta = meta or complex_bmm_meta(N)
+    grid = (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]), F)
+    _complex_bmm_kernel[grid](spectra, spec_x, y, M, N, K, F, PAIRS=pairs is not None, IEEE=interpreted(), **meta)
     return y
 
 
-def complex_bmm_meta(N: int, persistent: bool = False) -> dict:
-    """``complex_bmm``'s tiling for N columns (tiles of the FFT conv's plane); ``persistent``: on the persistent
-    kernel, two programs an SM (the tile's shared memory lets two stay resident)."""
+def complex_bmm_meta(N: int) -> dict:
+    """``complex_bmm``'s tiling for N columns (tiles of the FFT conv's plane)."""
     if interpreted():
-        return {"BLOCK_M": 32, "BLOCK_N": 16, "BLOCK_K": 32, "num_warps": 4, "num_stages": 1,
-                **({"PER_SM": 1} if persistent else {})}
+        return {"BLOCK_M": 32, "BLOCK_N": 16, "BLOCK_K": 32, "num_warps": 4, "num_stages": 1}
     # timed alone on an H100 (docs/journal.md, session 25): L7.ch's 104 tiles at batch 8 in 128 x 64 tiles at 217
     # TFLOP/s (64 x 128: 116), layer 0's 384 in 128 x 128 at 364 (128 x 64: 311)
     bn = 128 if N > 256 else 64 if N > 32 else max(16, triton.next_power_of_2(N))
-    return {"BLOCK_M": 128, "BLOCK_N": bn, "BLOCK_K": 64, "num_warps": 8, "num_stages": 3,
-            **({"PER_SM": 2} if persistent else {})}
+    return {"BLOCK_M": 128, "BLOCK_N": bn, "BLOCK_K": 64, "num_warps": 8, "num_stages": 3}
 
 
 def complex_bmm_reference(spectra: torch.Tensor, spec_x: torch.Tensor) -> torch.Tensor:
@@ -71,92 +55,41 @@ def complex_bmm_reference(spectra: torch.Tensor, spec_x: torch.Tensor) -> torch.
     return torch.stack([y.real, y.imag])
 
 
-@functools.lru_cache(maxsize=None)
-def _sms(device: torch.device) -> int:
-    return INTERPRETER_SMS if interpreted() else torch.cuda.get_device_properties(device).multi_processor_count
-
-
 @triton.jit
 def _complex_bmm_kernel(w_ptr, x_ptr, y_ptr, M, N, K, F, PAIRS: tl.constexpr,
                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, IEEE: tl.constexpr):
-    """One [BLOCK_M, BLOCK_N] tile of Y[f] = W[f] X[f] a program (``_step``, ``_store``)."""
+    """One [BLOCK_M, BLOCK_N] tile of Y[f] = W[f] X[f], each operand's real and imaginary parts apart ([2, F, ...]):
+    real part Wr Xr - Wi Xi, imaginary Wr Xi + Wi Xr, each product a bf16 MMA summed in fp32. Stored as Y [2, F, M,
+    N], or (PAIRS) as [M, N, F] complex: each (re, im) one 8-byte store, F apart (the programs of neighbouring
+    frequencies, running together, fill each sector in L2)."""
     f = tl.program_id(1)
     tiles_n = tl.cdiv(N, BLOCK_N)
     m = tl.program_id(0) // tiles_n * BLOCK_M + tl.arange(0, BLOCK_M)
     n = tl.program_id(0) % tiles_n * BLOCK_N + tl.arange(0, BLOCK_N)
     w_row = w_ptr + (f.to(tl.int64) * M + m[:, None]) * K
     x_col = x_ptr + f.to(tl.int64) * K * N + n[None, :]
+    w_part, x_part = F.to(tl.int64) * M * K, F.to(tl.int64) * K * N
     acc_r = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     acc_ii = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)  # Wi Xi, subtracted at the end
     acc_i = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
-        acc_r, acc_ii, acc_i = _step(acc_r, acc_ii, acc_i, w_row, x_col, m, n, k0 + tl.arange(0, BLOCK_K), M, N, K,
-                                     F, IEEE)
-    _store(y_ptr, acc_r - acc_ii, acc_i, f, m, n, M, N, F, PAIRS)
-
-
-@triton.jit
-def _complex_bmm_persistent_kernel(w_ptr, x_ptr, y_ptr, M, N, K, F, PROGRAMS, PAIRS: tl.constexpr,
-                                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                                   IEEE: tl.constexpr):
-    """``_complex_bmm_kernel``'s tiles, PROGRAMS programs each taking every PROGRAMS-th (frequency, tile) item, the
-    items' K steps one loop (so one software pipeline). Items run frequency-major: the programs running together
-    store neighbouring frequencies, which fill each sector of the pairs' layout in L2."""
-    pid = tl.program_id(0)
-    tiles_n = tl.cdiv(N, BLOCK_N)
-    tiles = tl.cdiv(M, BLOCK_M) * tiles_n
-    steps = tl.cdiv(K, BLOCK_K)
-    item, s, f = pid - PROGRAMS, pid * 0 - 1, pid * 0  # before this program's first item
-    m, n = tl.arange(0, BLOCK_M), tl.arange(0, BLOCK_N)
-    w_row, x_col = w_ptr + m[:, None].to(tl.int64) * K, x_ptr + n[None, :].to(tl.int64)
-    acc_r = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    acc_ii = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    acc_i = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for _ in range(tl.cdiv(tiles * F - pid, PROGRAMS) * steps):
-        s = tl.where(s == steps - 1, 0, s + 1)
-        if s == 0:  # the next item
-            item += PROGRAMS
-            f = item // tiles
-            m = (item % tiles) // tiles_n * BLOCK_M + tl.arange(0, BLOCK_M)
-            n = (item % tiles) % tiles_n * BLOCK_N + tl.arange(0, BLOCK_N)
-            w_row = w_ptr + (f.to(tl.int64) * M + m[:, None]) * K
-            x_col = x_ptr + f.to(tl.int64) * K * N + n[None, :]
-        acc_r, acc_ii, acc_i = _step(acc_r, acc_ii, acc_i, w_row, x_col, m, n, s * BLOCK_K + tl.arange(0, BLOCK_K),
-                                     M, N, K, F, IEEE)
-        if s == steps - 1:
-            _store(y_ptr, acc_r - acc_ii, acc_i, f, m, n, M, N, F, PAIRS)
-            acc_r = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-            acc_ii = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-            acc_i = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-
-
-@triton.jit
-def _step(acc_r, acc_ii, acc_i, w_row, x_col, m, n, k, M, N, K, F, IEEE: tl.constexpr):
-    """One K step of a tile: real part Wr Xr - Wi Xi (Wi Xi summed apart, subtracted at the store), imaginary Wr Xi
-    + Wi Xr, each product a bf16 MMA summed in fp32. ``w_row``, ``x_col``: the real parts' rows and columns."""
-    w_ok = (m < M)[:, None] & (k < K)[None, :]
-    x_ok = (k < K)[:, None] & (n < N)[None, :]
-    w_part, x_part = F.to(tl.int64) * M * K, F.to(tl.int64) * K * N
-    wr = tl.load(w_row + k[None, :], mask=w_ok, other=0.0)
-    wi = tl.load(w_row + w_part + k[None, :], mask=w_ok, other=0.0)
-    xr = tl.load(x_col + k[:, None] * N, mask=x_ok, other=0.0)
-    xi = tl.load(x_col + x_part + k[:, None] * N, mask=x_ok, other=0.0)
-    acc_r = mma(acc_r, wr, xr, IEEE)
-    acc_ii = mma(acc_ii, wi, xi, IEEE)
-    acc_i = mma(acc_i, wr, xi, IEEE)
-    acc_i = mma(acc_i, wi, xr, IEEE)
-    return acc_r, acc_ii, acc_i
-
-
-@triton.jit
-def _store(y_ptr, re, im, f, m, n, M, N, F, PAIRS: tl.constexpr):
-    """A tile of Y[f] as Y [2, F, M, N], or (PAIRS) as [M, N, F] complex: each (re, im) one 8-byte store, F apart."""
+        k = k0 + tl.arange(0, BLOCK_K)
+        w_ok = (m < M)[:, None] & (k < K)[None, :]
+        x_ok = (k < K)[:, None] & (n < N)[None, :]
+        wr = tl.load(w_row + k[None, :], mask=w_ok, other=0.0)
+        wi = tl.load(w_row + w_part + k[None, :], mask=w_ok, other=0.0)
+        xr = tl.load(x_col + k[:, None] * N, mask=x_ok, other=0.0)
+        xi = tl.load(x_col + x_part + k[:, None] * N, mask=x_ok, other=0.0)
+        acc_r = mma(acc_r, wr, xr, IEEE)
+        acc_ii = mma(acc_ii, wi, xi, IEEE)
+        acc_i = mma(acc_i, wr, xi, IEEE)
+        acc_i = mma(acc_i, wi, xr, IEEE)
     ok = (m < M)[:, None] & (n < N)[None, :]
     if PAIRS:
         part = tl.arange(0, 2)
         y_at = y_ptr + ((m.to(tl.int64)[:, None] * N + n[None, :]) * F + f)[:, :, None] * 2 + part[None, None, :]
-        tl.store(y_at, tl.join(re, im), mask=ok[:, :, None] & (part < 2)[None, None, :])
+        tl.store(y_at, tl.join(acc_r - acc_ii, acc_i), mask=ok[:, :, None] & (part < 2)[None, None, :])
     else:
         y_at = y_ptr + (f.to(tl.int64) * M + m[:, None]) * N + n[None, :]
-        tl.store(y_at, re, mask=ok)
-        tl.store(y_at + F.to(tl.int64) * M * N, im, mask=ok)
+        tl.store(y_at, acc_r - acc_ii, mask=ok)
+        tl.store(y_at + F.to(tl.int64) * M * N, acc_i, mask=ok)

@@ -27,7 +27,7 @@ import triton.language as tl
 
 from . import inverse_fft
 from .common import interpreted
-from .complex_gemm import complex_bmm, complex_bmm_meta
+from .complex_gemm import complex_bmm
 from .epilogue import epilogue
 from .padded_plane import PaddedPlane
 
@@ -116,15 +116,14 @@ def weight_spectra(weight: torch.Tensor, nh: int, nw: int, transpose: bool = Fal
 
 
 def conv2d_plane_fft(x: PaddedPlane, spectra: torch.Tensor, ks, shape, out, bias=None, mode=0, other=None, extra=None,
-                     out_scale=None, gemm_pairs=True, rows=None, own_plan=True, persistent=False):
+                     out_scale=None, gemm_pairs=True, rows=None, own_plan=True):
     """``conv2d_plane``'s conv by FFT: ``x``'s interior [B, P, Q, C] convolved ('same', ``ks`` x ``ks``) into ``out``
     [B, C_out, P, Q] (any strides) with ``spectra`` = ``weight_spectra`` of the tile ``shape`` = (th, nh, tw, nw)
     (``tile_shape``). Epilogue MODE, ``bias``, ``other``, ``extra``, ``out_scale`` (an e4m3 ``out``): as
     ``conv2d_plane``. ``gemm_pairs``: the complex GEMM stores the inverse transform's input layout itself (else a
     transpose pass does; ``Paths.fft_gemm_pairs``). ``rows``: tile rows a program of the gather and the scatter
     moves (default ``ROWS``; benchmarks/gpu_fft_conv.py times a program a tile). ``own_plan``: the inverse FFT on
-    ``inverse_fft``'s own cuFFT plan (no copy of its input, no scaling pass), else torch's ``irfft2``. ``persistent``:
-    the complex GEMM on its persistent kernel (``complex_gemm``)."""
+    ``inverse_fft``'s own cuFFT plan (no copy of its input, no scaling pass), else torch's ``irfft2``."""
     B, P, Q, C = x.shape
     th, nh, tw, nw = shape
     if not (long_enough(nh, th, P, ks) and long_enough(nw, tw, Q, ks)):
@@ -155,11 +154,10 @@ def conv2d_plane_fft(x: PaddedPlane, spectra: torch.Tensor, ks, shape, out, bias
     _transpose(torch.view_as_real(spec).view(C * n, freqs, 2), spec_x.view(2, freqs, C * n), to_planes=True)
     del spec
     spec = torch.empty(cout, n, nh, nw // 2 + 1, device=dev, dtype=torch.complex64)
-    meta = complex_bmm_meta(n, persistent)
     if gemm_pairs:  # the GEMM stores cuFFT's layout itself
-        complex_bmm(spectra, spec_x, meta, pairs=torch.view_as_real(spec).view(cout, n, freqs, 2))
+        complex_bmm(spectra, spec_x, pairs=torch.view_as_real(spec).view(cout, n, freqs, 2))
     else:
-        spec_y = complex_bmm(spectra, spec_x, meta)  # [2, F, C_out, n] fp32
+        spec_y = complex_bmm(spectra, spec_x)  # [2, F, C_out, n] fp32
         _transpose(torch.view_as_real(spec).view(cout * n, freqs, 2), spec_y.view(2, freqs, cout * n), to_planes=False)
         del spec_y
     del spec_x

@@ -61,35 +61,6 @@ def reseed():
     return seed
 
 
-def fft_conv_case(B, C, COUT, P, Q, ks, longest, device):
-    """A random bf16 plane [B, P, Q, C], a ks x ks weight [COUT, C, ks, ks], the model's tile for it (FFTs up to
-    ``longest``) and the weight's spectra: the inputs of kernels/fft_conv.conv2d_plane_fft."""
-    from dnd_fast.kernels import fft_conv, hyperconv
-
-    plane = hyperconv.PaddedPlane(B, P, Q, C, ks, torch.bfloat16, device)
-    plane.interior.copy_(torch.randn(B, P, Q, C, device=device))
-    w = torch.randn(COUT, C, ks, ks, device=device) / (C * ks)
-    shape = fft_conv.tile_shape(C, COUT, P, Q, ks, longest=longest)
-    return plane, w, shape, fft_conv.weight_spectra(w, shape[1], shape[3])
-
-
-def fft_conv_per_switch(switch, case, cout, ks):
-    """{on: out} of conv2d_plane_fft on ``case`` (``fft_conv_case``) with the decoder's options
-    (``decoder_plane.fft_conv_options``) under the ``Paths`` ``switch`` on, then off."""
-    from dnd_fast import paths
-    from dnd_fast.decoder_plane import fft_conv_options
-    from dnd_fast.kernels import fft_conv
-
-    plane, _, shape, spectra = case
-    outs = {}
-    for on in (True, False):
-        with paths.use(**{switch: on}):
-            options = fft_conv_options(plane.shape[0])
-        outs[on] = torch.empty(plane.shape[0], cout, *plane.shape[1:3], device=spectra.device)
-        fft_conv.conv2d_plane_fft(plane, spectra, ks, shape, outs[on], **options)
-    return outs
-
-
 CHAT_TEMPLATE = ("{% for m in messages %}<{{ m['role'] }}> {{ m['content'] }}\n{% endfor %}"
                  "{% if add_generation_prompt %}<assistant> {% endif %}")
 

@@ -1,11 +1,11 @@
-"""The FFT conv's complex GEMM (kernels/complex_gemm.py), both kernels, against complex64 torch."""
+"""The FFT conv's complex GEMM (kernels/complex_gemm.py) against complex64 torch."""
 import pytest
 import torch
-from conftest import fft_conv_case, fft_conv_per_switch, reseed
+from conftest import reseed
 
 from dnd_fast import dispatch
 # imported before the benchmark's test sets TRITON_INTERPRET=0: a kernel is interpreted or not from its import on
-from dnd_fast.kernels import complex_gemm, fft_conv
+from dnd_fast.kernels import complex_gemm, fft_conv  # noqa: F401
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 pytestmark = pytest.mark.skipif("triton" not in dispatch.backends(DEVICE), reason="Triton cannot run here")
@@ -60,7 +60,6 @@ def test_the_complex_gemm_benchmark_tries_tilings_that_fit_and_finds_the_fp8_pat
         found = gpu_complex_bmm.candidates(n)
         # L0's 384 columns: 128 x 128 tiles fill
         assert found[0] == complex_gemm.complex_bmm_meta(n) and (len(found) > 3 or n > 256)
-        assert [m.get("PER_SM") for m in found[:4]] == [None, 1, 2, 3]  # the heuristic's tile, persistent
         assert len({tuple(sorted(m.items())) for m in found}) == len(found)
         for m in found:
             assert m["num_stages"] * 4 * (m["BLOCK_M"] + m["BLOCK_N"]) * m["BLOCK_K"] <= gpu_complex_bmm.SMEM, m
@@ -68,37 +67,3 @@ def test_the_complex_gemm_benchmark_tries_tilings_that_fit_and_finds_the_fp8_pat
     names = [c[0] for c in gpu_complex_bmm.fft_convs(DecoderConfig.paper_qwen05(), [])]
     assert names == ["L0.1w", "L0.1h", "L0.2h", "L0.2w", "L7.ch"]
     assert [c[0] for c in gpu_complex_bmm.fft_convs(DecoderConfig.paper_qwen05(), ["L1.1w"])] == ["L1.1w"]
-
-
-@pytest.mark.parametrize("F_,M,K,N,per_sm", [
-    (5, 37, 70, 19, 1),   # 2 x 2 tiles x 5 frequencies over 3 programs (the interpreter's SMs): uneven shares
-    (2, 20, 96, 9, 2),    # fewer items than programs: the grid shrinks to the items
-    (7, 64, 32, 16, 1),   # whole tiles, one K step an item: every step stores
-])
-def test_the_persistent_kernel_is_the_same_gemm(F_, M, K, N, per_sm):
-    """The persistent kernel (``PER_SM``) against torch, in both layouts, and bit for bit against a program an item
-    on the same tiling (the same K steps summed in the same order)."""
-    reseed()
-    spectra = torch.randn(2, F_, M, K, device=DEVICE).bfloat16()
-    x = torch.randn(2, F_, K, N, device=DEVICE).bfloat16()
-    meta = complex_gemm.complex_bmm_meta(N, persistent=True)
-    meta["PER_SM"] = per_sm
-    got = complex_gemm.complex_bmm(spectra, x, meta)
-    assert rel(got, complex_gemm.complex_bmm_reference(spectra, x)) < 1e-5
-    one_each = {k: v for k, v in meta.items() if k != "PER_SM"}
-    assert torch.equal(got, complex_gemm.complex_bmm(spectra, x, one_each))
-    pairs = torch.full((M, N, F_, 2), float("nan"), device=DEVICE)
-    complex_gemm.complex_bmm(spectra, x, meta, pairs=pairs)
-    assert torch.equal(pairs, got.permute(2, 3, 1, 0))
-    x[:, -1] = 0  # the last frequency's items (the last a program takes) must be stored too
-    assert complex_gemm.complex_bmm(spectra, x, meta)[:, -1].abs().max() == 0
-
-
-def test_the_persistent_switch_reaches_the_gemm(monkeypatch):
-    """``Paths.fft_persistent_gemm`` reaches ``complex_bmm`` through ``fft_conv_options``."""
-    metas, real = [], complex_gemm.complex_bmm
-    monkeypatch.setattr(fft_conv, "complex_bmm", lambda s, x, meta, **k: metas.append(meta) or real(s, x, meta, **k))
-    reseed()
-    outs = fft_conv_per_switch("fft_persistent_gemm", fft_conv_case(1, 6, 11, 9, 21, 5, 16, DEVICE), 11, 5)
-    assert ["PER_SM" in m for m in metas] == [True, False]
-    assert torch.equal(outs[True], outs[False])

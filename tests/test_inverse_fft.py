@@ -1,9 +1,9 @@
 """The FFT conv's inverse transform on its own cuFFT plan (kernels/inverse_fft.py) against torch.fft.irfft2."""
 import pytest
 import torch
-from conftest import fft_conv_case, fft_conv_per_switch, reseed
+from conftest import reseed
 
-from dnd_fast import dispatch
+from dnd_fast import dispatch, paths
 from dnd_fast.kernels import inverse_fft
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -66,13 +66,25 @@ def test_bad_spectra_are_named():
 def test_the_switch_reaches_the_inverse_and_the_conv_is_the_same(monkeypatch):
     """``Paths.fft_own_c2r`` picks the plan through ``fft_conv_options``; the conv's output is the same either way
     (on the GPU two cuFFT plans of one size, under the interpreter torch's irfft2 both times)."""
+    from dnd_fast.decoder_plane import fft_conv_options
+    from dnd_fast.kernels import fft_conv, hyperconv
+
     asked, real = [], inverse_fft.irfft2_unscaled
     monkeypatch.setattr(inverse_fft, "irfft2_unscaled", lambda *a: asked.append(a[3]) or real(*a))
     reseed()
-    case = fft_conv_case(2, 9, 14, 13, 29, 9, 24, DEVICE)
-    outs = fft_conv_per_switch("fft_own_c2r", case, 14, 9)
+    B, C, COUT, P, Q, ks = 2, 9, 14, 13, 29, 9
+    plane = hyperconv.PaddedPlane(B, P, Q, C, ks, torch.bfloat16, DEVICE)
+    plane.interior.copy_(torch.randn(B, P, Q, C, device=DEVICE))
+    w = torch.randn(COUT, C, ks, ks, device=DEVICE) / (C * ks)
+    shape = fft_conv.tile_shape(C, COUT, P, Q, ks, longest=24)
+    spectra = fft_conv.weight_spectra(w, shape[1], shape[3])
+    outs = {}
+    for on in (True, False):
+        with paths.use(fft_own_c2r=on):
+            options = fft_conv_options(B)
+        outs[on] = torch.empty(B, COUT, P, Q, device=DEVICE)
+        fft_conv.conv2d_plane_fft(plane, spectra, ks, shape, outs[on], **options)
     assert asked == [True, False]
     assert rel(outs[True], outs[False]) < FP32_FFT
-    plane, w = case[:2]
     exact = torch.nn.functional.conv2d(plane.interior.permute(0, 3, 1, 2).double(), w.double(), padding="same")
     assert rel(outs[True], exact) < 1e-2  # bf16 spectra (~3e-3): a 1 / N applied twice or never is off by 100x
