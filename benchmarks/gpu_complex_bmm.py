@@ -5,9 +5,9 @@ For each FFT conv of the fp8 path's bf16 end layers (``decoder_plane.fft_chosen`
 C_in x N tile columns), each candidate tiling's median time (CUDA events, 20 calls), its rate (TFLOP/s) and the rate
 at which it reads the weights' spectra (GB/s, and the fraction of ``--hbm``). At batch 8 L7.ch's GEMM meets 56
 columns per weight, 112 FLOP a byte: below an H100's ridge (989 TFLOP/s over 3.35 TB/s = 295), so bound by HBM.
-The heuristic's tile is also timed storing cuFFT's layout (as the decoder's GEMM does at batch 1: "pairs"). Every candidate's result is checked
-against the heuristic's (and that one against complex64 torch on a few
-frequencies). Rows go to ``--csv``.
+The heuristic's tile is also timed storing cuFFT's layout (as the decoder's GEMM does at batch 1: "pairs"). Every
+candidate's result is checked against the heuristic's (and that one against complex64 torch on a few frequencies).
+Rows go to ``--csv``.
 Run: python benchmarks/gpu_complex_bmm.py [--batches 8,1] [--only L7.ch,L0.1w] [--hbm 3.35]
 """
 import argparse
@@ -90,9 +90,8 @@ def main():
             del want
             flop, spectra_bytes = 8 * f * cout * n * cin, 4 * f * cout * cin
             base = None
-            heuristic = complex_gemm.complex_bmm_meta(n)
-            pairs = torch.empty(cout, n, f, 2, device="cuda")
-            for meta, store in [(m, None) for m in candidates(n)] + [(heuristic, pairs)]:
+            tilings, pairs = candidates(n), torch.empty(cout, n, f, 2, device="cuda")
+            for meta, store in [(m, None) for m in tilings] + [(tilings[0], pairs)]:  # [0]: the heuristic
                 try:
                     got = complex_gemm.complex_bmm(spectra, x, meta, pairs=store)
                 except Exception as e:  # too many registers or too much shared memory on this GPU / Triton

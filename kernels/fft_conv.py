@@ -168,8 +168,8 @@ def conv2d_plane_fft(x: PaddedPlane, spectra: torch.Tensor, ks, shape, out, bias
     _scatter_kernel[(n, triton.cdiv(cout, 32), triton.cdiv(th, rows))](
         y, bias if bias is not None else out, other, extra, out, out if out_scale is None else out_scale,
         cout, n, P, Q, tp, tq, th, tw, nh, nw, 1.0 / (nh * nw), *out.stride(), *other.stride(), *extra.stride(), rows,
-        MODE=mode,
-        HAS_BIAS=bias is not None, QUANT=out_scale is not None, BLOCK_O=32, BLOCK_W=triton.next_power_of_2(tw))
+        MODE=mode, HAS_BIAS=bias is not None, QUANT=out_scale is not None, BLOCK_O=32,
+        BLOCK_W=triton.next_power_of_2(tw))
     return out
 
 
