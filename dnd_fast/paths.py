@@ -87,6 +87,9 @@ class Paths:
     # Precision fp8 at batch 1 (session 34, both orders): H200 11.88-12.58 against 12.56-12.88 ms, H100 13.08-13.43
     # against 13.29-13.75
     fft_own_c2r: bool = True
+    # inference: path 2's height conv on a second CUDA stream, beside path 1's two convs (dnd_fast/side_stream.py);
+    # off: the five convs in order on one stream. Not yet timed
+    concurrent_paths: bool = True
     # set by decoder.layer_precision for the layer it wraps: that layer's convs named in fp8_bf16_convs
     fp8_layer_bf16_convs: tuple = ()
 
