@@ -90,6 +90,9 @@ class Paths:
     # inference: path 2's height conv on a second CUDA stream, beside path 1's two convs (dnd_fast/side_stream.py);
     # off: the five convs in order on one stream. Not yet timed
     concurrent_paths: bool = True
+    # FFT convs: on a GPU, the tile timed fastest alone for that conv's shape and batch (benchmarks/gpu_fft_tiles.py,
+    # kernels/tilings/fft_tiles.json) where one was measured there, not the model's. Not yet timed end to end
+    fft_measured_tiles: bool = True
     # set by decoder.layer_precision for the layer it wraps: that layer's convs named in fp8_bf16_convs
     fp8_layer_bf16_convs: tuple = ()
 
