@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Optional
 
 import torch
 
-from dnd_fast import decoder_fp8, layer_norm, paths, side_stream, thin_conv
+from dnd_fast import decoder_fp8, layer_norm, paths, thin_conv
 from dnd_fast.packed_weights import cached, cast, compute_dtype, needs_grad, packed
 
 if TYPE_CHECKING:
@@ -210,18 +210,16 @@ def _layer_plane(layer: HyperConvLayer, x: torch.Tensor, residual: bool, saved: 
         hyperconv.layer_norm_into(x, gamma, beta, hc.norm.eps, other_outs)
     if amax is not None:
         decoder_fp8.record(amax, "ln", norm_outs[0])
-    in_1h, in_ch, in_2w = plane("conv1h"), plane("conv"), plane("conv2w")
+    # path 1: width as channels over (H, C), then height as channels over (C, W2)
+    in_1h = plane("conv1h")
+    conv(hc.conv1w, in_1w, "W2", in_1h[0].interior, in_1h[1], names=("ln", "1h"))
+    in_ch = plane("conv")
     p1_axes = in_ch[1]  # p1 in the channel conv's memory order: the merge below reads it where it writes
     p1 = torch.empty(B, *(size[a] for a in p1_axes), device=x.device, dtype=cdtype)
-    # path 2's height conv (C, W) beside path 1 (side_stream.py), every plane it touches allocated above
-    side = side_stream.fork(x.device, not train and amax is None and paths.current().concurrent_paths)
-    with side_stream.on_branch(side):
-        conv(hc.conv2h, in_2h, "H2", in_2w[0].interior, in_2w[1], names=("ln", "2w"))
-    # path 1: width as channels over (H, C), then height as channels over (C, W2)
-    conv(hc.conv1w, in_1w, "W2", in_1h[0].interior, in_1h[1], names=("ln", "1h"))
     conv(hc.conv1h, in_1h, "H2", p1, p1_axes, names=("1h", None))
-    side_stream.join(side, x.device)
-    # path 2's width conv over (H2, C), merged with p1
+    # path 2: height as channels over (C, W), then width as channels over (H2, C), merged with p1
+    in_2w = plane("conv2w")
+    conv(hc.conv2h, in_2h, "H2", in_2w[0].interior, in_2w[1], names=("ln", "2w"))
     if train:  # p2 kept for the backward (tanh'), the merge in fp32 as autocast's reference computes it
         p2 = torch.empty_like(p1)
         conv(hc.conv2w, in_2w, "W2", p2, p1_axes)
