@@ -61,15 +61,11 @@ def fft_model_options() -> dict:
             "whole_axis": chosen.fft_whole_axis_tiles}
 
 
-def fft_tile(conv_shape, batch: int, device=None) -> tuple:
+def fft_tile(conv_shape, batch: int) -> tuple:
     """(th, nh, tw, nw): the tile and FFT lengths a conv of ``conv_shape`` (C_in, C_out, P, Q, k) takes by FFT at
-    ``batch`` on the current paths: on a GPU with a measured tile for it, that one (``Paths.fft_measured_tiles``)."""
+    ``batch`` on the current paths."""
     from dnd_fast.kernels import fft_conv
 
-    if device is not None and torch.device(device).type == "cuda" and paths.current().fft_measured_tiles:
-        tile = fft_conv.measured_tiles(torch.cuda.get_device_name(device)).get((*conv_shape, batch))
-        if tile is not None:
-            return tile
     alone = batch == 1 and paths.current().fft_batch1_tiles
     return fft_conv.tile_shape(*conv_shape, batches=(1,) if alone else (8, 1), **fft_model_options())
 
@@ -174,7 +170,7 @@ def _layer_plane(layer: HyperConvLayer, x: torch.Tensor, residual: bool, saved: 
             hyperconv.conv2d_plane(buf, w, k, dest_view, bias, mode, *others, w_layout=1, col_scale=col_scale,
                                    out_scale=out_scale, acc_terms=paths.current().fp8_acc_terms)
         elif goes_by_fft(module, buf.buf.dtype, conv_shape):
-            shape = fft_tile(conv_shape, B, x.device)
+            shape = fft_tile(conv_shape, B)
             spectra = cached(module, ("fft", transposed, shape), module.weight, cdtype,
                              lambda: fft_conv.weight_spectra(module.weight, shape[1], shape[3], transposed))
             fft_conv.conv2d_plane_fft(buf, spectra, k, shape, dest_view, bias, mode, *others, out_scale=out_scale,

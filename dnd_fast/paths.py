@@ -87,9 +87,6 @@ class Paths:
     # Precision fp8 at batch 1 (session 34, both orders): H200 11.88-12.58 against 12.56-12.88 ms, H100 13.08-13.43
     # against 13.29-13.75
     fft_own_c2r: bool = True
-    # FFT convs: on a GPU, the tile timed fastest alone for that conv's shape and batch (benchmarks/gpu_fft_tiles.py,
-    # kernels/tilings/fft_tiles.json) where one was measured there, not the model's. Not yet timed end to end
-    fft_measured_tiles: bool = True
     # set by decoder.layer_precision for the layer it wraps: that layer's convs named in fp8_bf16_convs
     fp8_layer_bf16_convs: tuple = ()
 

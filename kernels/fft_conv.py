@@ -19,9 +19,7 @@ frequency) and back (or the GEMM stores cuFFT's layout itself), scatter through 
 from __future__ import annotations
 
 import functools
-import json
 import math
-from pathlib import Path
 
 import torch
 import triton
@@ -93,28 +91,6 @@ def tile_shape(cin, cout, p, q, ks, longest=LONG_FFT, batches=(8, 1), whole_axis
     return min(((th, nh, tw, nw) for th, nh in _side(p, ks, longest, whole_axis)
                 for tw, nw in _side(q, ks, longest, whole_axis)),
                key=lambda s: sum(cost(cin, cout, p, q, ks, *s, batch=b) for b in batches))
-
-
-# measured tiles (benchmarks/gpu_fft_tiles.py --write): {GPU name: {"cin,cout,p,q,ks,batch": [th, nh, tw, nw]}}
-MEASURED_TILES = Path(__file__).parent / "tilings" / "fft_tiles.json"
-
-
-@functools.lru_cache(maxsize=None)
-def measured_tiles(gpu: str, path: Path = MEASURED_TILES) -> dict:
-    """{(cin, cout, p, q, ks, batch): (th, nh, tw, nw)} timed fastest alone on ``gpu`` (none where no table or entry);
-    a tile that could not cover its conv is refused with the entry named."""
-    if not path.exists():
-        return {}
-    try:
-        table = json.loads(path.read_text()).get(gpu, {})
-        out = {tuple(int(v) for v in key.split(",")): tuple(int(v) for v in tile) for key, tile in table.items()}
-    except (ValueError, TypeError, AttributeError) as exc:
-        raise ValueError(f"{path}: not a table of FFT tiles ({exc})") from None
-    for (cin, cout, p, q, ks, batch), tile in out.items():
-        if len(tile) != 4 or not (long_enough(tile[1], tile[0], p, ks) and long_enough(tile[3], tile[2], q, ks)):
-            raise ValueError(f"{path}: {gpu} {cin},{cout},{p},{q},{ks},{batch}: tile {list(tile)} does not cover a "
-                             f"{p}x{q} plane's {ks}x{ks} conv")
-    return out
 
 
 def faster(cin, cout, p, q, ks, direct_flops=DIRECT_FLOPS, longest=LONG_FFT, whole_axis=True) -> bool:
