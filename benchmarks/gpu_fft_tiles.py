@@ -2,10 +2,10 @@
 
 The model was fit to one H100's timings at batch 8. At batch 1 the weights' spectra (4 x frequencies x C_in x C_out
 bytes) are most of what the GEMM moves, and the model might weigh them against the activation passes wrongly. For
-each conv of ``DecoderConfig.paper_qwen05()`` that the precision "fp8" runs by FFT (its first and last layers' convs
-the model sends to FFT) at each batch: every (th, nh) x (tw, nw) of ``fft_conv._side`` (FFT lengths up to LONG_FFT,
-whole-axis tiles their shorter FFT) timed alone with the decoder's options at that batch (CUDA events, median of 3),
-then the best 6 and the model's tile again (median of 20), and the distance of each from the fp32 conv.
+each conv of ``DecoderConfig.paper_qwen05()`` that the precision "fp8" runs by FFT (``gpu_complex_bmm.fft_convs``)
+at each batch: every tile the model weighs (``fft_conv.tiles``: FFT lengths up to LONG_FFT, whole-axis tiles their
+shorter FFT) timed alone with the decoder's options at that batch (CUDA events, median of 3), then the best 6 and
+the model's tile again (median of 20), and the distance of each from the fp32 conv.
 On an H100 (session 35) the model's tile was the fastest or within 3% of it on all five convs at batch 1.
 Run: python benchmarks/gpu_fft_tiles.py [--batches 1] [--only L0.1w,L7.ch]
 """
@@ -19,18 +19,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 import common  # noqa: E402
 from common import append_csv, device_name, median_ms, print_table, rel_err  # noqa: E402
+from gpu_complex_bmm import KS, fft_convs  # noqa: E402
 
 from dnd_fast.decoder_config import DecoderConfig  # noqa: E402
-from dnd_fast.decoder_plane import conv_planes, fft_conv_options, fft_model_options, fft_tile  # noqa: E402
+from dnd_fast.decoder_plane import fft_conv_options, fft_model_options, fft_tile  # noqa: E402
 from dnd_fast.kernels import fft_conv, hyperconv  # noqa: E402
-
-KS = 9
-
-
-def candidates(p, q):
-    options = fft_model_options()
-    return [(th, nh, tw, nw) for th, nh in fft_conv._side(p, KS, options["longest"], options["whole_axis"])
-            for tw, nw in fft_conv._side(q, KS, options["longest"], options["whole_axis"])]
 
 
 def label(tile):
@@ -46,11 +39,7 @@ def main():
     ap.add_argument("--csv", default=str(Path(__file__).parent / "results" / "fft_tiles.csv"))
     args = ap.parse_args()
     torch.manual_seed(0)
-    config = DecoderConfig.paper_qwen05()
-    ends = ("L0", f"L{len(config.features) - 2}")
-    wanted = args.only.split(",") if args.only else None
-    convs = [c for c in conv_planes(config) if (c[0] in wanted if wanted else c[0].split(".")[0] in ends
-                                                and fft_conv.faster(*c[1:], KS, **fft_model_options()))]
+    convs = fft_convs(DecoderConfig.paper_qwen05(), [c for c in args.only.split(",") if c])
     commit, gpu, stamp = common.commit(), device_name(), datetime.datetime.now().isoformat(timespec="seconds")
     print(f"device: {gpu}, commit {commit}", flush=True)
     rows, csv_rows = [], []
@@ -71,7 +60,7 @@ def main():
 
             torch.backends.cudnn.allow_tf32 = False
             exact = torch.nn.functional.conv2d(plane.interior.permute(0, 3, 1, 2).float(), w, padding="same")
-            first = sorted((timed(tile, 3)[0], tile) for tile in candidates(p, q))
+            first = sorted((timed(tile, 3)[0], tile) for tile in fft_conv.tiles(p, q, KS, **fft_model_options()))
             again = {tile: timed(tile, 20) for tile in {model, *(tile for _, tile in first[:6])}}
             best = min(again, key=lambda t: again[t][0])
             for which, tile in (("model", model), ("measured", best)):

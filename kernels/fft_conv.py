@@ -88,9 +88,14 @@ def tile_shape(cin, cout, p, q, ks, longest=LONG_FFT, batches=(8, 1), whole_axis
     """(th, nh, tw, nw): the output tile and FFT lengths the model finds fastest over ``batches`` together (the
     spectra are kept per weight and tile, so one tile serves every batch in ``batches``; at batch 1 their read can
     dominate, and ``batches=(1,)`` gives that batch its own). ``whole_axis``: as ``_side``."""
-    return min(((th, nh, tw, nw) for th, nh in _side(p, ks, longest, whole_axis)
-                for tw, nw in _side(q, ks, longest, whole_axis)),
+    return min(tiles(p, q, ks, longest, whole_axis),
                key=lambda s: sum(cost(cin, cout, p, q, ks, *s, batch=b) for b in batches))
+
+
+def tiles(p, q, ks, longest=LONG_FFT, whole_axis=True) -> list:
+    """Every (th, nh, tw, nw) the model weighs for a ``p`` x ``q`` plane: ``_side`` of each axis."""
+    return [(th, nh, tw, nw) for th, nh in _side(p, ks, longest, whole_axis)
+            for tw, nw in _side(q, ks, longest, whole_axis)]
 
 
 def faster(cin, cout, p, q, ks, direct_flops=DIRECT_FLOPS, longest=LONG_FFT, whole_axis=True) -> bool:
