@@ -87,6 +87,9 @@ class Paths:
     # Precision fp8 at batch 1 (session 34, both orders): H200 11.88-12.58 against 12.56-12.88 ms, H100 13.08-13.43
     # against 13.29-13.75
     fft_own_c2r: bool = True
+    # FFT convs: the forward transform in one kernel (kernels/dft_forward.py: the tiles gathered from the plane, their
+    # 2-D DFTs as tf32 products, the GEMM's operand stored) in place of a gather, cuFFT's R2C and a transpose
+    fft_fused_forward: bool = False
     # set by decoder.layer_precision for the layer it wraps: that layer's convs named in fp8_bf16_convs
     fp8_layer_bf16_convs: tuple = ()
 

@@ -18,7 +18,8 @@ from .common import interpreted, mma
 def complex_bmm(spectra: torch.Tensor, spec_x: torch.Tensor, meta: dict | None = None,
                 pairs: torch.Tensor | None = None) -> torch.Tensor:
     """Per frequency f: Y[f] = W[f] @ X[f] for ``spectra`` [2, F, M, K] and ``spec_x`` [2, F, K, N], both bf16 (real
-    and imaginary parts, contiguous), products summed in fp32. Returns Y [2, F, M, N] fp32, or with ``pairs`` (fp32
+    and imaginary parts; ``spec_x`` any strides: the fused forward transform stores it [2, F, N, K]), products summed
+    in fp32. Returns Y [2, F, M, N] fp32, or with ``pairs`` (fp32
     [M, N, F, 2], contiguous: complex numbers, frequencies innermost, as cuFFT reads them) stores Y there and returns
     it. ``meta``: a tiling (``complex_bmm_meta``'s keys) in place of that heuristic (benchmarks/gpu_complex_bmm.py)."""
     _, F, M, K = spectra.shape
@@ -30,11 +31,12 @@ def complex_bmm(spectra: torch.Tensor, spec_x: torch.Tensor, meta: dict | None =
                               or not pairs.is_contiguous()):
         raise ValueError(f"complex_bmm: pairs must be contiguous fp32 [{M}, {N}, {F}, 2], got {pairs.dtype} "
                          f"{list(pairs.shape)}")
-    spectra, spec_x = spectra.contiguous(), spec_x.contiguous()
+    spectra = spectra.contiguous()
     y = torch.empty(2, F, M, N, device=spec_x.device, dtype=torch.float32) if pairs is None else pairs
     meta = meta or complex_bmm_meta(N)
     grid = (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]), F)
-    _complex_bmm_kernel[grid](spectra, spec_x, y, M, N, K, F, PAIRS=pairs is not None, IEEE=interpreted(), **meta)
+    _complex_bmm_kernel[grid](spectra, spec_x, y, M, N, K, F, *spec_x.stride(), PAIRS=pairs is not None,
+                              IEEE=interpreted(), **meta)
     return y
 
 
@@ -56,7 +58,7 @@ def complex_bmm_reference(spectra: torch.Tensor, spec_x: torch.Tensor) -> torch.
 
 
 @triton.jit
-def _complex_bmm_kernel(w_ptr, x_ptr, y_ptr, M, N, K, F, PAIRS: tl.constexpr,
+def _complex_bmm_kernel(w_ptr, x_ptr, y_ptr, M, N, K, F, sx_part, sxf, sxk, sxn, PAIRS: tl.constexpr,
                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, IEEE: tl.constexpr):
     """One [BLOCK_M, BLOCK_N] tile of Y[f] = W[f] X[f], each operand's real and imaginary parts apart ([2, F, ...]):
     real part Wr Xr - Wi Xi, imaginary Wr Xi + Wi Xr, each product a bf16 MMA summed in fp32. Stored as Y [2, F, M,
@@ -67,8 +69,8 @@ def _complex_bmm_kernel(w_ptr, x_ptr, y_ptr, M, N, K, F, PAIRS: tl.constexpr,
     m = tl.program_id(0) // tiles_n * BLOCK_M + tl.arange(0, BLOCK_M)
     n = tl.program_id(0) % tiles_n * BLOCK_N + tl.arange(0, BLOCK_N)
     w_row = w_ptr + (f.to(tl.int64) * M + m[:, None]) * K
-    x_col = x_ptr + f.to(tl.int64) * K * N + n[None, :]
-    w_part, x_part = F.to(tl.int64) * M * K, F.to(tl.int64) * K * N
+    x_col = x_ptr + f.to(tl.int64) * sxf + n[None, :] * sxn
+    w_part = F.to(tl.int64) * M * K
     acc_r = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     acc_ii = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)  # Wi Xi, subtracted at the end
     acc_i = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
@@ -78,8 +80,8 @@ def _complex_bmm_kernel(w_ptr, x_ptr, y_ptr, M, N, K, F, PAIRS: tl.constexpr,
         x_ok = (k < K)[:, None] & (n < N)[None, :]
         wr = tl.load(w_row + k[None, :], mask=w_ok, other=0.0)
         wi = tl.load(w_row + w_part + k[None, :], mask=w_ok, other=0.0)
-        xr = tl.load(x_col + k[:, None] * N, mask=x_ok, other=0.0)
-        xi = tl.load(x_col + x_part + k[:, None] * N, mask=x_ok, other=0.0)
+        xr = tl.load(x_col + k[:, None] * sxk, mask=x_ok, other=0.0)
+        xi = tl.load(x_col + sx_part + k[:, None] * sxk, mask=x_ok, other=0.0)
         acc_r = mma(acc_r, wr, xr, IEEE)
         acc_ii = mma(acc_ii, wi, xi, IEEE)
         acc_i = mma(acc_i, wr, xi, IEEE)

@@ -25,7 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import inverse_fft
+from . import dft_forward, inverse_fft
 from .common import interpreted
 from .complex_gemm import complex_bmm
 from .epilogue import epilogue
@@ -121,14 +121,15 @@ def weight_spectra(weight: torch.Tensor, nh: int, nw: int, transpose: bool = Fal
 
 
 def conv2d_plane_fft(x: PaddedPlane, spectra: torch.Tensor, ks, shape, out, bias=None, mode=0, other=None, extra=None,
-                     out_scale=None, gemm_pairs=True, rows=None, own_plan=True):
+                     out_scale=None, gemm_pairs=True, rows=None, own_plan=True, fused_forward=False):
     """``conv2d_plane``'s conv by FFT: ``x``'s interior [B, P, Q, C] convolved ('same', ``ks`` x ``ks``) into ``out``
     [B, C_out, P, Q] (any strides) with ``spectra`` = ``weight_spectra`` of the tile ``shape`` = (th, nh, tw, nw)
     (``tile_shape``). Epilogue MODE, ``bias``, ``other``, ``extra``, ``out_scale`` (an e4m3 ``out``): as
     ``conv2d_plane``. ``gemm_pairs``: the complex GEMM stores the inverse transform's input layout itself (else a
     transpose pass does; ``Paths.fft_gemm_pairs``). ``rows``: tile rows a program of the gather and the scatter
     moves (default ``ROWS``; benchmarks/gpu_fft_conv.py times a program a tile). ``own_plan``: the inverse FFT on
-    ``inverse_fft``'s own cuFFT plan (no copy of its input, no scaling pass), else torch's ``irfft2``."""
+    ``inverse_fft``'s own cuFFT plan (no copy of its input, no scaling pass), else torch's ``irfft2``.
+    ``fused_forward``: gather, transform and GEMM operand in one kernel (``dft_forward``), not three passes."""
     B, P, Q, C = x.shape
     th, nh, tw, nw = shape
     if not (long_enough(nh, th, P, ks) and long_enough(nw, tw, Q, ks)):
@@ -149,15 +150,10 @@ def conv2d_plane_fft(x: PaddedPlane, spectra: torch.Tensor, ks, shape, out, bias
     interior, dev = x.interior, out.device
     # every intermediate keeps what the next step reads innermost: each tile's positions for cuFFT (transforms over
     # the last two axes), the tiles for the GEMM (one [C, tiles] matrix per frequency), then back
-    tiles = torch.empty(C, n, nh, nw, device=dev, dtype=torch.float32)
-    _gather_tiles_kernel[(n, triton.cdiv(C, 32), triton.cdiv(nh, rows))](
-        interior, tiles, C, n, P, Q, tp, tq, th, tw, nh, nw, ks // 2, *interior.stride(), rows, BLOCK_C=32,
-        BLOCK_W=triton.next_power_of_2(nw))
-    spec = torch.fft.rfft2(tiles)  # [C, n, nh, nw / 2 + 1] complex64
-    del tiles
-    spec_x = torch.empty(2, freqs, C, n, device=dev, dtype=torch.bfloat16)
-    _transpose(torch.view_as_real(spec).view(C * n, freqs, 2), spec_x.view(2, freqs, C * n), to_planes=True)
-    del spec
+    if fused_forward:  # [2, F, tiles, C] in one pass: the GEMM reads its transpose
+        spec_x = dft_forward.forward_spectra(interior, shape, ks // 2).transpose(2, 3)
+    else:
+        spec_x = cufft_forward_spectra(interior, shape, ks // 2, rows)
     spec = torch.empty(cout, n, nh, nw // 2 + 1, device=dev, dtype=torch.complex64)
     if gemm_pairs:  # the GEMM stores cuFFT's layout itself
         complex_bmm(spectra, spec_x, pairs=torch.view_as_real(spec).view(cout, n, freqs, 2))
@@ -176,6 +172,24 @@ def conv2d_plane_fft(x: PaddedPlane, spectra: torch.Tensor, ks, shape, out, bias
         MODE=mode, HAS_BIAS=bias is not None, QUANT=out_scale is not None, BLOCK_O=32,
         BLOCK_W=triton.next_power_of_2(tw))
     return out
+
+
+def cufft_forward_spectra(interior: torch.Tensor, shape, radius: int, rows: int = ROWS) -> torch.Tensor:
+    """[2, F, C, tiles] bf16: the tiles' spectra as ``dft_forward.forward_spectra`` gives them (there [2, F, tiles,
+    C]) in three passes: the tiles gathered in fp32 (``rows`` tile rows a program), cuFFT's R2C, a transpose."""
+    B, P, Q, C = interior.shape
+    th, nh, tw, nw = shape
+    tp, tq = triton.cdiv(P, th), triton.cdiv(Q, tw)
+    n, freqs = B * tp * tq, nh * (nw // 2 + 1)
+    tiles = torch.empty(C, n, nh, nw, device=interior.device, dtype=torch.float32)
+    _gather_tiles_kernel[(n, triton.cdiv(C, 32), triton.cdiv(nh, rows))](
+        interior, tiles, C, n, P, Q, tp, tq, th, tw, nh, nw, radius, *interior.stride(), rows, BLOCK_C=32,
+        BLOCK_W=triton.next_power_of_2(nw))
+    spec = torch.fft.rfft2(tiles)  # [C, n, nh, nw / 2 + 1] complex64
+    del tiles
+    spec_x = torch.empty(2, freqs, C, n, device=interior.device, dtype=torch.bfloat16)
+    _transpose(torch.view_as_real(spec).view(C * n, freqs, 2), spec_x.view(2, freqs, C * n), to_planes=True)
+    return spec_x
 
 
 def _transpose(pairs: torch.Tensor, planes: torch.Tensor, to_planes: bool):
