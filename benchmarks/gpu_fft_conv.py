@@ -13,8 +13,8 @@ tile without (row "fft_unwrapped_axis"); and the decoder's tile with the GEMM's 
 (row "fft_planar") where the decoder's GEMM stores the inverse FFT's layout itself (``Paths.fft_gemm_pairs``: batch 1),
 else the other way round (row "fft_pairs"); gather and scatter programs of a whole tile each, not ``fft_conv.ROWS``
 rows (row "fft_tile_programs"); and torch's irfft2 (its input copied, its output scaled in a second pass) in place of
-the inverse on ``inverse_fft``'s own plan (row "fft_torch_c2r"); the forward transform the other way from
-``Paths.fft_fused_forward`` (row "fft_fused_forward": one kernel, ``dft_forward``; or "fft_three_pass_forward").
+the inverse on ``inverse_fft``'s own plan (row "fft_torch_c2r"); and each transform, then both, in one kernel
+(``dft_forward``, ``dft_inverse``: rows "fft_fused_forward", "fft_fused_inverse", "fft_fused_forwardinverse").
 Run: python benchmarks/gpu_fft_conv.py [--batches 8,1] [--only L0.1w,L7.ch] [--longest 40] [--csv ...]
 """
 import argparse
@@ -53,7 +53,7 @@ def stage_ms(fn, calls=5):
         if e.device_type.name != "CUDA":
             continue
         name = e.name.lower()
-        group = next((g for g in ("gather", "transpose", "complex_bmm", "scatter", "dft_forward") if g in name), None)
+        group = next((g for g in ("gather", "transpose", "complex_bmm", "scatter", "dft_forward", "dft_inverse") if g in name), None)
         group = group or ("fft" if any(k in name for k in ("fft", "regular", "vector")) else "other")
         groups[group] += e.device_time / 1e3 / calls  # us -> ms
     return dict(groups)
@@ -93,8 +93,7 @@ def main():
             pairs = fft_gemm_pairs(batch)
 
             def fft():
-                fft_conv.conv2d_plane_fft(plane, spectra, KS, shape, out_fft, gemm_pairs=pairs,
-                                          fused_forward=paths.current().fft_fused_forward)
+                fft_conv.conv2d_plane_fft(plane, spectra, KS, shape, out_fft, gemm_pairs=pairs)
             e4m3 = conv_call((name, cin, cout, p, q, False), batch)
             times = {"bf16": median_ms(direct), "e4m3": median_ms(lambda: e4m3(None)), "fft": median_ms(fft)}
             torch.backends.cudnn.allow_tf32 = False
@@ -109,9 +108,10 @@ def main():
             others.append(("fft_planar" if pairs else "fft_pairs", shape, {"gemm_pairs": not pairs}))
             others.append(("fft_tile_programs", shape, {"gemm_pairs": pairs, "rows": fft_conv.WHOLE_TILE}))
             others.append(("fft_torch_c2r", shape, {"gemm_pairs": pairs, "own_plan": False}))
-            fused = paths.current().fft_fused_forward
-            others.append(("fft_three_pass_forward" if fused else "fft_fused_forward", shape,
-                           {"gemm_pairs": pairs, "fused_forward": not fused}))
+            for fused_forward, fused_inverse in ((True, False), (False, True), (True, True)):
+                others.append((f"fft_fused_{'forward' if fused_forward else ''}{'inverse' if fused_inverse else ''}",
+                               shape, {"gemm_pairs": pairs, "fused_forward": fused_forward,
+                                       "fused_inverse": fused_inverse}))
             for label, other_shape, options in others:  # other tiles, GEMM stores or programs: time and error
                 other_spectra = fft_conv.weight_spectra(w, other_shape[1], other_shape[3])
                 other_out = torch.empty_like(out_fft)

@@ -79,14 +79,14 @@ def fft_gemm_pairs(batch: int) -> bool:
 def fft_conv_options(batch: int) -> dict:
     """``fft_conv.conv2d_plane_fft``'s options at ``batch`` on the current paths: the GEMM's store
     (``fft_gemm_pairs``) and the gather and scatter programs (``Paths.fft_row_programs``: ``fft_conv.ROWS`` tile rows
-    each, else a whole tile each), the inverse FFT's plan (``Paths.fft_own_c2r``), the forward transform's kernels
-    (``Paths.fft_fused_forward``)."""
+    each, else a whole tile each), the inverse FFT's plan (``Paths.fft_own_c2r``), each transform's kernels
+    (``Paths.fft_fused_forward``, ``fft_fused_inverse``)."""
     from dnd_fast.kernels import fft_conv
 
     chosen = paths.current()
+    rows = {} if chosen.fft_row_programs else {"rows": fft_conv.WHOLE_TILE}
     return {"gemm_pairs": fft_gemm_pairs(batch), "own_plan": chosen.fft_own_c2r,
-            "fused_forward": chosen.fft_fused_forward,
-            **({} if chosen.fft_row_programs else {"rows": fft_conv.WHOLE_TILE})}
+            "fused_forward": chosen.fft_fused_forward, "fused_inverse": chosen.fft_fused_inverse, **rows}
 
 
 def e4m3_convs_by_fft(layer: "HyperConvLayer", size: dict, cdtype: torch.dtype) -> tuple[str, ...]:

@@ -90,6 +90,9 @@ class Paths:
     # FFT convs: the forward transform in one kernel (kernels/dft_forward.py: the tiles gathered from the plane, their
     # 2-D DFTs as tf32 products, the GEMM's operand stored) in place of a gather, cuFFT's R2C and a transpose
     fft_fused_forward: bool = False
+    # FFT convs: the inverse transform in one kernel (kernels/dft_inverse.py: only the kept positions, tf32 products,
+    # the epilogue) in place of cuFFT's C2R and a scatter; the GEMM stores [2, F, tiles, C_out] for it
+    fft_fused_inverse: bool = False
     # set by decoder.layer_precision for the layer it wraps: that layer's convs named in fp8_bf16_convs
     fp8_layer_bf16_convs: tuple = ()
 

@@ -16,12 +16,13 @@ from .common import interpreted, mma
 
 
 def complex_bmm(spectra: torch.Tensor, spec_x: torch.Tensor, meta: dict | None = None,
-                pairs: torch.Tensor | None = None) -> torch.Tensor:
+                pairs: torch.Tensor | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
     """Per frequency f: Y[f] = W[f] @ X[f] for ``spectra`` [2, F, M, K] and ``spec_x`` [2, F, K, N], both bf16 (real
     and imaginary parts; ``spec_x`` any strides: the fused forward transform stores it [2, F, N, K]), products summed
-    in fp32. Returns Y [2, F, M, N] fp32, or with ``pairs`` (fp32
-    [M, N, F, 2], contiguous: complex numbers, frequencies innermost, as cuFFT reads them) stores Y there and returns
-    it. ``meta``: a tiling (``complex_bmm_meta``'s keys) in place of that heuristic (benchmarks/gpu_complex_bmm.py)."""
+    in fp32. Returns Y [2, F, M, N] fp32, or with ``pairs`` (fp32 [M, N, F, 2], contiguous: complex numbers,
+    frequencies innermost, as cuFFT reads them) or ``out`` (fp32 [2, F, M, N], any strides: the fused inverse
+    transform reads [2, F, N, M]) stores Y there and returns it. ``meta``: a tiling (``complex_bmm_meta``'s keys) in
+    place of that heuristic (benchmarks/gpu_complex_bmm.py)."""
     _, F, M, K = spectra.shape
     N = spec_x.shape[-1]
     if spectra.dtype != torch.bfloat16 or spec_x.dtype != torch.bfloat16 or tuple(spec_x.shape) != (2, F, K, N):
@@ -31,12 +32,15 @@ def complex_bmm(spectra: torch.Tensor, spec_x: torch.Tensor, meta: dict | None =
                               or not pairs.is_contiguous()):
         raise ValueError(f"complex_bmm: pairs must be contiguous fp32 [{M}, {N}, {F}, 2], got {pairs.dtype} "
                          f"{list(pairs.shape)}")
+    if out is not None and (tuple(out.shape) != (2, F, M, N) or out.dtype != torch.float32):
+        raise ValueError(f"complex_bmm: out must be fp32 [2, {F}, {M}, {N}], got {out.dtype} {list(out.shape)}")
     spectra = spectra.contiguous()
-    y = torch.empty(2, F, M, N, device=spec_x.device, dtype=torch.float32) if pairs is None else pairs
+    y = pairs if pairs is not None else out if out is not None else torch.empty(
+        2, F, M, N, device=spec_x.device, dtype=torch.float32)
     meta = meta or complex_bmm_meta(N)
     grid = (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]), F)
-    _complex_bmm_kernel[grid](spectra, spec_x, y, M, N, K, F, *spec_x.stride(), PAIRS=pairs is not None,
-                              IEEE=interpreted(), **meta)
+    _complex_bmm_kernel[grid](spectra, spec_x, y, M, N, K, F, *spec_x.stride(), *(y.stride() if pairs is None else
+                              (0, 0, 0, 0)), PAIRS=pairs is not None, IEEE=interpreted(), **meta)
     return y
 
 
@@ -58,12 +62,13 @@ def complex_bmm_reference(spectra: torch.Tensor, spec_x: torch.Tensor) -> torch.
 
 
 @triton.jit
-def _complex_bmm_kernel(w_ptr, x_ptr, y_ptr, M, N, K, F, sx_part, sxf, sxk, sxn, PAIRS: tl.constexpr,
-                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, IEEE: tl.constexpr):
+def _complex_bmm_kernel(w_ptr, x_ptr, y_ptr, M, N, K, F, sx_part, sxf, sxk, sxn, sy_part, syf, sym, syn,
+                        PAIRS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                        IEEE: tl.constexpr):
     """One [BLOCK_M, BLOCK_N] tile of Y[f] = W[f] X[f], each operand's real and imaginary parts apart ([2, F, ...]):
     real part Wr Xr - Wi Xi, imaginary Wr Xi + Wi Xr, each product a bf16 MMA summed in fp32. Stored as Y [2, F, M,
-    N], or (PAIRS) as [M, N, F] complex: each (re, im) one 8-byte store, F apart (the programs of neighbouring
-    frequencies, running together, fill each sector in L2)."""
+    N] (strides sy*), or (PAIRS) as [M, N, F] complex: each (re, im) one 8-byte store, F apart (the programs of
+    neighbouring frequencies, running together, fill each sector in L2)."""
     f = tl.program_id(1)
     tiles_n = tl.cdiv(N, BLOCK_N)
     m = tl.program_id(0) // tiles_n * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -92,6 +97,6 @@ def _complex_bmm_kernel(w_ptr, x_ptr, y_ptr, M, N, K, F, sx_part, sxf, sxk, sxn,
         y_at = y_ptr + ((m.to(tl.int64)[:, None] * N + n[None, :]) * F + f)[:, :, None] * 2 + part[None, None, :]
         tl.store(y_at, tl.join(acc_r - acc_ii, acc_i), mask=ok[:, :, None] & (part < 2)[None, None, :])
     else:
-        y_at = y_ptr + (f.to(tl.int64) * M + m[:, None]) * N + n[None, :]
+        y_at = y_ptr + f.to(tl.int64) * syf + m[:, None] * sym + n[None, :] * syn
         tl.store(y_at, acc_r - acc_ii, mask=ok)
-        tl.store(y_at + F.to(tl.int64) * M * N, acc_i, mask=ok)
+        tl.store(y_at + sy_part, acc_i, mask=ok)

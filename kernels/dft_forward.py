@@ -62,24 +62,24 @@ def forward_spectra_reference(interior: torch.Tensor, shape, radius: int) -> tor
     return torch.stack([spec.real, spec.imag]).to(torch.bfloat16)
 
 
-def _pow2(n: int, least: int = 16) -> int:
+def padded(n: int, least: int = 16) -> int:
     return max(least, triton.next_power_of_2(n))
 
 
-def _columns(nw: int) -> tuple[int, bool]:
+def row_frequencies(nw: int) -> tuple[int, bool]:
     """(frequencies along the rows the product takes, whether the last is summed apart): NW / 2 + 1 padded to a
     power of two, except where that is one past one (33 -> 32 and one apart, not 64)."""
     v = nw // 2 + 1
     if v > 16 and (v - 1) & (v - 2) == 0:
         return v - 1, True
-    return _pow2(v), False
+    return padded(v), False
 
 
 def _meta(nh: int, nw: int) -> dict:
     """CB channels a program: the row product's rows (NH_P x CB) about 256 on layer 0's 40 x 64 tiles, more where
     tiles are small (L7.ch's 15 x 15: 16 channels, 32-byte stores)."""
-    nh_p, nw_p = _pow2(nh), _pow2(nw)
-    vd, extra = _columns(nw)
+    nh_p, nw_p = padded(nh), padded(nw)
+    vd, extra = row_frequencies(nw)
     cb = max(2, min(16, 16384 // (nh_p * nw_p)))
     return {"NH_P": nh_p, "NW_P": nw_p, "VD": vd, "EXTRA": extra, "CB": cb, "BU": 16,
             "num_warps": 8 if nh_p * nw_p * cb >= 16384 else 4}
@@ -88,9 +88,9 @@ def _meta(nh: int, nw: int) -> dict:
 @functools.lru_cache(maxsize=None)
 def _twiddles(nh: int, nw: int, device: torch.device) -> tuple[torch.Tensor, ...]:
     """fp32 DFT matrices, zero past the transform's length: cos and -sin of 2 pi j v / nw [NW_P, VD] (along the rows),
-    of 2 pi u i / nh [NH_P, NH_P] (along the columns), and of the last row frequency apart [NW_P] (``_columns``)."""
-    nh_p, nw_p = _pow2(nh), _pow2(nw)
-    vd, _ = _columns(nw)
+    of 2 pi u i / nh [NH_P, NH_P] (along the columns), of the last row frequency apart [NW_P] (``row_frequencies``)."""
+    nh_p, nw_p = padded(nh), padded(nw)
+    vd, _ = row_frequencies(nw)
     v_all = nw // 2 + 1
 
     def pair(n, rows, cols, n_rows, n_cols):
@@ -109,7 +109,7 @@ def _twiddles(nh: int, nw: int, device: torch.device) -> tuple[torch.Tensor, ...
 
 
 @triton.jit
-def _dot(a, b, IEEE: tl.constexpr):
+def dft_dot(a, b, IEEE: tl.constexpr):
     if IEEE:  # the interpreter: exact fp32 products
         return tl.dot(a, b, input_precision="ieee")
     return tl.dot(a, b, input_precision="tf32")
@@ -133,8 +133,8 @@ def _dft_forward_kernel(x_ptr, out_ptr, cw_ptr, sw_ptr, ch_ptr, sh_ptr, ce_ptr, 
     at = x_ptr + b.to(tl.int64) * sxb + p[:, None, None] * sxp + c[None, :, None] + q[None, None, :] * sxq
     x = tl.load(at, mask=ok, other=0.0).to(tl.float32)  # [NH_P, CB, NW_P]: each row of each channel a matrix row
     vd = tl.arange(0, VD)
-    z_re = _dot(tl.reshape(x, (NH_P * CB, NW_P)), tl.load(cw_ptr + j[:, None] * VD + vd[None, :]), IEEE)
-    z_im = _dot(tl.reshape(x, (NH_P * CB, NW_P)), tl.load(sw_ptr + j[:, None] * VD + vd[None, :]), IEEE)
+    z_re = dft_dot(tl.reshape(x, (NH_P * CB, NW_P)), tl.load(cw_ptr + j[:, None] * VD + vd[None, :]), IEEE)
+    z_im = dft_dot(tl.reshape(x, (NH_P * CB, NW_P)), tl.load(sw_ptr + j[:, None] * VD + vd[None, :]), IEEE)
     # [NH_P, VD * CB]: the column product's K is the tile's rows, its N every (frequency, channel)
     z_re = tl.reshape(tl.permute(tl.reshape(z_re, (NH_P, CB, VD)), (0, 2, 1)), (NH_P, VD * CB))
     z_im = tl.reshape(tl.permute(tl.reshape(z_im, (NH_P, CB, VD)), (0, 2, 1)), (NH_P, VD * CB))
@@ -145,8 +145,8 @@ def _dft_forward_kernel(x_ptr, out_ptr, cw_ptr, sw_ptr, ch_ptr, sh_ptr, ce_ptr, 
         u = u0 + tl.arange(0, BU)
         cos_h = tl.load(ch_ptr + u[:, None] * NH_P + i[None, :])  # [BU, NH_P]; rows u >= NH are zero
         sin_h = tl.load(sh_ptr + u[:, None] * NH_P + i[None, :])
-        y_re = _dot(cos_h, z_re, IEEE) - _dot(sin_h, z_im, IEEE)
-        y_im = _dot(cos_h, z_im, IEEE) + _dot(sin_h, z_re, IEEE)
+        y_re = dft_dot(cos_h, z_re, IEEE) - dft_dot(sin_h, z_im, IEEE)
+        y_im = dft_dot(cos_h, z_im, IEEE) + dft_dot(sin_h, z_re, IEEE)
         f = u[:, None, None] * V + vd[None, :, None]
         dst = out_ptr + (f.to(tl.int64) * N + t) * C + c[None, None, :]
         keep = (u < NH)[:, None, None] & (vd < V)[None, :, None] & (c < C)[None, None, :]

@@ -25,7 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import dft_forward, inverse_fft
+from . import dft_forward, dft_inverse, inverse_fft
 from .common import interpreted
 from .complex_gemm import complex_bmm
 from .epilogue import epilogue
@@ -121,7 +121,8 @@ def weight_spectra(weight: torch.Tensor, nh: int, nw: int, transpose: bool = Fal
 
 
 def conv2d_plane_fft(x: PaddedPlane, spectra: torch.Tensor, ks, shape, out, bias=None, mode=0, other=None, extra=None,
-                     out_scale=None, gemm_pairs=True, rows=None, own_plan=True, fused_forward=False):
+                     out_scale=None, gemm_pairs=True, rows=None, own_plan=True, fused_forward=False,
+                     fused_inverse=False):
     """``conv2d_plane``'s conv by FFT: ``x``'s interior [B, P, Q, C] convolved ('same', ``ks`` x ``ks``) into ``out``
     [B, C_out, P, Q] (any strides) with ``spectra`` = ``weight_spectra`` of the tile ``shape`` = (th, nh, tw, nw)
     (``tile_shape``). Epilogue MODE, ``bias``, ``other``, ``extra``, ``out_scale`` (an e4m3 ``out``): as
@@ -129,7 +130,9 @@ def conv2d_plane_fft(x: PaddedPlane, spectra: torch.Tensor, ks, shape, out, bias
     transpose pass does; ``Paths.fft_gemm_pairs``). ``rows``: tile rows a program of the gather and the scatter
     moves (default ``ROWS``; benchmarks/gpu_fft_conv.py times a program a tile). ``own_plan``: the inverse FFT on
     ``inverse_fft``'s own cuFFT plan (no copy of its input, no scaling pass), else torch's ``irfft2``.
-    ``fused_forward``: gather, transform and GEMM operand in one kernel (``dft_forward``), not three passes."""
+    ``fused_forward``: gather, transform and GEMM operand in one kernel (``dft_forward``), not three passes;
+    ``fused_inverse``: the inverse transform and the epilogue in one kernel (``dft_inverse``; ``gemm_pairs`` and
+    ``own_plan`` then unused), not cuFFT's C2R and a scatter."""
     B, P, Q, C = x.shape
     th, nh, tw, nw = shape
     if not (long_enough(nh, th, P, ks) and long_enough(nw, tw, Q, ks)):
@@ -154,6 +157,11 @@ def conv2d_plane_fft(x: PaddedPlane, spectra: torch.Tensor, ks, shape, out, bias
         spec_x = dft_forward.forward_spectra(interior, shape, ks // 2).transpose(2, 3)
     else:
         spec_x = cufft_forward_spectra(interior, shape, ks // 2, rows)
+    if fused_inverse:  # the GEMM stores [2, F, tiles, C_out], one kernel takes it to the outputs
+        y = torch.empty(2, freqs, n, cout, device=dev, dtype=torch.float32)
+        complex_bmm(spectra, spec_x, out=y.transpose(2, 3))
+        del spec_x
+        return dft_inverse.inverse_to_plane(y, shape, out, bias, mode, other, extra, out_scale)
     spec = torch.empty(cout, n, nh, nw // 2 + 1, device=dev, dtype=torch.complex64)
     if gemm_pairs:  # the GEMM stores cuFFT's layout itself
         complex_bmm(spectra, spec_x, pairs=torch.view_as_real(spec).view(cout, n, freqs, 2))
@@ -162,6 +170,18 @@ def conv2d_plane_fft(x: PaddedPlane, spectra: torch.Tensor, ks, shape, out, bias
         _transpose(torch.view_as_real(spec).view(cout * n, freqs, 2), spec_y.view(2, freqs, cout * n), to_planes=False)
         del spec_y
     del spec_x
+    return cufft_inverse_to_plane(spec, shape, out, bias, mode, other, extra, out_scale, rows, own_plan)
+
+
+def cufft_inverse_to_plane(spec: torch.Tensor, shape, out, bias=None, mode=0, other=None, extra=None, out_scale=None,
+                           rows: int = ROWS, own_plan: bool = True) -> torch.Tensor:
+    """``out`` as ``dft_inverse.inverse_to_plane`` gives it, from ``spec`` [C_out, tiles, nh, nw / 2 + 1] complex64
+    (consumed) in two passes: cuFFT's C2R (``inverse_fft``; ``own_plan`` as ``conv2d_plane_fft``'s), then a scatter
+    through the epilogue (``rows`` tile rows a program)."""
+    B, cout, P, Q = out.shape
+    th, nh, tw, nw = shape
+    tp, tq = triton.cdiv(P, th), triton.cdiv(Q, tw)
+    n = B * tp * tq
     y = inverse_fft.irfft2_unscaled(spec, nh, nw, own_plan)  # [C_out, n, nh, nw] fp32, nh x nw times the conv
     del spec
     other = out if other is None else other
