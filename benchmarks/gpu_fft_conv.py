@@ -53,7 +53,8 @@ def stage_ms(fn, calls=5):
         if e.device_type.name != "CUDA":
             continue
         name = e.name.lower()
-        group = next((g for g in ("gather", "transpose", "complex_bmm", "scatter", "dft_forward", "dft_inverse") if g in name), None)
+        kernels = ("gather", "transpose", "complex_bmm", "scatter", "dft_forward", "dft_inverse")
+        group = next((g for g in kernels if g in name), None)
         group = group or ("fft" if any(k in name for k in ("fft", "regular", "vector")) else "other")
         groups[group] += e.device_time / 1e3 / calls  # us -> ms
     return dict(groups)
