@@ -7,18 +7,24 @@
 #                                                   convs alone (rows fft_fused_*)
 #   bash scripts/gpu/fused_dft.sh generate ENCODER  fp8 at batch 1 with both switches off and on, both orders; batch
 #                                                   8 streamed
+#   bash scripts/gpu/fused_dft.sh first ENCODER     build, the GPU tests, each transform alone at batches 1 and 8,
+#                                                   then generate's timings: one call where machines are scarce
 # Logs and CSV rows to $OUT. Set DND_FAST_COMMIT in the command (the machine's .git can be stale).
 set -uo pipefail
 OUT=${OUT:-out}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 PYTHONPATH=${PYTHONPATH:-}:$PWD DND_FAST_TUNE=known
 bash scripts/gpu/build.sh "$OUT" || exit 1
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
+tests_and_transforms() {
+  timeout 200 python3 -m pytest -q -x tests/test_dft_transforms.py tests/test_complex_gemm.py tests/test_fft_conv.py \
+    -k "dft or fused or inverse or same_conv or pairs or complex or bad" 2>&1 | tail -6 | tee "$OUT/tests.log"
+  timeout 200 python3 benchmarks/gpu_dft_transforms.py --batches 1,8 --csv "$OUT/dft_transforms.csv" 2>&1 \
+    | tee "$OUT/dft_transforms.log" | grep "|"
+}
 case "$1" in
+  first) tests_and_transforms; bash "$0" generate "$2" ;;
   convs)
-    timeout 200 python3 -m pytest -q -x tests/test_dft_transforms.py tests/test_complex_gemm.py tests/test_fft_conv.py \
-      -k "dft or fused or inverse or same_conv or pairs or complex or bad" 2>&1 | tail -6 | tee "$OUT/tests.log"
-    timeout 200 python3 benchmarks/gpu_dft_transforms.py --batches 1,8 --csv "$OUT/dft_transforms.csv" 2>&1 \
-      | tee "$OUT/dft_transforms.log" | grep "|"
+    tests_and_transforms
     timeout 150 python3 benchmarks/gpu_dft_transforms.py --batches 1 --only L0.1w,L7.ch --sweep \
       --csv "$OUT/dft_transforms.csv" > "$OUT/dft_sweep.log" 2>&1
     grep "|" "$OUT/dft_sweep.log"
