@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from conftest import reseed
 
 from dnd_fast import dispatch, paths
+from dnd_fast.kernels import offline_compile
 from dnd_fast.kernels.common import interpreted
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -153,3 +154,23 @@ def test_decoder_switches_reach_the_fused_transforms(monkeypatch, switch, kernel
                 fused = dec(x, backend="triton")
     assert len(calls) == 10  # five convs a layer
     assert rel(fused, cufft) < 1e-2
+
+
+@pytest.mark.skipif(not offline_compile.tools_found(), reason="this Triton carries no ptxas / cuobjdump")
+@pytest.mark.parametrize("shape", [(32, 40, 56, 64), (10, 15, 7, 15)])  # layer 0's L0.1w and L7.ch at batch 1
+def test_fused_kernels_compile_for_hopper_without_spilling(shape):
+    """Both kernels compiled for sm_90 on this machine (no GPU needed): no register spilled to local memory, and a
+    program's registers and shared memory fit one SM (65536 registers, 227 KB)."""
+    from dnd_fast.kernels import dft_forward, dft_inverse
+
+    th, nh, tw, nw = shape
+    jobs = [("dft_forward:_dft_forward_kernel", dft_forward._meta(nh, nw), {"x_ptr": "*bf16", "out_ptr": "*bf16"}),
+            ("dft_inverse:_dft_inverse_kernel", {**dft_inverse._meta(*shape), "MODE": 1, "HAS_BIAS": True,
+                                                 "QUANT": True},
+             {"out_ptr": "*fp8e4nv", "other_ptr": "*bf16", "extra_ptr": "*bf16", "SCALE": "fp32"})]
+    for kernel, meta, types in jobs:
+        meta = dict(meta)
+        warps = meta.pop("num_warps")
+        got = offline_compile.resources(f"dnd_fast.kernels.{kernel}", {**meta, "IEEE": False}, warps, types)
+        assert got["local_bytes"] == 0, (kernel, got)
+        assert got["registers"] * 32 * warps <= 65536 and got["shared_bytes"] <= 227 * 1024, (kernel, got)
