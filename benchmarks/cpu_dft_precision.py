@@ -9,7 +9,11 @@ low part (three products a stage). Each path's spectrum, rounded to bf16 as the 
 of the same tile, beside today's (cuFFT in fp32, then bf16), on ``--count`` Gaussian tiles of each size (the batch-1
 tiles of the precision fp8's FFT convs by default). Norm-wise relative error over all tiles, %, and its ratio to
 today's.
-Run: python benchmarks/cpu_dft_precision.py [--tiles 40x64,40x60,40x48,40x40,15x15] [--count 256]
+The inverse the same way (``--inverse``; kernels/dft_inverse.py): the GEMM's fp32 products Y (here the spectra of
+Gaussian tiles) back to the th x tw positions a 9 x 9 conv keeps (th = nh - 8), along the columns W = E_h^+ Y, then
+y = Re(W E_w^+) with the Hermitian weights, each stage's products in tf32 with fp32 sums, against the fp64 inverse;
+today's is an fp32 C2R (torch's CPU FFT here, cuFFT's on a GPU).
+Run: python benchmarks/cpu_dft_precision.py [--tiles 40x64,40x60,40x48,40x40,15x15] [--count 256] [--inverse]
 """
 import argparse
 import math
@@ -75,6 +79,36 @@ def dft(x: torch.Tensor, rounding) -> torch.Tensor:
     return product(a, t, rounding)
 
 
+def inverse(y: torch.Tensor, th: int, tw: int, nw: int) -> torch.Tensor:
+    """irfft2 (unscaled) of ``y`` [n, nh, nw / 2 + 1] complex at the first th x tw positions, as dft_inverse's two tf32
+    products: W = E_h^+ y (fp32 sums, rounded to fp32), then Re(W E_w^+) with each frequency's Hermitian weight."""
+    nh, v = y.shape[-2:]
+    i, u = torch.arange(th, dtype=torch.float64), torch.arange(nh, dtype=torch.float64)
+    rows = torch.polar(torch.ones(th, nh, dtype=torch.float64), 2 * math.pi * torch.outer(i, u) / nh)
+    f, j = torch.arange(v, dtype=torch.float64), torch.arange(tw, dtype=torch.float64)
+    weight = torch.where((f == 0) | (2 * f == nw), 1.0, 2.0).double()[:, None]
+    cols = torch.polar(weight.expand(v, tw).contiguous(), 2 * math.pi * torch.outer(f, j) / nw)
+    w = product(rows, y, tf32)
+    return product(torch.complex(fp32(w.real), fp32(w.imag)), cols, tf32).real
+
+
+def inverse_rows(tiles: str, count: int) -> list:
+    """[tile, today's error %, tf32's %, ratio] for each tile size: the inverse's kept positions against fp64's."""
+    rows = []
+    for size in tiles.split(","):
+        nh, nw = (int(s) for s in size.split("x"))
+        th, tw = nh - 8, nw - 8
+        y = torch.fft.rfft2(torch.randn(count, nh, nw, dtype=torch.float64)).to(torch.complex64).to(torch.complex128)
+        exact = torch.fft.irfft2(y, s=(nh, nw), norm="forward")[..., :th, :tw]
+        today = rel_err(torch.fft.irfft2(y.to(torch.complex64), s=(nh, nw), norm="forward")[..., :th, :tw].double(),
+                        exact)
+        err = rel_err(inverse(y, th, tw, nw), exact)
+        rows.append([f"{nh} x {nw} (keeps {th} x {tw})", f"{100 * today:.5f}", f"{100 * err:.4f}",
+                     f"{err / today:.0f}x"])
+        print(rows[-1], flush=True)
+    return rows
+
+
 def as_gemm_reads(spec: torch.Tensor) -> torch.Tensor:
     return torch.complex(bf16(spec.real), bf16(spec.imag))
 
@@ -84,8 +118,14 @@ def main():
     ap.add_argument("--tiles", default="40x64,40x60,40x48,40x40,15x15")
     ap.add_argument("--count", type=int, default=256)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--inverse", action="store_true", help="the inverse transform's table instead")
     args = ap.parse_args()
     torch.manual_seed(args.seed)
+    if args.inverse:
+        print_table(f"the inverse's kept positions against the fp64 inverse, % ({args.count} tiles' spectra)",
+                    ["tile (FFT)", "today: an fp32 C2R (cuFFT's on a GPU)", "two tf32 products", "vs today"],
+                    inverse_rows(args.tiles, args.count))
+        return
     paths = {"DFT, tf32 products": tf32, "DFT, bf16 products": bf16, "DFT, bf16 x 2 products": None}
     rows = []
     for size in args.tiles.split(","):
