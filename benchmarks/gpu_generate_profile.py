@@ -1,7 +1,9 @@
 """Where generate()'s time goes at one batch (default 1; 128 prompts x 384 tokens -> MiniLM -> paper_qwen05 decoder ->
 detokenize -> pinned host buffer): each stage timed on its own (host stages with a wall clock, device
 stages with CUDA events, median of 10), then the whole call, then torch.profiler's top device ops.
+``--on``: Paths switches turned on for the whole run (the decoder's other paths: the precision's).
 Run: python benchmarks/gpu_generate_profile.py --encoder DIR [--batch 8] [--precision fp8|fp8-fast]
+     [--on fft_fused_forward,fft_fused_inverse]
 """
 import argparse
 import sys
@@ -12,7 +14,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from common import device_name, median_ms, print_table, qwen05_lora, wall_ms  # noqa: E402
 
-from dnd_fast import DecoderConfig, Generator, HyperConvDecoder, PromptEncoder  # noqa: E402
+from dnd_fast import DecoderConfig, Generator, HyperConvDecoder, PromptEncoder, paths  # noqa: E402
 from dnd_fast.encoder import select_prompts  # noqa: E402
 from dnd_fast.generator import PRECISIONS  # noqa: E402
 from dnd_fast.tokenizer import detokenize_flat  # noqa: E402
@@ -24,7 +26,13 @@ def main():
     ap.add_argument("--no-profiler", action="store_true")
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--precision", choices=PRECISIONS, default="bf16")
+    ap.add_argument("--on", default="", help="comma list of Paths switches to turn on (e.g. fft_fused_forward)")
     args = ap.parse_args()
+    with paths.use(**{name: True for name in args.on.split(",") if name}):
+        profile(args)
+
+
+def profile(args):
     layout, lora = qwen05_lora()
     gen = Generator(PromptEncoder(args.encoder, max_length=384, num_prompts=128),
                     HyperConvDecoder(DecoderConfig.paper_qwen05()), layout, torch.ones(layout.num_tokens, 2),
@@ -70,7 +78,9 @@ def main():
         gen.generate_to_host(sets)
         rows.append([f"generate_to_host, {'CUDA graph' if graphs else 'eager'}",
                      f"{wall_ms(lambda: gen.generate_to_host(sets)):.2f}", ""])
-    print_table(f"generate() at batch {args.batch}, {args.precision}, by stage", ["stage", "median ms", "share"], rows)
+    switched = f", on: {args.on}" if args.on else ""
+    print_table(f"generate() at batch {args.batch}, {args.precision}{switched}, by stage",
+                ["stage", "median ms", "share"], rows)
     if not args.no_profiler:
         gen.use_cuda_graphs = False
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,

@@ -9,6 +9,7 @@
 #                                                   8 streamed
 #   bash scripts/gpu/fused_dft.sh first ENCODER     build, the GPU tests, each transform alone at batches 1 and 8,
 #                                                   then generate's timings: one call where machines are scarce
+#   bash scripts/gpu/fused_dft.sh profile ENCODER   fp8's batch-1 profile with both switches off, then on
 # Logs and CSV rows to $OUT. Set DND_FAST_COMMIT in the command (the machine's .git can be stale).
 set -uo pipefail
 OUT=${OUT:-out}; mkdir -p "$OUT"
@@ -40,5 +41,11 @@ case "$1" in
     timeout 150 python3 benchmarks/gpu_generate.py --encoder "$2" --batches 8 --precisions fp8 --fp8-paths ends_fft \
       --stream 64 --reps 5 --vary fft_fused_inverse,fft_fused_forward --csv "$OUT/generate.csv" 2>&1 \
       | grep -v "Loading weights" | tee -a "$OUT/generate.log" | grep "^| 8 " ;;
-  *) echo "usage: $0 convs | generate ENCODER" >&2; exit 2 ;;
+  profile)
+    for on in "" fft_fused_forward,fft_fused_inverse; do
+      python3 benchmarks/gpu_generate_profile.py --encoder "$2" --batch 1 --precision fp8 --on "$on" 2>&1 \
+        | grep -v "Loading weights" > "$OUT/profile${on:+_fused}.log"
+      grep -E "^\| |Self CUDA" "$OUT/profile${on:+_fused}.log" | head -40 | cut -c1-60,120-175
+    done ;;
+  *) echo "usage: $0 convs | generate ENCODER | first ENCODER | profile ENCODER" >&2; exit 2 ;;
 esac
