@@ -118,7 +118,8 @@ def main():
                 (lambda got: rel_err(got.transpose(2, 3), want), lambda got: rel_err(got, want)),
                 dft_forward._meta(nh, nw), args.sweep, csv_rows)])
             del plane, x, want
-            y = torch.randn(2, nh * (nw // 2 + 1), tiles, cout, device="cuda")  # the GEMM's products
+            y = torch.randn(2, nh * (nw // 2 + 1), tiles, -(-cout // 16) * 16, device="cuda")[..., :cout]  # as the
+            # GEMM stores its products for the fused inverse (fft_conv.conv2d_plane_fft): rows padded to 16 channels
             pairs = torch.view_as_complex(y.permute(3, 2, 1, 0).contiguous()).view(cout, tiles, nh, nw // 2 + 1)
             bias = torch.randn(cout, device="cuda")
             out = torch.empty(batch, p, q, cout, device="cuda", dtype=torch.bfloat16).permute(0, 3, 1, 2)

@@ -29,7 +29,7 @@ def forward_spectra(interior: torch.Tensor, shape, radius: int, meta: dict | Non
     """[2 (real, imaginary), F, tiles, C] bf16: the 2-D real DFT (nh x nw, F = nh (nw / 2 + 1) frequencies) of every
     tile of ``interior`` [B, P, Q, C] (channels innermost), tile (b, a, s) = rows a th - ``radius`` ... (nh of them),
     columns s tw - ``radius`` ..., zero off the plane; tiles numbered (b, a, s) with s fastest, ``shape`` = (th, nh,
-    tw, nw). ``meta``: CB, BU and num_warps in place of ``_meta``'s (benchmarks/gpu_dft_forward.py)."""
+    tw, nw). ``meta``: CB, BU and num_warps in place of ``_meta``'s (benchmarks/gpu_dft_transforms.py)."""
     B, P, Q, C = interior.shape
     th, nh, tw, nw = shape
     if interior.stride(3) != 1:

@@ -29,23 +29,28 @@ def inverse_to_plane(y: torch.Tensor, shape, out: torch.Tensor, bias=None, mode=
                      out_scale=None, meta: dict | None = None) -> torch.Tensor:
     """``out`` [B, C_out, P, Q] (any strides) = the epilogue (MODE ``mode``, as ``conv2d_plane``'s) of the inverse
     real DFT of ``y`` [2, F, tiles, C_out] fp32 over each tile (``shape`` = (th, nh, tw, nw), F = nh (nw / 2 + 1),
-    tiles (b, a, s) with s fastest), divided by nh nw, its first th x tw positions at (a th, s tw). ``meta``: CB and
-    num_warps in place of ``_meta``'s (benchmarks/gpu_dft_forward.py)."""
+    tiles (b, a, s) with s fastest), divided by nh nw, its first th x tw positions at (a th, s tw). ``y``'s channels
+    innermost; rows of tiles padded to 16 channels (as ``conv2d_plane_fft`` allocates them) let each load take 16
+    bytes. ``meta``: CB and num_warps in place of ``_meta``'s (benchmarks/gpu_dft_transforms.py)."""
     B, cout, P, Q = out.shape
     th, nh, tw, nw = shape
     tp, tq = triton.cdiv(P, th), triton.cdiv(Q, tw)
     n, v = B * tp * tq, nw // 2 + 1
-    if tuple(y.shape) != (2, nh * v, n, cout) or y.dtype != torch.float32 or not y.is_contiguous():
-        raise ValueError(f"inverse_to_plane: want contiguous fp32 [2, {nh * v}, {n}, {cout}] spectra for {th}x{tw} "
-                         f"tiles (FFT {nh}x{nw}) of a {P}x{Q} plane, got {y.dtype} {list(y.shape)}")
+    if tuple(y.shape) != (2, nh * v, n, cout) or y.dtype != torch.float32 or y.stride(3) != 1:
+        raise ValueError(f"inverse_to_plane: want fp32 [2, {nh * v}, {n}, {cout}] spectra (channels innermost) for "
+                         f"{th}x{tw} tiles (FFT {nh}x{nw}) of a {P}x{Q} plane, got {y.dtype} {list(y.shape)}")
+    # channels a row's loads may read: its padding too where the storage holds it (no mask splits a 16-channel group)
+    last_row = y.storage_offset() + y.stride(0) + (y.shape[1] - 1) * y.stride(1) + (n - 1) * y.stride(2)
+    readable = y.stride(2) if y.untyped_storage().nbytes() // 4 >= last_row + y.stride(2) else cout
     other = out if other is None else other
     extra = out if extra is None else extra
     meta = {**_meta(th, nh, tw, nw), **(meta or {})}
     twiddles = _twiddles(th, nh, tw, nw, y.device)
     _dft_inverse_kernel[(triton.cdiv(cout, meta["CB"]), n)](
         y, *twiddles, bias if bias is not None else out, other, extra, out, out if out_scale is None else out_scale,
-        cout, n, P, Q, tp, tq, th, tw, nh, v, 1.0 / (nh * nw), y.stride(0), *out.stride(), *other.stride(),
-        *extra.stride(), MODE=mode, HAS_BIAS=bias is not None, QUANT=out_scale is not None, IEEE=interpreted(), **meta)
+        cout, readable, P, Q, tp, tq, th, tw, nh, v, 1.0 / (nh * nw), *y.stride()[:3], *out.stride(),
+        *other.stride(), *extra.stride(), MODE=mode, HAS_BIAS=bias is not None, QUANT=out_scale is not None,
+        IEEE=interpreted(), **meta)
     return out
 
 
@@ -103,7 +108,7 @@ def _twiddles(th: int, nh: int, tw: int, nw: int, device: torch.device) -> tuple
 
 @triton.jit
 def _dft_inverse_kernel(y_ptr, ci_ptr, si_ptr, cv_ptr, sv_ptr, ce_ptr, se_ptr, bias_ptr, other_ptr, extra_ptr,
-                        out_ptr, out_scale_ptr, COUT, N, P, Q, TP, TQ, TH, TW, NH, V, SCALE, PART,
+                        out_ptr, out_scale_ptr, COUT, READ, P, Q, TP, TQ, TH, TW, NH, V, SCALE, PART, syf, syt,
                         sob, soc, sop, soq, srb, src, srp, srq, seb, sec, sep, seq,
                         NH_P: tl.constexpr, TH_P: tl.constexpr, TW_P: tl.constexpr, VD: tl.constexpr,
                         EXTRA: tl.constexpr, CB: tl.constexpr, MODE: tl.constexpr, HAS_BIAS: tl.constexpr,
@@ -116,8 +121,8 @@ def _dft_inverse_kernel(y_ptr, ci_ptr, si_ptr, cv_ptr, sv_ptr, ce_ptr, se_ptr, b
     b, a, s = t // (TP * TQ), (t // TQ) % TP, t % TQ
     u = tl.arange(0, NH_P)
     vd = tl.arange(0, VD)
-    ok = (u < NH)[:, None, None] & (vd < V)[None, :, None] & (o < COUT)[None, None, :]
-    at = y_ptr + ((u[:, None, None] * V + vd[None, :, None]).to(tl.int64) * N + t) * COUT + o[None, None, :]
+    ok = (u < NH)[:, None, None] & (vd < V)[None, :, None] & (o < READ)[None, None, :]  # o >= COUT: never stored
+    at = y_ptr + (u[:, None, None] * V + vd[None, :, None]).to(tl.int64) * syf + t * syt + o[None, None, :]
     y_re = tl.reshape(tl.load(at, mask=ok, other=0.0), (NH_P, VD * CB))
     y_im = tl.reshape(tl.load(at + PART, mask=ok, other=0.0), (NH_P, VD * CB))
     i = tl.arange(0, TH_P)
@@ -132,8 +137,8 @@ def _dft_inverse_kernel(y_ptr, ci_ptr, si_ptr, cv_ptr, sv_ptr, ce_ptr, se_ptr, b
     acc += dft_dot(w_im, tl.load(sv_ptr + vd[:, None] * TW_P + j[None, :]), IEEE)
     acc = tl.reshape(acc, (TH_P, CB, TW_P))
     if EXTRA:  # the last row frequency, apart: [NH_P, CB] -> [TH_P, CB]
-        last = y_ptr + ((u * V + V - 1).to(tl.int64)[:, None] * N + t) * COUT + o[None, :]
-        last_ok = (u < NH)[:, None] & (o < COUT)[None, :]
+        last = y_ptr + (u * V + V - 1).to(tl.int64)[:, None] * syf + t * syt + o[None, :]
+        last_ok = (u < NH)[:, None] & (o < READ)[None, :]
         e_re = tl.load(last, mask=last_ok, other=0.0)
         e_im = tl.load(last + PART, mask=last_ok, other=0.0)
         l_re = tl.sum(cos_h[:, :, None] * e_re[None, :, :] - sin_h[:, :, None] * e_im[None, :, :], axis=1)

@@ -26,7 +26,7 @@ import triton
 import triton.language as tl
 
 from . import dft_forward, dft_inverse, inverse_fft
-from .common import interpreted
+from .common import interpreted, round_up
 from .complex_gemm import complex_bmm
 from .epilogue import epilogue
 from .padded_plane import PaddedPlane
@@ -158,7 +158,9 @@ def conv2d_plane_fft(x: PaddedPlane, spectra: torch.Tensor, ks, shape, out, bias
     else:
         spec_x = cufft_forward_spectra(interior, shape, ks // 2, rows)
     if fused_inverse:  # the GEMM stores [2, F, tiles, C_out], one kernel takes it to the outputs
-        y = torch.empty(2, freqs, n, cout, device=dev, dtype=torch.float32)
+        padded = torch.empty(2, freqs, n, round_up(cout, 16), device=dev, dtype=torch.float32)
+        padded[..., cout:].zero_()  # read (whole 16-channel loads), never stored: zeros, not whatever memory held
+        y = padded[..., :cout]
         complex_bmm(spectra, spec_x, out=y.transpose(2, 3))
         del spec_x
         return dft_inverse.inverse_to_plane(y, shape, out, bias, mode, other, extra, out_scale)

@@ -75,7 +75,9 @@ def test_inverse_matches_the_reference(B, COUT, P, Q, shape, mode):
     reseed()
     th, nh, tw, nw = shape
     tiles = B * -(-P // th) * -(-Q // tw)
-    y = torch.randn(2, nh * (nw // 2 + 1), tiles, COUT, device=DEVICE)
+    # rows padded, as the conv's; the padding NaN: channels the kernel reads but never stores must stay apart
+    y = torch.full((2, nh * (nw // 2 + 1), tiles, COUT + 5), float("nan"), device=DEVICE)[..., :COUT]
+    y.copy_(torch.randn(y.shape, device=DEVICE))
     bias = torch.randn(COUT, device=DEVICE)
     other = torch.randn(B, Q, COUT, P, device=DEVICE).permute(0, 2, 3, 1)  # strided, as the decoder's
     extra = torch.randn(B, COUT, P, Q, device=DEVICE)
@@ -100,8 +102,9 @@ def test_inverse_stores_e4m3_and_names_bad_spectra():
     out = torch.empty(B, COUT, P, Q, device=DEVICE, dtype=FP8)
     dft_inverse.inverse_to_plane(y, shape, out, out_scale=(1 / scale).view(1))
     assert rel(out.float() * scale, want) < 0.05  # e4m3: 3 mantissa bits
-    with pytest.raises(ValueError, match=r"want contiguous fp32 \[2, 120, 1, 10\]"):
-        dft_inverse.inverse_to_plane(y[:, :, :, :9], shape, out)
+    for bad in (y[:, :, :, :9], torch.cat([y, y], 3)[..., ::2]):  # a channel short; channels 2 apart
+        with pytest.raises(ValueError, match=r"want fp32 \[2, 120, 1, 10\] spectra \(channels innermost\)"):
+            dft_inverse.inverse_to_plane(bad, shape, out)
 
 
 @pytest.mark.parametrize("fused_forward,fused_inverse,gemm_pairs", [(True, False, True), (True, False, False),
