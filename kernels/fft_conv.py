@@ -14,7 +14,8 @@ Pieces: ``tile_shape`` (the tile a conv's shape gets, by a cost model), ``weight
 transforms the last two axes), transpose the spectra to [re/im, frequency, C, tiles] bf16 (a GEMM operand per
 frequency) and back (or the GEMM stores cuFFT's layout itself), scatter through the epilogue; the complex GEMM is
 ``complex_gemm``'s, the inverse transform ``inverse_fft``'s (cuFFT on its own plan, unscaled: the scatter applies the
-1 / N). The reference is ``F.conv2d(..., padding="same")``.
+1 / N). Either transform can instead be one kernel of small tf32 DFT products (``dft_forward``, ``dft_inverse``;
+``fused_forward``, ``fused_inverse``). The reference is ``F.conv2d(..., padding="same")``.
 """
 from __future__ import annotations
 
