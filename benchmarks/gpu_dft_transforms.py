@@ -18,7 +18,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 import common  # noqa: E402
-from common import append_csv, device_name, print_table, rel_err  # noqa: E402
+from common import append_csv, cuda_graph, device_name, median_ms, print_table, rel_err  # noqa: E402
 from gpu_complex_bmm import KS, fft_convs  # noqa: E402
 
 from dnd_fast.decoder_config import DecoderConfig  # noqa: E402
@@ -30,22 +30,7 @@ CALLS = 10
 
 def graph_ms(fn) -> float:
     """GPU ms per call of ``fn``: CALLS calls captured in one CUDA graph, median of 10 replays."""
-    fn()
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(CALLS):
-            fn()
-    graph.replay()
-    times = []
-    for _ in range(10):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / CALLS)
-    return sorted(times)[len(times) // 2]
+    return median_ms(cuda_graph(lambda: [fn() for _ in range(CALLS)]), warmup=1, rep=10) / CALLS
 
 
 def variants(first: dict, sweep: bool) -> list[dict]:

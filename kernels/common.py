@@ -28,6 +28,13 @@ def fp8_weight_scale(w: torch.Tensor) -> torch.Tensor:
     return w.abs().amax((1, 2, 3), keepdim=True).clamp_min(1e-12) / FP8_MAX
 
 
+def tile_grid(B, P, Q, shape) -> tuple[int, int, int]:
+    """(tile rows, tile columns, tiles) of ``B`` images of P x Q by the FFT conv's tiles ``shape`` = (th, nh, tw, nw):
+    tile t = (b, a, s), s fastest, the numbering every one of its kernels shares."""
+    tp, tq = triton.cdiv(P, shape[0]), triton.cdiv(Q, shape[2])
+    return tp, tq, B * tp * tq
+
+
 def channel_pad(dtype):
     """A plane's channels (and a packed weight's input channels) round up to this: 16-byte rows for TMA."""
     return 16 // dtype.itemsize if dtype.itemsize < 2 else 8

@@ -22,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import interpreted
+from .common import interpreted, tile_grid
 
 
 def forward_spectra(interior: torch.Tensor, shape, radius: int, meta: dict | None = None) -> torch.Tensor:
@@ -34,8 +34,8 @@ def forward_spectra(interior: torch.Tensor, shape, radius: int, meta: dict | Non
     th, nh, tw, nw = shape
     if interior.stride(3) != 1:
         raise ValueError(f"forward_spectra: the plane's channels must be innermost, got strides {interior.stride()}")
-    tp, tq = triton.cdiv(P, th), triton.cdiv(Q, tw)
-    n, v = B * tp * tq, nw // 2 + 1
+    tp, tq, n = tile_grid(B, P, Q, shape)
+    v = nw // 2 + 1
     out = torch.empty(2, nh * v, n, C, device=interior.device, dtype=torch.bfloat16)
     cw, sw, ch, sh, ce, se = _twiddles(nh, nw, interior.device)
     meta = {**_meta(nh, nw), **(meta or {})}

@@ -20,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import interpreted
+from .common import interpreted, tile_grid
 from .dft_forward import dft_dot, padded, row_frequencies
 from .epilogue import epilogue
 
@@ -34,8 +34,8 @@ def inverse_to_plane(y: torch.Tensor, shape, out: torch.Tensor, bias=None, mode=
     bytes. ``meta``: CB and num_warps in place of ``_meta``'s (benchmarks/gpu_dft_transforms.py)."""
     B, cout, P, Q = out.shape
     th, nh, tw, nw = shape
-    tp, tq = triton.cdiv(P, th), triton.cdiv(Q, tw)
-    n, v = B * tp * tq, nw // 2 + 1
+    tp, tq, n = tile_grid(B, P, Q, shape)
+    v = nw // 2 + 1
     if tuple(y.shape) != (2, nh * v, n, cout) or y.dtype != torch.float32 or y.stride(3) != 1:
         raise ValueError(f"inverse_to_plane: want fp32 [2, {nh * v}, {n}, {cout}] spectra (channels innermost) for "
                          f"{th}x{tw} tiles (FFT {nh}x{nw}) of a {P}x{Q} plane, got {y.dtype} {list(y.shape)}")

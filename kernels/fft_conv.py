@@ -27,7 +27,7 @@ import triton
 import triton.language as tl
 
 from . import dft_forward, dft_inverse, inverse_fft
-from .common import interpreted, round_up
+from .common import interpreted, round_up, tile_grid
 from .complex_gemm import complex_bmm
 from .epilogue import epilogue
 from .padded_plane import PaddedPlane
@@ -149,11 +149,8 @@ def conv2d_plane_fft(x: PaddedPlane, spectra: torch.Tensor, ks, shape, out, bias
     if (out.dtype == torch.float8_e4m3fn) != (out_scale is not None):
         raise ValueError("conv2d_plane_fft: an e4m3 out takes out_scale (1 / its scale), any other none")
     rows = rows or (WHOLE_TILE if interpreted() else ROWS)
-    tp, tq = triton.cdiv(P, th), triton.cdiv(Q, tw)
-    n = B * tp * tq
+    n = tile_grid(B, P, Q, shape)[2]
     interior, dev = x.interior, out.device
-    # every intermediate keeps what the next step reads innermost: each tile's positions for cuFFT (transforms over
-    # the last two axes), the tiles for the GEMM (one [C, tiles] matrix per frequency), then back
     if fused_forward:  # [2, F, tiles, C] in one pass: the GEMM reads its transpose
         spec_x = dft_forward.forward_spectra(interior, shape, ks // 2).transpose(2, 3)
     else:
@@ -183,8 +180,7 @@ def cufft_inverse_to_plane(spec: torch.Tensor, shape, out, bias=None, mode=0, ot
     through the epilogue (``rows`` tile rows a program)."""
     B, cout, P, Q = out.shape
     th, nh, tw, nw = shape
-    tp, tq = triton.cdiv(P, th), triton.cdiv(Q, tw)
-    n = B * tp * tq
+    tp, tq, n = tile_grid(B, P, Q, shape)
     y = inverse_fft.irfft2_unscaled(spec, nh, nw, own_plan)  # [C_out, n, nh, nw] fp32, nh x nw times the conv
     del spec
     other = out if other is None else other
@@ -202,8 +198,10 @@ def cufft_forward_spectra(interior: torch.Tensor, shape, radius: int, rows: int 
     C]) in three passes: the tiles gathered in fp32 (``rows`` tile rows a program), cuFFT's R2C, a transpose."""
     B, P, Q, C = interior.shape
     th, nh, tw, nw = shape
-    tp, tq = triton.cdiv(P, th), triton.cdiv(Q, tw)
-    n, freqs = B * tp * tq, nh * (nw // 2 + 1)
+    tp, tq, n = tile_grid(B, P, Q, shape)
+    freqs = nh * (nw // 2 + 1)
+    # every intermediate keeps what the next step reads innermost: each tile's positions for cuFFT (transforms over
+    # the last two axes), the tiles for the GEMM (one [C, tiles] matrix per frequency)
     tiles = torch.empty(C, n, nh, nw, device=interior.device, dtype=torch.float32)
     _gather_tiles_kernel[(n, triton.cdiv(C, 32), triton.cdiv(nh, rows))](
         interior, tiles, C, n, P, Q, tp, tq, th, tw, nh, nw, radius, *interior.stride(), rows, BLOCK_C=32,
